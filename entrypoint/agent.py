@@ -1,0 +1,239 @@
+"""The agent's lifecycle: start, serve the first revision, poll, watch, stop.
+
+Three threads: the main thread (signals, the watchdog over supervisord, the
+shutdown), the poller (the update sequence, one check at a time) and the status
+HTTP server. Signal handlers only set events.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from entrypoint.config import Settings
+from entrypoint.credentials import write_credentials_file
+from entrypoint.errors import AppFailed, GitError, LivePullError, RevisionError, StartupFailed
+from entrypoint.procfile import load_processes
+from entrypoint.releases import Releases
+from entrypoint.repository import Repository
+from entrypoint.state import StateFile
+from entrypoint.status import StatusBoard, StatusServer
+from entrypoint.supervisor import Supervisor, first_fatal
+from entrypoint.supervisor_config import Timings
+from entrypoint.updater import Updater, short
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 1.0
+FIRST_RETRY = 1.0
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, so many pods do not retry in step."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.first * 2**self.failures)
+        self.failures += 1
+        return jitter(delay)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def jitter(seconds: float) -> float:
+    return seconds * random.uniform(0.8, 1.2)
+
+
+class Agent:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        home = settings.home
+        home.mkdir(parents=True, exist_ok=True)
+        self.board = StatusBoard(settings.repo_url.redacted(), settings.ref_label)
+        self.repo = Repository(
+            home / "repo",
+            settings.repo_url,
+            depth=settings.depth,
+            timeout=settings.git_timeout,
+            credentials_file=self._write_credentials(),
+        )
+        self.releases = Releases(home, settings.app_dir, settings.shared_paths)
+        timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
+        self.supervisor = Supervisor(home / "run", timings)
+        self.updater = Updater(
+            settings,
+            self.repo,
+            self.releases,
+            self.supervisor,
+            StateFile(home / "state.json"),
+            self.board,
+            self.stop,
+        )
+        self.status = StatusServer(
+            settings.status_host,
+            settings.status_port,
+            self.board,
+            self.request_sync,
+            stale_after=max(30.0, 10 * WATCH_INTERVAL),
+        )
+
+    def _write_credentials(self) -> Path | None:
+        """Credentials from REPO_URL go to a mode-0600 file, read by git's helper."""
+        path = self.settings.home / "credentials"
+        credentials = self.settings.repo_url.credentials
+        if credentials is None:
+            path.unlink(missing_ok=True)
+            return None
+        write_credentials_file(path, credentials)
+        return path
+
+    # -- public -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until asked to stop (return 0) or the app cannot be kept up (raise)."""
+        self._install_signal_handlers()
+        self.status.start()
+        log.info(
+            "live-pull starting repo=%s ref=%s status_port=%d",
+            self.settings.repo_url.redacted(),
+            self.settings.ref_label,
+            self.status.port,
+        )
+        try:
+            self.repo.open()
+            self.supervisor.start()
+            if self._start_first_revision():
+                self._start_poller()
+                self._watch()
+        finally:
+            self._shutdown()
+        return 0
+
+    def request_sync(self) -> None:
+        log.info("check requested")
+        self.wake.set()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    # -- start ----------------------------------------------------------------------
+
+    def _start_first_revision(self) -> bool:
+        """Serve something as soon as possible; False if stopped before that."""
+        last_good = self.updater.state.last_good
+        if last_good is not None and self.releases.exists(last_good):
+            log.info("starting last good revision at once sha=%s", short(last_good))
+            try:
+                processes = load_processes(self.releases.app_path(last_good), self.settings.command)
+                self.updater.go_live(last_good, processes)
+            except RevisionError as exc:
+                log.error("last good revision did not start, fetching error=%s", exc)
+            else:
+                self.wake.set()  # check the remote straight away, in the background
+                return True
+        return self._fetch_first_revision()
+
+    def _fetch_first_revision(self) -> bool:
+        deadline = time.monotonic() + self.settings.start_timeout
+        backoff = Backoff(FIRST_RETRY, self.settings.max_backoff)
+        while not self.stop.is_set():
+            try:
+                self.updater.check(retry_failed=True)
+                return True
+            except GitError as exc:
+                self.board.update(last_error=str(exc), state="waiting for remote")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StartupFailed(
+                        f"no revision fetched within {self.settings.start_timeout:g}s "
+                        f"and none on disk: {exc}"
+                    ) from exc
+                delay = min(backoff.next_delay(), remaining)
+                log.warning("first fetch failed, retrying in %.1fs error=%s", delay, exc)
+                self.stop.wait(delay)
+            except RevisionError as exc:
+                raise AppFailed(str(exc)) from exc
+        return False
+
+    # -- steady state --------------------------------------------------------------------
+
+    def _start_poller(self) -> None:
+        threading.Thread(target=self._poll_loop, name="poller", daemon=True).start()
+
+    def _poll_loop(self) -> None:
+        backoff = Backoff(max(self.settings.poll_interval, FIRST_RETRY), self.settings.max_backoff)
+        delay: float | None = self._poll_delay()
+        while not self.stop.is_set():
+            self.wake.wait(delay)
+            self.wake.clear()
+            if self.stop.is_set():
+                return
+            delay = self._poll_once(backoff)
+
+    def _poll_once(self, backoff: Backoff) -> float | None:
+        try:
+            self.updater.check()
+        except GitError as exc:
+            delay = backoff.next_delay()
+            log.warning("check failed, next try in %.1fs error=%s", delay, exc)
+            self.board.update(last_error=str(exc))
+            return delay
+        except LivePullError as exc:
+            log.error("update failed error=%s", exc)
+        backoff.reset()
+        return self._poll_delay()
+
+    def _poll_delay(self) -> float | None:
+        """Seconds to the next poll; None (wait for a sync) when polling is off."""
+        if self.settings.poll_interval == 0:
+            return None
+        return jitter(self.settings.poll_interval)
+
+    def _watch(self) -> None:
+        """Turn "the app cannot stay up" into an exit the restart policy sees."""
+        while not self.stop.wait(WATCH_INTERVAL):
+            self.board.beat()
+            if not self.supervisor.alive():
+                raise AppFailed("supervisord exited unexpectedly")
+            if not self.updater.switching.acquire(blocking=False):
+                continue  # the updater judges a revision while it starts it
+            try:
+                fatal = first_fatal(self.supervisor.states())
+            finally:
+                self.updater.switching.release()
+            if fatal is not None:
+                raise AppFailed(fatal)
+
+    # -- stop -------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        self.request_stop()
+        self.board.update(state="stopping", ready=False)
+        log.info("stopping app and supervisord")
+        self.supervisor.stop()
+        self.status.stop()
+        log.info("stopped")
+
+    def _install_signal_handlers(self) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self.request_stop()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)

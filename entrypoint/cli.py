@@ -1,0 +1,141 @@
+"""Command line: the only place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+
+from entrypoint import __version__
+from entrypoint.config import Settings, load_settings, scrub_environ, status_url
+from entrypoint.errors import AppFailed, ConfigError, LivePullError, StartupFailed
+from entrypoint.logs import configure_logging
+
+log = logging.getLogger("entrypoint")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_APP_FAILED = 3
+EXIT_START_FAILED = 4
+STATUS_ORDER = ("state", "revision", "ref", "repo_url", "ready", "last_check", "last_error")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"live-pull: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AppFailed as exc:
+        print(f"live-pull: the app cannot stay up: {exc}", file=sys.stderr)
+        return EXIT_APP_FAILED
+    except StartupFailed as exc:
+        print(f"live-pull: could not start: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
+    except LivePullError as exc:
+        print(f"live-pull: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="live-pull", description="Keep a running app in step with its git repository."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="fetch, run and follow the app (the container's command)")
+    commands.add_parser("check-config", help="validate and print the effective configuration")
+    status = commands.add_parser("status", help="show a running agent's status")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    commands.add_parser("sync", help="ask a running agent to check the remote now")
+    commands.add_parser("version", help="print the version")
+    demo = commands.add_parser("demo", help="run against a sample app and push a commit")
+    demo.add_argument(
+        "--port", type=int, default=None, help="port for the sample app (default: a free one)"
+    )
+    handlers = {
+        "run": _run,
+        "check-config": _check_config,
+        "status": _status,
+        "sync": _sync,
+        "version": _version,
+        "demo": _demo,
+    }
+    for name, handler in handlers.items():
+        commands.choices[name].set_defaults(handler=handler)
+    return parser
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from entrypoint.agent import Agent
+
+    settings = _settings()
+    secrets = []
+    if settings.repo_url.credentials is not None:
+        secrets = [settings.repo_url.credentials.password, settings.repo_url.credentials.username]
+    configure_logging(settings.log_level, secrets)
+    scrub_environ(settings)
+    try:
+        return Agent(settings).run()
+    except OSError as exc:
+        raise LivePullError(str(exc)) from exc
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    for key, value in _settings().effective().items():
+        print(f"{key}={value}")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = _request("GET", "/status").json()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    for key in STATUS_ORDER:
+        print(f"{key:>16}: {_show(status.get(key))}")
+    print(f"{'updates':>16}: {status.get('updates', 0)}")
+    for sha, reason in (status.get("failed_revisions") or {}).items():
+        print(f"{'failed':>16}: {sha[:12]} {reason}")
+    return EXIT_OK
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    _request("POST", "/sync")
+    print("check requested")
+    return EXIT_OK
+
+
+def _request(method: str, path: str) -> requests.Response:
+    url = status_url() + path
+    try:
+        response = requests.request(method, url, timeout=5)
+        response.raise_for_status()
+    except requests.RequestException as exc:
+        raise LivePullError(f"no live-pull agent answering at {url}: {exc}") from exc
+    return response
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"live-pull {__version__}")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from entrypoint.demo import run_demo
+
+    return run_demo(args.port)

@@ -1,0 +1,217 @@
+"""Settings: the only module that reads the environment.
+
+One frozen pydantic-settings model, validated before any work. A bad value
+becomes one ConfigError line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from entrypoint.credentials import RepoUrl, parse_repo_url
+from entrypoint.errors import ConfigError
+
+PREFIX = "LIVE_PULL_"
+# Variables live-pull sets for the app itself; seeing them is not a typo.
+APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_RELEASE_DIR"})
+# Variables whose value may hold a secret: never echoed, never passed to the app.
+SECRET_VARIABLES = frozenset({"REPO_URL"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
+
+    repo_url: Annotated[RepoUrl, NoDecode] = Field(validation_alias=AliasChoices("REPO_URL"))
+    repo_ref: str | None = Field(None, validation_alias=AliasChoices("REPO_REF"))
+    home: Path = Field(Path("/var/lib/live-pull"), validation_alias=AliasChoices("LIVE_PULL_HOME"))
+    poll_interval: float = Field(
+        30.0, ge=0, validation_alias=AliasChoices("LIVE_PULL_POLL_INTERVAL")
+    )
+    app_dir: str = Field("", validation_alias=AliasChoices("LIVE_PULL_APP_DIR"))
+    command: str | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_COMMAND"))
+    status_host: str = Field("0.0.0.0", validation_alias=AliasChoices("LIVE_PULL_STATUS_HOST"))
+    status_port: int = Field(
+        8081, ge=0, le=65535, validation_alias=AliasChoices("LIVE_PULL_STATUS_PORT")
+    )
+    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
+    shared_paths: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=AliasChoices("LIVE_PULL_SHARED_PATHS")
+    )
+    keep_releases: int = Field(3, ge=1, validation_alias=AliasChoices("LIVE_PULL_KEEP_RELEASES"))
+    depth: int = Field(1, ge=0, validation_alias=AliasChoices("LIVE_PULL_DEPTH"))
+    git_timeout: float = Field(120.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_GIT_TIMEOUT"))
+    start_timeout: float = Field(
+        300.0, ge=0, validation_alias=AliasChoices("LIVE_PULL_START_TIMEOUT")
+    )
+    stop_timeout: float = Field(5.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_STOP_TIMEOUT"))
+    start_seconds: int = Field(1, ge=0, validation_alias=AliasChoices("LIVE_PULL_START_SECONDS"))
+    start_retries: int = Field(3, ge=0, validation_alias=AliasChoices("LIVE_PULL_START_RETRIES"))
+    release_timeout: float = Field(
+        600.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_RELEASE_TIMEOUT")
+    )
+    max_backoff: float = Field(300.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_MAX_BACKOFF"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=AliasChoices("LIVE_PULL_LOG_LEVEL")
+    )
+
+    @field_validator("repo_url", mode="before")
+    @classmethod
+    def _parse_url(cls, value: object) -> RepoUrl:
+        if isinstance(value, RepoUrl):
+            return value
+        return parse_repo_url(str(value))
+
+    @field_validator("repo_ref")
+    @classmethod
+    def _check_ref(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if value.startswith("-") or any(c.isspace() or c in "~^:?*[\\" for c in value):
+            raise ValueError("is not a valid git ref name")
+        return value
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @field_validator("app_dir")
+    @classmethod
+    def _inside_repository(cls, value: str) -> str:
+        return _relative_inside(value, allow_empty=True)
+
+    @field_validator("shared_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        return tuple(_shared_path(str(item)) for item in items if str(item).strip())
+
+    @field_validator("command")
+    @classmethod
+    def _non_blank_command(cls, value: str | None) -> str | None:
+        return value if value and value.strip() else None
+
+    @property
+    def ref_label(self) -> str:
+        return self.repo_ref or "HEAD (remote default branch)"
+
+    def effective(self) -> dict[str, str]:
+        """The configuration as `check-config` prints it, credentials redacted."""
+        return {
+            "REPO_URL": self.repo_url.redacted(),
+            "REPO_REF": self.ref_label,
+            "PORT": str(self.port),
+            "LIVE_PULL_HOME": str(self.home),
+            "LIVE_PULL_POLL_INTERVAL": f"{self.poll_interval:g}",
+            "LIVE_PULL_APP_DIR": self.app_dir or ".",
+            "LIVE_PULL_COMMAND": self.command or "(Procfile web entry)",
+            "LIVE_PULL_STATUS_HOST": self.status_host,
+            "LIVE_PULL_STATUS_PORT": str(self.status_port),
+            "LIVE_PULL_SHARED_PATHS": ",".join(self.shared_paths),
+            "LIVE_PULL_KEEP_RELEASES": str(self.keep_releases),
+            "LIVE_PULL_DEPTH": str(self.depth),
+            "LIVE_PULL_GIT_TIMEOUT": f"{self.git_timeout:g}",
+            "LIVE_PULL_START_TIMEOUT": f"{self.start_timeout:g}",
+            "LIVE_PULL_STOP_TIMEOUT": f"{self.stop_timeout:g}",
+            "LIVE_PULL_START_SECONDS": str(self.start_seconds),
+            "LIVE_PULL_START_RETRIES": str(self.start_retries),
+            "LIVE_PULL_RELEASE_TIMEOUT": f"{self.release_timeout:g}",
+            "LIVE_PULL_MAX_BACKOFF": f"{self.max_backoff:g}",
+            "LIVE_PULL_LOG_LEVEL": self.log_level,
+        }
+
+
+def _relative_inside(value: str, *, allow_empty: bool) -> str:
+    cleaned = value.strip()
+    if not cleaned:
+        if allow_empty:
+            return ""
+        raise ValueError("contains an empty path")
+    if posixpath.isabs(cleaned):
+        raise ValueError(f"{cleaned!r} must be relative to the repository")
+    normal = posixpath.normpath(cleaned)
+    if normal == ".." or normal.startswith("../"):
+        raise ValueError(f"{cleaned!r} leaves the repository")
+    return "" if normal == "." else normal
+
+
+def _shared_path(value: str) -> str:
+    """Normalise one shared path; a trailing slash (a directory) is kept."""
+    is_dir = value.strip().endswith("/")
+    normal = _relative_inside(value, allow_empty=False)
+    if not normal or normal == ".git" or normal.startswith(".git/"):
+        raise ValueError(f"{value.strip()!r} cannot be shared")
+    return normal + "/" if is_dir else normal
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the environment, or raise ConfigError with one line."""
+    environ = os.environ if environ is None else environ
+    _reject_unknown(environ)
+    known = {key: value for key, value in environ.items() if key in _ALIASES}
+    try:
+        return Settings.model_validate(known)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _reject_unknown(environ: Mapping[str, str]) -> None:
+    for key in sorted(environ):
+        if key.startswith(PREFIX) and key not in _ALIASES and key not in APP_FACING:
+            raise ConfigError(f"{key}: unknown setting (check the spelling)")
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    variable = str(error["loc"][0]) if error["loc"] else "configuration"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{variable}: is required"
+    if variable in SECRET_VARIABLES or error["type"] == "value_error":
+        return f"{variable}: {message}"
+    return f"{variable}: {message} (got {error['input']!r})"
+
+
+def scrub_environ(settings: Settings, environ: MutableMapping[str, str] | None = None) -> None:
+    """Remove secrets from this process's environment, so no child inherits them.
+
+    git, supervisord and the app are all started after this; the app still sees
+    REPO_URL, without its credentials.
+    """
+    environ = os.environ if environ is None else environ
+    for name in SECRET_VARIABLES:
+        environ.pop(name, None)
+    environ["REPO_URL"] = settings.repo_url.url
+
+
+def _aliases() -> frozenset[str]:
+    names: set[str] = set()
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice) for choice in alias.choices)
+    return frozenset(names)
+
+
+_ALIASES = _aliases()
+
+
+def status_url(environ: Mapping[str, str] | None = None) -> str:
+    """Where `status` and `sync` find a running agent: only the status port matters."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("LIVE_PULL_STATUS_PORT", "")
+    try:
+        port = Settings.model_fields["status_port"].default if not raw else int(raw)
+    except ValueError:
+        raise ConfigError(f"LIVE_PULL_STATUS_PORT: not a port number (got {raw!r})") from None
+    return f"http://127.0.0.1:{port}"

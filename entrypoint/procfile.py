@@ -1,0 +1,45 @@
+"""What to run: the app's Procfile, with LIVE_PULL_COMMAND standing in for `web`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from entrypoint.errors import RevisionError
+
+LINE = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)\s*:\s*(?P<command>.+)$")
+RELEASE = "release"
+WEB = "web"
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The long-running process types, and the one-off release step if any."""
+
+    programs: dict[str, str]
+    release: str | None
+
+
+def parse_procfile(text: str) -> dict[str, str]:
+    entries: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = LINE.match(line)
+        if match is None:
+            raise RevisionError(f"Procfile line {number} is not 'name: command'")
+        entries[match["name"]] = match["command"].strip()
+    return entries
+
+
+def load_processes(app_path: Path, command_override: str | None) -> Processes:
+    procfile = app_path / "Procfile"
+    entries = parse_procfile(procfile.read_text()) if procfile.is_file() else {}
+    if command_override:
+        entries[WEB] = command_override
+    release = entries.pop(RELEASE, None)
+    if not entries:
+        raise RevisionError("nothing to run: no Procfile entries and LIVE_PULL_COMMAND is unset")
+    return Processes(programs=entries, release=release)

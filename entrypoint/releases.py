@@ -1,0 +1,113 @@
+"""Release directories: one checked-out revision each, `current` pointing at one.
+
+A release is built under a temporary name and renamed into place, so a release
+directory that exists is complete. Data never lives in a release: shared paths
+are kept once under `shared/` and linked into every release.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+
+
+class Releases:
+    def __init__(self, home: Path, app_dir: str, shared_paths: tuple[str, ...]) -> None:
+        self.root = home / "releases"
+        self.current_link = home / "current"
+        self.shared_root = home / "shared"
+        self.app_dir = app_dir
+        self.shared_paths = shared_paths
+
+    def path(self, sha: str) -> Path:
+        return self.root / sha
+
+    def app_path(self, sha: str) -> Path:
+        return self.path(sha) / self.app_dir if self.app_dir else self.path(sha)
+
+    def exists(self, sha: str) -> bool:
+        return self.path(sha).is_dir()
+
+    def prepare(self, sha: str, export: Callable[[Path], None]) -> Path:
+        """Return releases/<sha>, exporting the revision into it if it is not there yet."""
+        final = self.path(sha)
+        if final.is_dir():
+            return final
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f"{TMP_PREFIX}{sha}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            export(staging)
+            self._link_shared(staging / self.app_dir if self.app_dir else staging)
+            os.rename(staging, final)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return final
+
+    def _link_shared(self, app_root: Path) -> None:
+        for entry in self.shared_paths:
+            relative = entry.rstrip("/")
+            in_release = app_root / relative
+            kept = self.shared_root / relative
+            if not kept.exists() and not kept.is_symlink():
+                _seed(kept, in_release, is_dir=entry.endswith("/"))
+            _remove(in_release)
+            in_release.parent.mkdir(parents=True, exist_ok=True)
+            in_release.symlink_to(kept)
+
+    def current(self) -> str | None:
+        """The sha `current` points at, if it points at a release that exists."""
+        try:
+            target = os.readlink(self.current_link)
+        except OSError:
+            return None
+        sha = Path(target).name
+        return sha if self.exists(sha) else None
+
+    def activate(self, sha: str) -> None:
+        """Point `current` at releases/<sha> atomically (symlink, then rename over)."""
+        staging = self.current_link.with_name(f"current.{uuid.uuid4().hex[:8]}")
+        staging.symlink_to(Path("releases") / sha)
+        os.replace(staging, self.current_link)
+
+    def collect(self, keep: Iterable[str]) -> list[str]:
+        """Delete every release not in `keep` (and leftovers of interrupted builds)."""
+        keep_set = set(keep)
+        current = self.current()
+        if current is not None:
+            keep_set.add(current)
+        removed = []
+        for child in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if child.name in keep_set:
+                continue
+            shutil.rmtree(child, ignore_errors=True)
+            if not child.name.startswith(TMP_PREFIX):
+                removed.append(child.name)
+        if removed:
+            log.info("removed old releases count=%d", len(removed))
+        return removed
+
+
+def _seed(kept: Path, in_release: Path, *, is_dir: bool) -> None:
+    """First use of a shared path: start from what the revision ships, if anything."""
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    if in_release.exists() and not in_release.is_symlink():
+        shutil.move(in_release, kept)
+    elif is_dir:
+        kept.mkdir(parents=True, exist_ok=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)

@@ -1,0 +1,190 @@
+"""The one local git repository: ask the remote, fetch a revision, export it.
+
+Made by init + fetch, shallow by default. It is a cache of the remote: when it
+is damaged in any way it is thrown away and rebuilt, never repaired by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from entrypoint.credentials import RepoUrl, credential_helper_config
+from entrypoint.errors import GitError, RefNotFound
+
+log = logging.getLogger(__name__)
+
+FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+FETCHED_REF = "refs/live-pull/fetched"
+REMOTE = "origin"
+ERROR_TAIL_LINES = 5
+
+
+@dataclass(frozen=True)
+class RemoteRevision:
+    """What the configured ref points to on the remote right now."""
+
+    sha: str
+    ref_name: str | None  # None when the configured ref is a commit
+
+
+class Repository:
+    def __init__(
+        self,
+        path: Path,
+        url: RepoUrl,
+        *,
+        depth: int,
+        timeout: float,
+        credentials_file: Path | None = None,
+    ) -> None:
+        self.path = path
+        self.url = url
+        self.depth = depth
+        self.timeout = timeout
+        self._env = _git_environment(url, credentials_file)
+        self._repo: git.Repo | None = None
+
+    # -- the local repository -------------------------------------------------
+
+    def open(self) -> None:
+        """Open the repository, rebuilding it if it is missing or not a repository."""
+        if not self.path.exists():
+            log.info("creating repository path=%s", self.path)
+            self.rebuild()
+            return
+        try:
+            self._repo = git.Repo(self.path)
+            self._git("rev-parse", "--git-dir")
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError, GitError):
+            log.warning("repository missing or damaged, rebuilding path=%s", self.path)
+            self.rebuild()
+            return
+        self._remove_stale_locks()
+        self._git("remote", "set-url", REMOTE, self.url.url)
+
+    def rebuild(self) -> None:
+        if self.path.is_symlink() or self.path.is_file():
+            self.path.unlink()
+        elif self.path.exists():
+            shutil.rmtree(self.path)
+        self._repo = git.Repo.init(self.path, bare=True)
+        self._git("config", "gc.autoDetach", "false")
+        self._git("remote", "add", REMOTE, self.url.url)
+
+    def _remove_stale_locks(self) -> None:
+        # Only live-pull runs git here, one command at a time: any lock file
+        # present before a command is left over from a killed one.
+        for lock in self.path.rglob("*.lock"):
+            log.warning("removing stale lock file=%s", lock.relative_to(self.path))
+            lock.unlink(missing_ok=True)
+
+    # -- the remote -------------------------------------------------------------
+
+    def resolve(self, ref: str | None) -> RemoteRevision:
+        """Ask the remote what `ref` points to: one round trip, no objects."""
+        if ref is not None and FULL_SHA.match(ref):
+            return RemoteRevision(ref, None)
+        if ref is None:
+            return self._resolve_default_branch()
+        names = [ref, f"{ref}^{{}}"] if ref.startswith("refs/") else _candidates(ref)
+        found = _parse_ls_remote(self._git("ls-remote", REMOTE, *names))
+        for name in names:
+            peeled = found.get(f"{name}^{{}}")
+            if name in found:
+                return RemoteRevision(peeled or found[name], name)
+        raise RefNotFound(f"ref not found on the remote: ref={ref}")
+
+    def _resolve_default_branch(self) -> RemoteRevision:
+        output = self._git("ls-remote", "--symref", REMOTE, "HEAD")
+        branch = None
+        for line in output.splitlines():
+            if line.startswith("ref: ") and line.endswith("\tHEAD"):
+                branch = line[len("ref: ") :].split("\t")[0]
+        sha = _parse_ls_remote(output).get("HEAD")
+        if sha is None:
+            raise RefNotFound("the remote has no default branch (empty repository?)")
+        return RemoteRevision(sha, branch)
+
+    def fetch(self, revision: RemoteRevision) -> str:
+        """Fetch the revision's commit (shallow); return the commit's sha."""
+        self._remove_stale_locks()
+        depth = [f"--depth={self.depth}"] if self.depth > 0 else []
+        if revision.ref_name is None:
+            self._git("fetch", "--no-tags", *depth, REMOTE, revision.sha)
+            self._git("update-ref", FETCHED_REF, revision.sha)
+        else:
+            refspec = f"+{revision.ref_name}:{FETCHED_REF}"
+            self._git("fetch", "--no-tags", *depth, REMOTE, refspec)
+        return self._git("rev-parse", "--verify", f"{FETCHED_REF}^{{commit}}").strip()
+
+    def export(self, sha: str, destination: Path) -> None:
+        """Write the files of `sha` into `destination` (no .git inside)."""
+        index = self.path / f"live-pull-index-{uuid.uuid4().hex}"
+        env = {"GIT_INDEX_FILE": str(index)}
+        work_tree = f"--work-tree={destination}"
+        try:
+            self._git(work_tree, "read-tree", sha, extra_env=env)
+            self._git(work_tree, "checkout-index", "--all", "--force", extra_env=env)
+        finally:
+            index.unlink(missing_ok=True)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _git(self, *args: str, extra_env: dict[str, str] | None = None) -> str:
+        if self._repo is None:
+            raise GitError("repository is not open")
+        env = {**self._env, **(extra_env or {})}
+        try:
+            output = self._repo.git.execute(
+                ["git", *args], kill_after_timeout=self.timeout, env=env, stdout_as_string=True
+            )
+        except git.GitCommandError as exc:
+            raise GitError(f"git {args[0]} failed: {_stderr_tail(exc)}") from exc
+        except (OSError, git.GitError) as exc:
+            raise GitError(f"git {args[0]} failed: {exc}") from exc
+        return str(output)
+
+
+def _candidates(ref: str) -> list[str]:
+    return [f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"]
+
+
+def _parse_ls_remote(output: str) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for line in output.splitlines():
+        sha, _, name = line.partition("\t")
+        if FULL_SHA.match(sha):
+            refs[name] = sha
+    return refs
+
+
+def _stderr_tail(exc: git.GitCommandError) -> str:
+    text = exc.stderr if isinstance(exc.stderr, str) else str(exc.stderr or "")
+    text = text.strip().removeprefix("stderr:").strip().strip("'").strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return f"exit status {exc.status}"
+    return " | ".join(lines[-ERROR_TAIL_LINES:])
+
+
+def _git_environment(url: RepoUrl, credentials_file: Path | None) -> dict[str, str]:
+    """Never prompt, never hang, and only speak the transports we allow."""
+    env = {
+        "GIT_TERMINAL_PROMPT": "0",
+        "GCM_INTERACTIVE": "never",
+        "GIT_ASKPASS": "true",
+        "SSH_ASKPASS": "true",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+        "GIT_ALLOW_PROTOCOL": "https:http:ssh:git" + (":file" if url.is_file else ""),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    if credentials_file is not None:
+        env.update(credential_helper_config(credentials_file))
+    return env

@@ -1,0 +1,203 @@
+"""supervisord as the agent's child: start it, change its programs, watch them, stop it.
+
+Programs are changed through reloadConfig and per-group remove/add over
+XML-RPC on a unix socket, the way `supervisorctl update` does; supervisord itself
+is never restarted or sent SIGHUP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xmlrpc.client
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from entrypoint.errors import AppFailed, SupervisorError
+from entrypoint.files import write_private
+from entrypoint.supervisor_config import (
+    ProgramSpec,
+    Timings,
+    render_main,
+    render_programs,
+)
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2
+SOCKET_NAME = "supervisor.sock"
+RPC_USER = "live-pull"
+UNIX_PATH_MAX = 107
+
+
+class Supervisor:
+    def __init__(self, run_dir: Path, timings: Timings) -> None:
+        self.run_dir = run_dir
+        self.timings = timings
+        self.conf = run_dir / "supervisord.conf"
+        self.programs_file = run_dir / "programs.conf"
+        self.socket = _socket_path(run_dir)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._known_pids: set[int] = set()
+        self._password = secrets.token_hex(16)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start supervisord with no programs and wait until it answers."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        self.programs_file.write_text("")
+        pidfile = self.run_dir / "supervisord.pid"
+        write_private(
+            self.conf, render_main(self.socket, pidfile, self.programs_file, self._password)
+        )
+        argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.conf)]
+        # Its own session: a terminal's Ctrl-C reaches the agent, which stops
+        # the app in order. Must be called from the main thread (see _die_with_parent).
+        self._process = subprocess.Popen(
+            argv, start_new_session=True, preexec_fn=_die_with_parent(), stdin=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise SupervisorError(
+                    f"supervisord exited at start code={self._process.returncode}"
+                )
+            with contextlib.suppress(OSError, SupervisorError):
+                self._call(lambda rpc: rpc.supervisor.getState())
+                return
+            time.sleep(POLL)
+        raise SupervisorError(f"supervisord did not answer within {timeout:g}s")
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the app gracefully (whole process groups), then supervisord."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        self._remember_pids()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=self.timings.stop_timeout + 3)
+        except subprocess.TimeoutExpired:
+            log.warning("supervisord did not stop in time, killing it and the app")
+            process.kill()
+            process.wait()
+            self._kill_known_groups()
+
+    # -- programs -------------------------------------------------------------------
+
+    def apply(self, programs: list[ProgramSpec]) -> None:
+        """Make supervisord run exactly `programs`; changed ones are restarted."""
+        with self._lock:
+            self.programs_file.write_text(render_programs(programs, self.timings))
+            result = self._call(lambda rpc: rpc.supervisor.reloadConfig())
+            added, changed, removed = result[0]
+            for name in [*removed, *changed]:
+                self._remove_group(name)
+            for name in [*changed, *added]:
+                self._add_group(name)
+
+    def _add_group(self, name: str) -> None:
+        self._call(lambda rpc: rpc.supervisor.addProcessGroup(name))
+
+    def _remove_group(self, name: str) -> None:
+        with contextlib.suppress(SupervisorError):
+            self._call(lambda rpc: rpc.supervisor.stopProcessGroup(name, True))
+        self._call(lambda rpc: rpc.supervisor.removeProcessGroup(name))
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        infos = self._call(lambda rpc: rpc.supervisor.getAllProcessInfo())
+        return {info["name"]: info for info in infos}
+
+    def wait_running(self, names: Iterable[str]) -> None:
+        """Wait until every program is RUNNING; raise AppFailed if one goes FATAL."""
+        wanted = set(names)
+        t = self.timings
+        timeout = (t.start_retries + 1) * (t.start_seconds + t.start_retries + 1) + 10
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = self.states()
+            fatal = first_fatal(states)
+            if fatal is not None:
+                raise AppFailed(fatal)
+            if all(states.get(name, {}).get("statename") == "RUNNING" for name in wanted):
+                self._remember_pids(states)
+                return
+            time.sleep(POLL)
+        raise AppFailed(f"programs did not reach RUNNING within {timeout}s")
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _call(self, method: Callable[[Any], Any]) -> Any:
+        # A fresh proxy per call: SupervisorTransport keeps one connection and
+        # is not safe to share between the poller and the watchdog.
+        transport = SupervisorTransport(RPC_USER, self._password, f"unix://{self.socket}")
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        try:
+            return method(proxy)
+        except xmlrpc.client.Fault as exc:
+            raise SupervisorError(f"supervisord refused: {exc.faultString}") from exc
+        except (OSError, xmlrpc.client.ProtocolError) as exc:
+            raise SupervisorError(f"supervisord unreachable: {exc}") from exc
+
+    def _remember_pids(self, states: dict[str, dict[str, Any]] | None = None) -> None:
+        with contextlib.suppress(SupervisorError):
+            states = states if states is not None else self.states()
+            self._known_pids |= {info["pid"] for info in states.values() if info["pid"]}
+
+    def _kill_known_groups(self) -> None:
+        for pid in self._known_pids:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def first_fatal(states: dict[str, dict[str, Any]]) -> str | None:
+    """A one-line description of the first FATAL program, if any."""
+    for name, info in sorted(states.items()):
+        if info.get("statename") == "FATAL":
+            detail = info.get("spawnerr") or info.get("description") or "exited too quickly"
+            return f"program {name} went FATAL after its retries: {detail}"
+    return None
+
+
+def _socket_path(run_dir: Path) -> Path:
+    """Unix sockets have a short path limit; fall back to a private temp dir."""
+    candidate = run_dir / SOCKET_NAME
+    if len(str(candidate)) <= UNIX_PATH_MAX:
+        return candidate
+    return Path(tempfile.mkdtemp(prefix="live-pull-")) / SOCKET_NAME
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """Ask the kernel to SIGTERM supervisord if the agent dies without stopping it.
+
+    PR_SET_PDEATHSIG fires when the forking *thread* exits, so supervisord must
+    be started from the main thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl
+    pr_set_pdeathsig = 1
+
+    def set_death_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return set_death_signal

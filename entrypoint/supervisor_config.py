@@ -1,0 +1,93 @@
+"""Render supervisord's configuration: a fixed main file and one file of programs.
+
+The main file includes the programs file, so an update rewrites only that and
+asks supervisord to reread it (reloadConfig), never restarting supervisord.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    name: str
+    command: str
+    directory: Path
+    environment: dict[str, str]  # values must be simple: digits, hex, names
+
+
+@dataclass(frozen=True)
+class Timings:
+    start_seconds: int
+    start_retries: int
+    stop_timeout: float
+
+
+def _escape(value: str) -> str:
+    """supervisord expands %(name)s in values; a literal % is written %%."""
+    return value.replace("%", "%%")
+
+
+def render_main(socket: Path, pidfile: Path, programs_file: Path, password: str) -> str:
+    """The file holds the XML-RPC password: write it mode 0600."""
+    # Naming the user we already are silences supervisord's warning about root.
+    user = f"user={getpass.getuser()}\n" if os.geteuid() == 0 else ""
+    return f"""\
+[unix_http_server]
+file={_escape(str(socket))}
+chmod=0700
+username=live-pull
+password={password}
+
+[supervisord]
+{user}nodaemon=true
+logfile=/dev/null
+logfile_maxbytes=0
+pidfile={_escape(str(pidfile))}
+loglevel=info
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{_escape(str(socket))}
+username=live-pull
+password={password}
+
+[include]
+files = {_escape(str(programs_file))}
+"""
+
+
+def render_programs(programs: list[ProgramSpec], timings: Timings) -> str:
+    return "\n".join(_render_program(program, timings) for program in programs)
+
+
+def _render_program(program: ProgramSpec, timings: Timings) -> str:
+    # Procfile commands are shell lines ($PORT, &&); exec keeps the app as the
+    # process supervisord signals.
+    command = shlex.join(["/bin/sh", "-c", f"exec {program.command}"])
+    environment = ",".join(f'{key}="{value}"' for key, value in program.environment.items())
+    return f"""\
+[program:{program.name}]
+command={_escape(command)}
+directory={_escape(str(program.directory))}
+environment={_escape(environment)}
+autostart=true
+autorestart=true
+startsecs={timings.start_seconds}
+startretries={timings.start_retries}
+stopsignal=TERM
+stopwaitsecs={max(1, round(timings.stop_timeout))}
+stopasgroup=true
+killasgroup=true
+stdout_logfile=/dev/fd/1
+stdout_logfile_maxbytes=0
+stderr_logfile=/dev/fd/2
+stderr_logfile_maxbytes=0
+"""
