@@ -1,0 +1,165 @@
+"""Fixtures: sample repositories, the agent as a real process, a smart-HTTP git server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from entrypoint.demo import free_port
+from entrypoint.sample import SampleRepo, create_sample_repo
+from tests.git_http import GitHttpServer
+
+WAIT = 45.0
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+
+
+class AgentProcess:
+    """`python -m entrypoint run` as a real process, with its output in files."""
+
+    def __init__(self, home: Path, env: dict[str, str], logs: Path) -> None:
+        self.home = home
+        self.port = int(env["PORT"])
+        self.status_port = int(env["LIVE_PULL_STATUS_PORT"])
+        self.env = env
+        self.stdout_path = logs / f"agent-{time.monotonic_ns()}.out"
+        self.stderr_path = self.stdout_path.with_suffix(".err")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "entrypoint", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(
+            errors="replace"
+        )
+
+    def app(self, path: str = "/") -> str | None:
+        try:
+            return requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=2).text
+        except requests.RequestException:
+            return None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return dict(requests.get(self.status_url("/status"), timeout=2).json())
+        except (requests.RequestException, ValueError):
+            return {}
+
+    def status_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.status_port}{path}"
+
+    def wait_serving(self, sha: str, timeout: float = WAIT) -> str:
+        """Wait until the app answers from revision `sha`; return its answer."""
+        return str(
+            wait_until(
+                lambda: (text := self.app()) and f"revision {sha[:12]}" in text and text,
+                timeout,
+                f"app serving {sha[:12]}\n--- agent output ---\n{self.output()}",
+            )
+        )
+
+    def wait_status(self, timeout: float = WAIT, **expected: Any) -> dict[str, Any]:
+        def matches() -> dict[str, Any] | None:
+            status = self.status()
+            ok = status and all(status.get(k) == v for k, v in expected.items())
+            return status if ok else None
+
+        return dict(wait_until(matches, timeout, f"status {expected}: {self.status()}"))
+
+    def wait_exit(self, timeout: float = WAIT) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> tuple[int, float]:
+        """Send `sig`; return the exit code and how long the exit took."""
+        assert self.process is not None
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> SampleRepo:
+    return create_sample_repo(tmp_path / "remote", message="hello")
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Build agents against a repository; every one still running is stopped at the end."""
+    started: list[AgentProcess] = []
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def make(
+        repo_url: str, home: Path | None = None, start: bool = True, **extra: str
+    ) -> AgentProcess:
+        home = home or tmp_path / "home"
+        env = {
+            **os.environ,
+            "REPO_URL": repo_url,
+            "LIVE_PULL_HOME": str(home),
+            "LIVE_PULL_POLL_INTERVAL": "1",
+            "LIVE_PULL_STATUS_PORT": str(free_port()),
+            "LIVE_PULL_START_TIMEOUT": "20",
+            "LIVE_PULL_MAX_BACKOFF": "2",
+            "PORT": str(free_port()),
+            **extra,
+        }
+        agent = AgentProcess(home, env, logs)
+        started.append(agent)
+        return agent.start() if start else agent
+
+    yield make
+    for agent in started:
+        if agent.process is not None and agent.process.poll() is None:
+            agent.process.kill()
+            agent.process.wait()
+            _kill_leftover_apps(agent.home)
+
+
+def _kill_leftover_apps(home: Path) -> None:
+    """A killed agent's supervisord dies with it; its apps are stopped here too."""
+    pidfile = home / "run" / "supervisord.pid"
+    if pidfile.exists():
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
+@pytest.fixture
+def git_http(tmp_path: Path) -> Iterator[GitHttpServer]:
+    with GitHttpServer(tmp_path / "remote") as server:
+        yield server
