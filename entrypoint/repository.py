@@ -59,15 +59,22 @@ class Repository:
             log.info("creating repository path=%s", self.path)
             self.rebuild()
             return
-        try:
-            self._repo = git.Repo(self.path)
-            self._git("rev-parse", "--git-dir")
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError, GitError):
-            log.warning("repository missing or damaged, rebuilding path=%s", self.path)
+        if not self.healthy():
+            log.warning("repository damaged, rebuilding path=%s", self.path)
             self.rebuild()
             return
         self._remove_stale_locks()
         self._git("remote", "set-url", REMOTE, self.url.url)
+
+    def healthy(self) -> bool:
+        """Can git read this repository's own files (config, HEAD)?"""
+        try:
+            self._repo = git.Repo(self.path)
+            self._git("rev-parse", "--git-dir")
+            self._git("config", "--get", f"remote.{REMOTE}.url")
+        except Exception:  # whatever is wrong, a cache is rebuilt, not mended
+            return False
+        return True
 
     def rebuild(self) -> None:
         if self.path.is_symlink() or self.path.is_file():

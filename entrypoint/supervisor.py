@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 POLL = 0.2
 SOCKET_NAME = "supervisor.sock"
 RPC_USER = "live-pull"
-UNIX_PATH_MAX = 107
+# sun_path holds 107 bytes; supervisord binds "<path>.<pid>" first, then renames.
+UNIX_PATH_MAX = 107 - 12
 
 
 class Supervisor:
@@ -92,14 +94,18 @@ class Supervisor:
         if process is None or process.poll() is not None:
             return
         self._remember_pids()
+        deadline = time.monotonic() + self.timings.stop_timeout
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=self.timings.stop_timeout + 3)
         except subprocess.TimeoutExpired:
-            log.warning("supervisord did not stop in time, killing it and the app")
+            log.warning("supervisord did not stop in time, killing it")
             process.kill()
             process.wait()
-            self._kill_known_groups()
+        for pid in self._known_pids:
+            end_group(pid, deadline)
+        if self.socket.parent != self.run_dir:  # the short-path fallback
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
 
     # -- programs -------------------------------------------------------------------
 
@@ -118,9 +124,13 @@ class Supervisor:
         self._call(lambda rpc: rpc.supervisor.addProcessGroup(name))
 
     def _remove_group(self, name: str) -> None:
+        pids = [info["pid"] for info in self.states().values() if info["group"] == name]
+        deadline = time.monotonic() + self.timings.stop_timeout
         with contextlib.suppress(SupervisorError):
             self._call(lambda rpc: rpc.supervisor.stopProcessGroup(name, True))
         self._call(lambda rpc: rpc.supervisor.removeProcessGroup(name))
+        for pid in pids:
+            end_group(pid, deadline)
 
     def states(self) -> dict[str, dict[str, Any]]:
         infos = self._call(lambda rpc: rpc.supervisor.getAllProcessInfo())
@@ -162,10 +172,24 @@ class Supervisor:
             states = states if states is not None else self.states()
             self._known_pids |= {info["pid"] for info in states.values() if info["pid"]}
 
-    def _kill_known_groups(self) -> None:
-        for pid in self._known_pids:
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+
+def end_group(pgid: int, deadline: float) -> None:
+    """Wait for what is left of a stopped program's process group, then kill it.
+
+    supervisord only escalates to SIGKILL while the program's own pid lives; a
+    shell that dies on SIGTERM would leave its children running otherwise.
+    """
+    if pgid <= 0:
+        return
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except OSError:
+            return
+        time.sleep(POLL)
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+        log.warning("killed what was left of a stopped program pgid=%d", pgid)
 
 
 def first_fatal(states: dict[str, dict[str, Any]]) -> str | None:

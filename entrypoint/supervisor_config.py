@@ -12,6 +12,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+SHELL_OPERATORS = (";", "&", "|", "<", ">", "(", ")", "`", "\n", "$(")
+
 
 @dataclass(frozen=True)
 class ProgramSpec:
@@ -68,10 +70,16 @@ def render_programs(programs: list[ProgramSpec], timings: Timings) -> str:
     return "\n".join(_render_program(program, timings) for program in programs)
 
 
+def is_simple_command(command: str) -> bool:
+    """True when the line is one command the shell can exec (no lists, pipes, groups)."""
+    return not any(token in command for token in SHELL_OPERATORS)
+
+
 def _render_program(program: ProgramSpec, timings: Timings) -> str:
-    # Procfile commands are shell lines ($PORT, &&); exec keeps the app as the
-    # process supervisord signals.
-    command = shlex.join(["/bin/sh", "-c", f"exec {program.command}"])
+    # Procfile commands are shell lines ($PORT, &&, ;). A simple command is
+    # exec'd, so the app itself is the process supervisord watches and signals.
+    line = f"exec {program.command}" if is_simple_command(program.command) else program.command
+    command = shlex.join(["/bin/sh", "-c", line])
     environment = ",".join(f'{key}="{value}"' for key, value in program.environment.items())
     return f"""\
 [program:{program.name}]

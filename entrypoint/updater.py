@@ -75,7 +75,14 @@ class Updater:
     # -- the steps ------------------------------------------------------------------
 
     def _ask_remote(self) -> RemoteRevision:
-        remote = self.repo.resolve(self.settings.repo_ref)
+        try:
+            remote = self.repo.resolve(self.settings.repo_ref)
+        except GitError:
+            if self.repo.healthy():
+                raise  # the remote's problem: the caller backs off
+            log.warning("local repository damaged, rebuilding it")
+            self.repo.rebuild()
+            remote = self.repo.resolve(self.settings.repo_ref)
         self.board.update(last_check=now_iso(), ref=remote.ref_name or self.settings.repo_ref)
         return remote
 
