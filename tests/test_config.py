@@ -1,0 +1,148 @@
+"""Bad input: one line naming the variable, exit 2, no work done."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from entrypoint.config import load_settings
+from entrypoint.credentials import parse_repo_url
+from entrypoint.errors import ConfigError
+
+GOOD_URL = "https://example.invalid/org/app.git"
+
+BAD = [
+    ({}, "REPO_URL: is required"),
+    ({"REPO_URL": ""}, "REPO_URL: must not be empty"),
+    ({"REPO_URL": "ext::sh -c touch% /tmp/pwned"}, "REPO_URL: is neither a URL"),
+    ({"REPO_URL": "ftp://host/repo.git"}, "REPO_URL: transport 'ftp' is not allowed"),
+    ({"REPO_URL": "fd::17"}, "REPO_URL: is neither a URL"),
+    ({"REPO_URL": "https:///nohost"}, "REPO_URL: URL has no host"),
+    ({"REPO_URL": "ssh://me:pw@host/r.git"}, "REPO_URL: passwords in ssh URLs are not supported"),
+    ({"REPO_REF": "bad ref"}, "REPO_REF: is not a valid git ref name"),
+    ({"REPO_REF": "--upload-pack=x"}, "REPO_REF: is not a valid git ref name"),
+    ({"LIVE_PULL_HOME": "relative/dir"}, "LIVE_PULL_HOME: must be an absolute path"),
+    (
+        {"LIVE_PULL_POLL_INTERVAL": "soon"},
+        "LIVE_PULL_POLL_INTERVAL: Input should be a valid number",
+    ),
+    ({"LIVE_PULL_POLL_INTERVAL": "-5"}, "LIVE_PULL_POLL_INTERVAL: Input should be greater than"),
+    ({"LIVE_PULL_APP_DIR": "../outside"}, "LIVE_PULL_APP_DIR: '../outside' leaves the repository"),
+    ({"LIVE_PULL_APP_DIR": "a/../../b"}, "LIVE_PULL_APP_DIR: 'a/../../b' leaves the repository"),
+    ({"LIVE_PULL_APP_DIR": "/etc"}, "LIVE_PULL_APP_DIR: '/etc' must be relative"),
+    ({"LIVE_PULL_SHARED_PATHS": "db.sqlite3,../x"}, "LIVE_PULL_SHARED_PATHS: '../x' leaves"),
+    ({"LIVE_PULL_SHARED_PATHS": ".git"}, "LIVE_PULL_SHARED_PATHS: '.git' cannot be shared"),
+    ({"LIVE_PULL_STATUS_PORT": "99999"}, "LIVE_PULL_STATUS_PORT: Input should be less than"),
+    ({"PORT": "http"}, "PORT: Input should be a valid integer"),
+    ({"PORT": "0"}, "PORT: Input should be greater than or equal to 1"),
+    ({"LIVE_PULL_KEEP_RELEASES": "0"}, "LIVE_PULL_KEEP_RELEASES: Input should be greater"),
+    ({"LIVE_PULL_LOG_LEVEL": "LOUD"}, "LIVE_PULL_LOG_LEVEL: Input should be"),
+    ({"LIVE_PULL_POLL_INTERVALL": "5"}, "LIVE_PULL_POLL_INTERVALL: unknown setting"),
+]
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k != "REPO_URL" and not k.startswith("LIVE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoint", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"), BAD, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD)]
+)
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_bad_configuration_exits_2_with_one_line(
+    env: dict[str, str], message: str, command: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    full = {"REPO_URL": GOOD_URL, "LIVE_PULL_HOME": str(home), **env}
+    if env == {}:
+        full.pop("REPO_URL")
+    result = run_cli(command, env=full)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"live-pull: configuration error: {message}"), lines[0]
+    assert not home.exists()  # validated before any work
+
+
+def test_secret_never_echoed_in_config_errors() -> None:
+    result = run_cli("check-config", env={"REPO_URL": "ftp://user:hunter2secret@host/r.git"})
+    assert result.returncode == 2
+    assert "hunter2secret" not in result.stderr + result.stdout
+
+
+def test_check_config_prints_effective_configuration_redacted(tmp_path: Path) -> None:
+    url = "https://deploy:tok3n-value@git.example.invalid/org/app.git"
+    result = run_cli(
+        "check-config",
+        env={
+            "REPO_URL": url,
+            "LIVE_PULL_HOME": str(tmp_path),
+            "LIVE_PULL_SHARED_PATHS": "media/,db",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tok3n-value" not in result.stdout
+    assert "deploy" not in result.stdout
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert lines["REPO_URL"] == "https://***@git.example.invalid/org/app.git"
+    assert lines["LIVE_PULL_SHARED_PATHS"] == "media/,db"
+    assert lines["LIVE_PULL_POLL_INTERVAL"] == "30"
+    assert lines["PORT"] == "8000"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/org/app.git",
+        "http://127.0.0.1:8080/app.git",
+        "ssh://git@host.example:2222/org/app.git",
+        "git://host.example/app.git",
+        "file:///srv/git/app.git",
+        "git@github.com:org/app.git",
+    ],
+)
+def test_accepted_urls(url: str) -> None:
+    parsed = load_settings({"REPO_URL": url}).repo_url
+    assert parsed.url == url
+    assert parsed.credentials is None
+
+
+def test_credentials_are_split_off() -> None:
+    parsed = parse_repo_url("https://user:p%40ss@host.example/r.git")
+    assert parsed.url == "https://host.example/r.git"
+    assert parsed.credentials is not None
+    assert (parsed.credentials.username, parsed.credentials.password) == ("user", "p@ss")
+    assert "p@ss" not in repr(parsed)
+    token_only = parse_repo_url("https://ghp_tokenvalue@host.example/r.git")
+    assert token_only.redacted() == "https://***@host.example/r.git"
+
+
+def test_load_settings_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^PORT: "):
+        load_settings({"REPO_URL": GOOD_URL, "PORT": "-1"})
+
+
+def test_version_command() -> None:
+    result = run_cli("version", env={})
+    assert result.returncode == 0
+    assert result.stdout.startswith("live-pull ")
+
+
+def test_status_without_agent_is_one_clear_line() -> None:
+    from entrypoint.demo import free_port
+
+    result = run_cli("status", env={"LIVE_PULL_STATUS_PORT": str(free_port())})
+    assert result.returncode == 1
+    assert result.stderr.startswith("live-pull: error: no live-pull agent answering at")
+    assert len(result.stderr.strip().splitlines()) == 1
