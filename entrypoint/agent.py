@@ -86,7 +86,8 @@ class Agent:
             settings.status_port,
             self.board,
             self.request_sync,
-            stale_after=max(30.0, 10 * WATCH_INTERVAL),
+            # The main thread blocks for at most one git command between beats.
+            stale_after=max(60.0, settings.git_timeout + 30),
         )
 
     def _write_credentials(self) -> Path | None:
@@ -163,10 +164,17 @@ class Agent:
                     ) from exc
                 delay = min(backoff.next_delay(), remaining)
                 log.warning("first fetch failed, retrying in %.1fs error=%s", delay, exc)
-                self.stop.wait(delay)
+                self._wait_alive(delay)
             except RevisionError as exc:
                 raise AppFailed(str(exc)) from exc
         return False
+
+    def _wait_alive(self, seconds: float) -> None:
+        """Wait (until stopped) while telling /healthz the loop is alive."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            self.board.beat()
+            self.stop.wait(min(WATCH_INTERVAL, max(0.0, deadline - time.monotonic())))
 
     # -- steady state --------------------------------------------------------------------
 
