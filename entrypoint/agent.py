@@ -17,8 +17,9 @@ from types import FrameType
 
 from entrypoint.config import Settings
 from entrypoint.credentials import write_credentials_file
+from entrypoint.environments import Environments, InstallOptions
 from entrypoint.errors import AppFailed, GitError, LivePullError, RevisionError, StartupFailed
-from entrypoint.procfile import load_processes
+from entrypoint.installers import pick_installer
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
@@ -80,6 +81,18 @@ class Agent:
             StateFile(home / "state.json"),
             self.board,
             self.stop,
+            Environments(
+                home / "venvs",
+                home / "cache",
+                pick_installer(settings.installer),
+                InstallOptions(
+                    settings.lockfile,
+                    settings.install_command,
+                    settings.install_args,
+                    settings.install_timeout,
+                ),
+                self.stop,
+            ),
         )
         self.status = StatusServer(
             settings.status_host,
@@ -138,8 +151,7 @@ class Agent:
         if last_good is not None and self.releases.exists(last_good):
             log.info("starting last good revision at once sha=%s", short(last_good))
             try:
-                processes = load_processes(self.releases.app_path(last_good), self.settings.command)
-                self.updater.go_live(last_good, processes)
+                self.updater.go_live(self.updater.prepare(last_good))
             except RevisionError as exc:
                 log.error("last good revision did not start, fetching error=%s", exc)
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shlex
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -57,6 +58,19 @@ class Settings(BaseSettings):
         600.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_RELEASE_TIMEOUT")
     )
     max_backoff: float = Field(300.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_MAX_BACKOFF"))
+    lockfile: str | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_LOCKFILE"))
+    install_command: str | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_INSTALL_COMMAND")
+    )
+    installer: Literal["auto", "uv", "pip"] = Field(
+        "auto", validation_alias=AliasChoices("LIVE_PULL_INSTALLER")
+    )
+    install_args: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=AliasChoices("LIVE_PULL_INSTALL_ARGS")
+    )
+    install_timeout: float = Field(
+        1800.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_INSTALL_TIMEOUT")
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("LIVE_PULL_LOG_LEVEL")
     )
@@ -96,10 +110,29 @@ class Settings(BaseSettings):
         items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
         return tuple(_shared_path(str(item)) for item in items if str(item).strip())
 
-    @field_validator("command")
+    @field_validator("command", "install_command")
     @classmethod
     def _non_blank_command(cls, value: str | None) -> str | None:
+        if value is not None and "\n" in value:
+            raise ValueError("must be a single line")
         return value if value and value.strip() else None
+
+    @field_validator("lockfile")
+    @classmethod
+    def _lockfile_inside(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return ",".join(_relative_inside(part, allow_empty=False) for part in value.split(","))
+
+    @field_validator("install_args", mode="before")
+    @classmethod
+    def _split_args(cls, value: object) -> tuple[str, ...]:
+        if not isinstance(value, str):
+            return tuple(str(item) for item in value)  # type: ignore[attr-defined]
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into arguments: {exc}") from None
 
     @property
     def ref_label(self) -> str:
@@ -127,6 +160,11 @@ class Settings(BaseSettings):
             "LIVE_PULL_START_RETRIES": str(self.start_retries),
             "LIVE_PULL_RELEASE_TIMEOUT": f"{self.release_timeout:g}",
             "LIVE_PULL_MAX_BACKOFF": f"{self.max_backoff:g}",
+            "LIVE_PULL_LOCKFILE": self.lockfile or "(detected)",
+            "LIVE_PULL_INSTALL_COMMAND": self.install_command or "(none)",
+            "LIVE_PULL_INSTALLER": self.installer,
+            "LIVE_PULL_INSTALL_ARGS": shlex.join(self.install_args),
+            "LIVE_PULL_INSTALL_TIMEOUT": f"{self.install_timeout:g}",
             "LIVE_PULL_LOG_LEVEL": self.log_level,
         }
 

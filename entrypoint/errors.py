@@ -31,3 +31,19 @@ class AppFailed(LivePullError):
 
 class StartupFailed(LivePullError):
     """No revision could be fetched within the start timeout and none is on disk."""
+
+
+class InstallError(RevisionError):
+    """The revision's dependencies could not be installed."""
+
+
+class CommandFailed(LivePullError):
+    """A one-off command exited non-zero; carries the last lines of its output."""
+
+    def __init__(self, code: int, tail: list[str]) -> None:
+        self.code = code
+        self.tail = tail
+        super().__init__(f"code={code}: {' | '.join(tail) or 'no output'}")
+
+    def as_revision_error(self, what: str) -> RevisionError:
+        return RevisionError(f"{what} failed {self}")

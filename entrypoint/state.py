@@ -19,9 +19,12 @@ class State:
     last_good: str | None = None
     history: list[str] = field(default_factory=list)  # activated revisions, newest last
     failed: dict[str, str] = field(default_factory=dict)  # sha -> reason
+    environments: dict[str, str] = field(default_factory=dict)  # sha -> environment digest
 
-    def record_good(self, sha: str) -> None:
+    def record_good(self, sha: str, environment: str | None) -> None:
         self.last_good = sha
+        if environment is not None:
+            self.environments[sha] = environment
         self.history = [s for s in self.history if s != sha] + [sha]
         self.failed.pop(sha, None)
 
@@ -31,7 +34,10 @@ class State:
             self.failed.pop(next(iter(self.failed)))
 
     def retained(self, keep: int) -> list[str]:
-        return self.history[-keep:]
+        """The newest `keep` revisions; what falls out of history is forgotten."""
+        kept = self.history[-keep:]
+        self.environments = {sha: d for sha, d in self.environments.items() if sha in kept}
+        return kept
 
 
 class StateFile:
@@ -45,6 +51,7 @@ class StateFile:
                 last_good=data.get("last_good"),
                 history=list(data.get("history", [])),
                 failed=dict(data.get("failed", {})),
+                environments=dict(data.get("environments", {})),
             )
         except FileNotFoundError:
             return State()

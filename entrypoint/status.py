@@ -32,6 +32,9 @@ class Snapshot:
     last_check: str | None = None
     last_error: str | None = None
     updates: int = 0
+    deps_digest: str | None = None
+    installs: int = 0
+    last_install_seconds: float | None = None
     failed_revisions: dict[str, str] = field(default_factory=dict)
     started_at: str = field(default_factory=now_iso)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+from entrypoint.commands import run_release_step
 from entrypoint.config import Settings
+from entrypoint.environments import Environment, Environments
 from entrypoint.errors import AppFailed, GitError, RevisionError, SupervisorError
 from entrypoint.procfile import Processes, load_processes
-from entrypoint.release_step import run_release_step
 from entrypoint.releases import Releases
 from entrypoint.repository import RemoteRevision, Repository
 from entrypoint.state import State, StateFile
@@ -19,6 +21,15 @@ from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import ProgramSpec
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A release ready to run: its sha, its programs and its environment (if any)."""
+
+    sha: str
+    processes: Processes
+    environment: Environment | None
 
 
 def short(sha: str) -> str:
@@ -35,6 +46,7 @@ class Updater:
         state_file: StateFile,
         board: StatusBoard,
         stop: threading.Event,
+        environments: Environments,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -44,7 +56,8 @@ class Updater:
         self.state: State = state_file.load()
         self.board = board
         self.stop = stop
-        self.running: str | None = None
+        self.environments = environments
+        self.running_revision: Revision | None = None
         # Held while programs are being swapped; the watchdog leaves them alone then.
         self.switching = threading.Lock()
 
@@ -62,15 +75,30 @@ class Updater:
             return False
         replacing = self.running is not None
         try:
-            processes = self._load(sha)
-            self._release_step(sha, processes)  # 5. release step (migrations)
-            self.go_live(sha, processes)  # 6. start, prove healthy, else roll back
+            revision = self.prepare(sha)  # 4. environment, built only if missing
+            self._release_step(revision)  # 5. release step (migrations)
+            self.go_live(revision)  # 6. start, prove healthy, else roll back
         except RevisionError as exc:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
                 self._record_failure(sha, str(exc))
             raise
-        self._record_success(sha, counted=replacing)  # 7. record, collect garbage
+        self._record_success(revision, counted=replacing)  # 7. record, collect garbage
         return True
+
+    def prepare(self, sha: str) -> Revision:
+        """What it takes to run a release on disk: its programs and its environment."""
+        app_path = self.releases.app_path(sha)
+        if not app_path.is_dir():
+            app_dir = self.settings.app_dir
+            raise RevisionError(f"LIVE_PULL_APP_DIR {app_dir!r} is not in the revision")
+        processes = load_processes(app_path, self.settings.command)
+        self.board.update(state="installing" if self.running is None else "updating")
+        environment = self.environments.ensure(app_path)
+        self.board.update(
+            installs=self.environments.installs,
+            last_install_seconds=self.environments.last_install_seconds,
+        )
+        return Revision(sha, processes, environment)
 
     # -- the steps ------------------------------------------------------------------
 
@@ -111,74 +139,92 @@ class Updater:
         self.releases.prepare(sha, lambda target: self.repo.export(sha, target))
         return sha
 
-    def _load(self, sha: str) -> Processes:
-        app_path = self.releases.app_path(sha)
-        if not app_path.is_dir():
-            raise RevisionError(
-                f"LIVE_PULL_APP_DIR {self.settings.app_dir!r} is not in the revision"
-            )
-        return load_processes(app_path, self.settings.command)
-
-    def _release_step(self, sha: str, processes: Processes) -> None:
-        if processes.release is None:
+    def _release_step(self, revision: Revision) -> None:
+        if revision.processes.release is None:
             return
         self.board.update(state="releasing")
         run_release_step(
-            processes.release,
-            self.releases.app_path(sha),
-            self.app_environment(sha),
+            revision.processes.release,
+            self.releases.app_path(revision.sha),
+            self.app_environment(revision),
             timeout=self.settings.release_timeout,
             stop=self.stop,
         )
 
-    def go_live(self, sha: str, processes: Processes) -> None:
-        """Point `current` at sha and restart the programs on it (stop, then start).
+    def go_live(self, revision: Revision) -> None:
+        """Point `current` at the revision and restart the programs on it (stop, then start).
 
         If the new revision does not come up, the previous one is restored.
         """
-        previous = self.running
-        log.info("starting revision sha=%s programs=%s", short(sha), ",".join(processes.programs))
+        previous = self.running_revision
+        names = ",".join(revision.processes.programs)
+        log.info("starting revision sha=%s programs=%s", short(revision.sha), names)
         with self.switching:
             self.board.update(state="switching", ready=False)
             try:
-                self._run(sha, processes)
+                self._run(revision)
             except (AppFailed, SupervisorError) as exc:
                 if previous is not None and not self.stop.is_set():
-                    log.error("revision failed to start, restoring sha=%s", short(previous))
-                    self._run(previous, self._load(previous))
-                raise RevisionError(f"revision {short(sha)} failed to start: {exc}") from exc
+                    log.error("revision failed to start, restoring sha=%s", short(previous.sha))
+                    self._run(previous)
+                raise RevisionError(
+                    f"revision {short(revision.sha)} failed to start: {exc}"
+                ) from exc
 
-    def _run(self, sha: str, processes: Processes) -> None:
-        self.releases.activate(sha)
-        self.running = sha
-        self.board.update(revision=sha)
-        self.supervisor.apply(self._programs(sha, processes))
-        self.supervisor.wait_running(processes.programs)
+    @property
+    def running(self) -> str | None:
+        return self.running_revision.sha if self.running_revision else None
+
+    def _run(self, revision: Revision) -> None:
+        self.releases.activate(revision.sha)
+        self.running_revision = revision
+        digest = revision.environment.digest if revision.environment else None
+        self.board.update(revision=revision.sha, deps_digest=digest)
+        self.supervisor.apply(self._programs(revision))
+        self.supervisor.wait_running(revision.processes.programs)
         self.board.update(state="running", ready=True)
 
-    def _programs(self, sha: str, processes: Processes) -> list[ProgramSpec]:
-        directory = self.releases.current_link / self.settings.app_dir
-        env = {"PORT": str(self.settings.port), "LIVE_PULL_REVISION": sha}
+    def _programs(self, revision: Revision) -> list[ProgramSpec]:
+        directory = Path(os.path.normpath(self.releases.current_link / self.settings.app_dir))
+        env = self._revision_variables(revision)
         return [
-            ProgramSpec(name, command, Path(os.path.normpath(directory)), env)
-            for name, command in processes.programs.items()
+            ProgramSpec(name, command, directory, env)
+            for name, command in revision.processes.programs.items()
         ]
 
-    def app_environment(self, sha: str) -> dict[str, str]:
-        """The app's environment: ours (secrets already scrubbed), PORT and the revision."""
-        return {**os.environ, "PORT": str(self.settings.port), "LIVE_PULL_REVISION": sha}
+    def _revision_variables(self, revision: Revision) -> dict[str, str]:
+        """What live-pull adds to the app's environment for this revision."""
+        variables = {"PORT": str(self.settings.port), "LIVE_PULL_REVISION": revision.sha}
+        if revision.environment is not None:
+            variables.update(revision.environment.variables(os.environ.get("PATH", os.defpath)))
+        return variables
+
+    def app_environment(self, revision: Revision) -> dict[str, str]:
+        """The app's environment: ours (secrets already scrubbed) plus the revision's."""
+        return {**os.environ, **self._revision_variables(revision)}
 
     # -- recording --------------------------------------------------------------------
 
-    def _record_success(self, sha: str, *, counted: bool) -> None:
+    def _record_success(self, revision: Revision, *, counted: bool) -> None:
         """`counted`: an update replaced a running revision (the first start is not one)."""
-        log.info("revision live sha=%s", short(sha))
-        self.state.record_good(sha)
+        log.info("revision live sha=%s", short(revision.sha))
+        digest = revision.environment.digest if revision.environment else None
+        self.state.record_good(revision.sha, digest)
         self.state_file.save(self.state)
         if counted:
             self.board.count_update()
         self.board.update(last_error=None, failed_revisions=dict(self.state.failed))
-        self.releases.collect(self.state.retained(self.settings.keep_releases))
+        self.collect_garbage()
+
+    def collect_garbage(self) -> None:
+        """Old releases beyond the kept number, and environments none of them uses."""
+        retained = self.state.retained(self.settings.keep_releases)
+        self.releases.collect(retained)
+        in_use = {self.state.environments.get(sha) for sha in retained}
+        running = self.running_revision
+        if running is not None and running.environment is not None:
+            in_use.add(running.environment.digest)
+        self.environments.collect({digest for digest in in_use if digest})
 
     def _record_failure(self, sha: str, reason: str) -> None:
         log.error("revision failed sha=%s reason=%s", short(sha), reason)

@@ -1,0 +1,100 @@
+"""Running one-off commands (release step, installers): streamed to the log, bounded,
+killed as a whole process group on timeout or when the agent stops."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from entrypoint.errors import CommandFailed
+
+log = logging.getLogger(__name__)
+
+TAIL_LINES = 20
+
+
+def run_logged(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    stop: threading.Event,
+    on_line: Callable[[str], None],
+) -> None:
+    """Run argv, passing each output line to on_line; raise CommandFailed with the tail."""
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+        errors="replace",
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    reader = threading.Thread(target=_pump, args=(process, tail, on_line), daemon=True)
+    reader.start()
+    code = _wait(process, timeout, stop, tail)
+    reader.join(timeout=5)
+    if code != 0:
+        raise CommandFailed(code, list(tail))
+
+
+def run_release_step(
+    command: str, cwd: Path, env: dict[str, str], *, timeout: float, stop: threading.Event
+) -> None:
+    """The Procfile `release` step (migrations), run by the shell in the new release."""
+    log.info("running release step cwd=%s", cwd)
+    try:
+        run_logged(
+            ["/bin/sh", "-c", command],
+            cwd=cwd,
+            env=env,
+            timeout=timeout,
+            stop=stop,
+            on_line=lambda line: log.info("release: %s", line),
+        )
+    except CommandFailed as exc:
+        raise exc.as_revision_error("release step") from exc
+
+
+def _pump(
+    process: subprocess.Popen[str],
+    tail: collections.deque[str],
+    on_line: Callable[[str], None],
+) -> None:
+    assert process.stdout is not None
+    for raw in process.stdout:
+        line = raw.rstrip()
+        tail.append(line)
+        on_line(line)
+
+
+def _wait(
+    process: subprocess.Popen[str],
+    timeout: float,
+    stop: threading.Event,
+    tail: collections.deque[str],
+) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return process.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+        if stop.is_set() or time.monotonic() > deadline:
+            reason = "agent stopping" if stop.is_set() else f"timed out after {timeout:g}s"
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            tail.append(f"killed: {reason}")
+            return -signal.SIGKILL

@@ -1,0 +1,172 @@
+"""Turn lockfiles into pinned requirement lines, so any installer can honour them.
+
+poetry.lock, uv.lock (when uv itself is absent) and Pipfile.lock all become
+`name==version ; marker --hash=...` lines, installed with --no-deps: the locked
+set exactly, no resolution. Which packages a lock needs here is the closure of
+the project's main dependencies, following only edges whose markers hold on
+this interpreter and platform.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.markers import InvalidMarker, Marker
+from packaging.requirements import InvalidRequirement, Requirement
+
+from entrypoint.errors import InstallError
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    hashes: tuple[str, ...] = ()
+    marker: str | None = None
+
+    def line(self) -> str:
+        text = f"{self.name}=={self.version}"
+        if self.marker:
+            text += f" ; {self.marker}"
+        return text + "".join(f" --hash={digest}" for digest in self.hashes)
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_lines(pins: Iterable[Pin]) -> str:
+    return "".join(pin.line() + "\n" for pin in pins)
+
+
+# -- Pipfile.lock -------------------------------------------------------------------
+
+
+def pipfile_pins(path: Path) -> list[Pin]:
+    """The `default` section: every pin with its hashes and markers."""
+    data = _load(path, json.loads)
+    pins = []
+    for name, entry in sorted(data.get("default", {}).items()):
+        version = str(entry.get("version", "")).removeprefix("==")
+        if not version:
+            raise InstallError(f"Pipfile.lock: {name} has no pinned version")
+        pins.append(Pin(name, version, tuple(entry.get("hashes", ())), entry.get("markers")))
+    return pins
+
+
+# -- poetry.lock and uv.lock ----------------------------------------------------------
+
+
+def poetry_pins(lock: Path, pyproject: Path) -> list[Pin]:
+    packages = _load(lock, tomllib.loads).get("package", [])
+    graph = {normalize(p["name"]): p for p in packages}
+    roots = _poetry_roots(_load(pyproject, tomllib.loads))
+    needed = _closure(roots, lambda name: _poetry_edges(graph.get(name, {})), graph)
+    return [_poetry_pin(graph[name]) for name in sorted(needed)]
+
+
+def _poetry_roots(pyproject: Mapping[str, Any]) -> dict[str, str | None]:
+    roots: dict[str, str | None] = {}
+    for spec in pyproject.get("project", {}).get("dependencies", []):
+        req = _requirement(spec)
+        roots[normalize(req.name)] = str(req.marker) if req.marker else None
+    poetry_deps = pyproject.get("tool", {}).get("poetry", {}).get("dependencies", {})
+    for name, spec in poetry_deps.items():
+        if normalize(name) != "python":
+            roots[normalize(name)] = spec.get("markers") if isinstance(spec, dict) else None
+    return roots
+
+
+def _poetry_edges(package: Mapping[str, Any]) -> dict[str, str | None]:
+    edges: dict[str, str | None] = {}
+    for name, spec in package.get("dependencies", {}).items():
+        specs = spec if isinstance(spec, list) else [spec]
+        markers = [s.get("markers") if isinstance(s, dict) else None for s in specs]
+        edges[normalize(name)] = None if None in markers else " or ".join(f"({m})" for m in markers)
+    return edges
+
+
+def _poetry_pin(package: Mapping[str, Any]) -> Pin:
+    hashes = tuple(f["hash"] for f in package.get("files", []) if "hash" in f)
+    return Pin(package["name"], package["version"], hashes)
+
+
+def uv_pins(lock: Path, pyproject: Path) -> list[Pin]:
+    packages = _load(lock, tomllib.loads).get("package", [])
+    graph = {normalize(p["name"]): p for p in packages}
+    project = normalize(_load(pyproject, tomllib.loads).get("project", {}).get("name", ""))
+    if project not in graph:
+        raise InstallError("uv.lock does not lock the project named in pyproject.toml")
+    needed = _closure(_uv_edges(graph[project]), lambda name: _uv_edges(graph.get(name, {})), graph)
+    needed.discard(project)
+    return [_uv_pin(graph[name]) for name in sorted(needed)]
+
+
+def _uv_edges(package: Mapping[str, Any]) -> dict[str, str | None]:
+    return {normalize(d["name"]): d.get("marker") for d in package.get("dependencies", [])}
+
+
+def _uv_pin(package: Mapping[str, Any]) -> Pin:
+    artifacts = [*package.get("wheels", []), *([package["sdist"]] if "sdist" in package else [])]
+    return Pin(
+        package["name"], package["version"], tuple(a["hash"] for a in artifacts if "hash" in a)
+    )
+
+
+# -- pyproject.toml alone ---------------------------------------------------------------
+
+
+def project_dependencies(pyproject: Path) -> list[str]:
+    """[project] dependencies: what the app needs; its own code runs from the release."""
+    return list(_load(pyproject, tomllib.loads).get("project", {}).get("dependencies", []))
+
+
+# -- shared ---------------------------------------------------------------------------
+
+
+def _closure(
+    roots: Mapping[str, str | None],
+    edges_of: Callable[[str], dict[str, str | None]],
+    graph: Mapping[str, Any],
+) -> set[str]:
+    """Every package reachable from roots through edges whose markers hold here."""
+    needed: set[str] = set()
+    pending = [name for name, marker in roots.items() if _holds(marker)]
+    while pending:
+        name = pending.pop()
+        if name in needed:
+            continue
+        if name not in graph:
+            raise InstallError(f"lockfile does not lock {name}, which is required")
+        needed.add(name)
+        pending.extend(dep for dep, marker in edges_of(name).items() if _holds(marker))
+    return needed
+
+
+def _holds(marker: str | None) -> bool:
+    if not marker:
+        return True
+    try:
+        return Marker(marker).evaluate({"extra": ""})
+    except InvalidMarker as exc:
+        raise InstallError(f"bad environment marker in lockfile: {marker}") from exc
+
+
+def _requirement(spec: str) -> Requirement:
+    try:
+        return Requirement(spec)
+    except InvalidRequirement as exc:
+        raise InstallError(f"bad requirement in pyproject.toml: {spec}") from exc
+
+
+def _load(path: Path, parse: Any) -> Any:
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InstallError(f"cannot read {path.name}: {exc}") from exc
