@@ -21,7 +21,7 @@ from entrypoint.errors import ConfigError
 
 PREFIX = "LIVE_PULL_"
 # Variables live-pull sets for the app itself; seeing them is not a typo.
-APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_RELEASE_DIR"})
+APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_ENV"})
 # Variables whose value may hold a secret: never echoed, never passed to the app.
 SECRET_VARIABLES = frozenset({"REPO_URL"})
 

@@ -52,7 +52,11 @@ class Environment:
 
     def variables(self, base_path: str) -> dict[str, str]:
         """What a process needs to run in this environment."""
-        return {"VIRTUAL_ENV": str(self.path), "PATH": f"{self.path / 'bin'}:{base_path}"}
+        return {
+            "LIVE_PULL_ENV": str(self.path),
+            "VIRTUAL_ENV": str(self.path),
+            "PATH": f"{self.path / 'bin'}:{base_path}",
+        }
 
 
 class Environments:
@@ -167,7 +171,6 @@ class Environments:
         variables = {
             **os.environ,
             **self.installer.cache_env(self.cache),
-            "LIVE_PULL_ENV": str(env),
             "UV_PROJECT_ENVIRONMENT": str(env),
             "PIP_NO_INPUT": "1",
         }

@@ -50,9 +50,9 @@ class Installer:
 
 
 def pick_installer(preference: str) -> Installer:
-    """uv if it can be found (unless pip is asked for), else pip."""
+    """uv if it can be found (unless pip is asked for), else pip. A uv on PATH wins."""
     if preference != "pip":
-        found = _packaged_uv() or _uv_on_path()
+        found = _uv_on_path() or _packaged_uv()
         if found is not None:
             path, version = found
             return Installer("uv", version, path)
