@@ -24,24 +24,23 @@ EXIT_CONFIG = 2
 EXIT_APP_FAILED = 3
 EXIT_START_FAILED = 4
 STATUS_ORDER = ("state", "revision", "ref", "repo_url", "ready", "last_check", "last_error")
+# Most specific first: the first class an error is an instance of decides.
+FAILURES: tuple[tuple[type[LivePullError], str, int], ...] = (
+    (ConfigError, "configuration error", EXIT_CONFIG),
+    (AppFailed, "the app cannot stay up", EXIT_APP_FAILED),
+    (StartupFailed, "could not start", EXIT_START_FAILED),
+    (LivePullError, "error", EXIT_ERROR),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except ConfigError as exc:
-        print(f"live-pull: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except AppFailed as exc:
-        print(f"live-pull: the app cannot stay up: {exc}", file=sys.stderr)
-        return EXIT_APP_FAILED
-    except StartupFailed as exc:
-        print(f"live-pull: could not start: {exc}", file=sys.stderr)
-        return EXIT_START_FAILED
     except LivePullError as exc:
-        print(f"live-pull: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        what, code = next((w, c) for kind, w, c in FAILURES if isinstance(exc, kind))
+        print(f"live-pull: {what}: {exc}", file=sys.stderr)
+        return code
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ import requests
 from entrypoint.demo import free_port
 from entrypoint.sample import SampleRepo, create_sample_repo
 from tests.git_http import GitHttpServer
+from tests.wheels import build_wheel
 
 WAIT = 45.0
 
@@ -157,6 +158,16 @@ def _kill_leftover_apps(home: Path) -> None:
     if pidfile.exists():
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny wheels: tinydep 1.0, and tinypkg 1.0 and 2.0 (both requiring tinydep)."""
+    house = tmp_path_factory.mktemp("wheelhouse")
+    build_wheel(house, "tinydep", "1.0")
+    build_wheel(house, "tinypkg", "1.0", ("tinydep>=1",))
+    build_wheel(house, "tinypkg", "2.0", ("tinydep>=1",))
+    return house
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 from entrypoint.installers import pick_installer
 from entrypoint.sample import APP, SampleRepo
 from tests.conftest import AgentProcess, wait_until
-from tests.wheels import build_wheel
 
 Factory = Callable[..., AgentProcess]
 
@@ -22,15 +21,6 @@ DEPS_APP = APP.format(message="placeholder").replace(
     "MESSAGE = 'placeholder'",
     "import tinypkg\nMESSAGE = os.environ.get('GREETING', 'hi') + ' tinypkg=' + tinypkg.VERSION",
 )
-
-
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    house = tmp_path_factory.mktemp("wheels")
-    build_wheel(house, "tinydep", "1.0")
-    build_wheel(house, "tinypkg", "1.0", ("tinydep>=1",))
-    build_wheel(house, "tinypkg", "2.0", ("tinydep>=1",))
-    return house
 
 
 @pytest.fixture
@@ -46,8 +36,8 @@ def uv_log(tmp_path: Path) -> tuple[Path, Path]:
     return bin_dir, log
 
 
-def deps_env(wheels: Path, **extra: str) -> dict[str, str]:
-    return {"LIVE_PULL_INSTALL_ARGS": f"--no-index --find-links {wheels}", **extra}
+def deps_env(wheelhouse: Path, **extra: str) -> dict[str, str]:
+    return {"LIVE_PULL_INSTALL_ARGS": f"--no-index --find-links {wheelhouse}", **extra}
 
 
 def app_files(pin: str, greeting: str = "hi") -> dict[str, str]:
@@ -61,12 +51,12 @@ def installs_run(log: Path) -> list[str]:
 
 
 def test_unchanged_lockfile_costs_no_install_on_update_or_restart(
-    sample: SampleRepo, agent_factory: Factory, wheels: Path, uv_log: tuple[Path, Path]
+    sample: SampleRepo, agent_factory: Factory, wheelhouse: Path, uv_log: tuple[Path, Path]
 ) -> None:
     bin_dir, log = uv_log
     path = f"{bin_dir}:{os.environ['PATH']}"
     first = sample.commit(app_files("tinypkg==1.0"), "deps")
-    agent = agent_factory(sample.url, PATH=path, **deps_env(wheels))
+    agent = agent_factory(sample.url, PATH=path, **deps_env(wheelhouse))
     assert "tinypkg=1.0" in agent.wait_serving(first)
     status = agent.wait_status(state="running", installs=1)
     digest = status["deps_digest"]
@@ -82,7 +72,7 @@ def test_unchanged_lockfile_costs_no_install_on_update_or_restart(
     assert len(installs_run(log)) == before
     assert agent.stop()[0] == 0
 
-    again = agent_factory(sample.url, home=agent.home, PATH=path, **deps_env(wheels))
+    again = agent_factory(sample.url, home=agent.home, PATH=path, **deps_env(wheelhouse))
     again.wait_serving(second)
     status = again.wait_status(state="running")
     assert (status["installs"], status["deps_digest"]) == (0, digest)
@@ -91,10 +81,10 @@ def test_unchanged_lockfile_costs_no_install_on_update_or_restart(
 
 
 def test_changed_lockfile_installs_once_into_a_new_environment(
-    sample: SampleRepo, agent_factory: Factory, wheels: Path
+    sample: SampleRepo, agent_factory: Factory, wheelhouse: Path
 ) -> None:
     first = sample.commit(app_files("tinypkg==1.0"), "v1")
-    agent = agent_factory(sample.url, **deps_env(wheels))
+    agent = agent_factory(sample.url, **deps_env(wheelhouse))
     agent.wait_serving(first)
     old = agent.wait_status(state="running")["deps_digest"]
     second = sample.commit(app_files("tinypkg==2.0"), "v2")
@@ -106,10 +96,10 @@ def test_changed_lockfile_installs_once_into_a_new_environment(
 
 
 def test_environments_of_dropped_releases_are_collected(
-    sample: SampleRepo, agent_factory: Factory, wheels: Path
+    sample: SampleRepo, agent_factory: Factory, wheelhouse: Path
 ) -> None:
     first = sample.commit(app_files("tinypkg==1.0"), "v1")
-    agent = agent_factory(sample.url, LIVE_PULL_KEEP_RELEASES="1", **deps_env(wheels))
+    agent = agent_factory(sample.url, LIVE_PULL_KEEP_RELEASES="1", **deps_env(wheelhouse))
     agent.wait_serving(first)
     second = sample.commit(app_files("tinypkg==2.0"), "v2")
     agent.wait_serving(second)
@@ -121,10 +111,10 @@ def test_environments_of_dropped_releases_are_collected(
 
 
 def test_failing_install_keeps_the_old_revision_serving(
-    sample: SampleRepo, agent_factory: Factory, wheels: Path
+    sample: SampleRepo, agent_factory: Factory, wheelhouse: Path
 ) -> None:
     good = sample.commit(app_files("tinypkg==1.0"), "good")
-    agent = agent_factory(sample.url, **deps_env(wheels))
+    agent = agent_factory(sample.url, **deps_env(wheelhouse))
     agent.wait_serving(good)
     bad = sample.commit(app_files("tinypkg==9.9"), "a pin that does not exist")
     wait_until(lambda: bad in (agent.status().get("failed_revisions") or {}))

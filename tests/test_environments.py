@@ -18,15 +18,6 @@ from tests.wheels import build_wheel, file_hash
 INSTALLERS = ["uv", "pip"]
 
 
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    house = tmp_path_factory.mktemp("wheelhouse")
-    build_wheel(house, "tinydep", "1.0")
-    build_wheel(house, "tinypkg", "1.0", ("tinydep>=1",))
-    build_wheel(house, "tinypkg", "2.0", ("tinydep>=1",))
-    return house
-
-
 def environments(
     home: Path, installer: Installer, wheelhouse: Path, **options: object
 ) -> Environments:
