@@ -18,6 +18,7 @@ from entrypoint.errors import CommandFailed
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 20
+QUIET_SECONDS = 10.0
 
 
 def run_logged(
@@ -28,8 +29,13 @@ def run_logged(
     timeout: float,
     stop: threading.Event,
     on_line: Callable[[str], None],
+    on_quiet: Callable[[], None] | None = None,
 ) -> None:
-    """Run argv, passing each output line to on_line; raise CommandFailed with the tail."""
+    """Run argv, passing each output line to on_line; raise CommandFailed with the tail.
+
+    on_quiet is called every QUIET_SECONDS the command runs, so a long download that
+    prints nothing still shows in the log that work goes on.
+    """
     process = subprocess.Popen(
         argv,
         cwd=cwd,
@@ -44,7 +50,7 @@ def run_logged(
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     reader = threading.Thread(target=_pump, args=(process, tail, on_line), daemon=True)
     reader.start()
-    code = _wait(process, timeout, stop, tail)
+    code = _wait(process, timeout, stop, tail, on_quiet)
     reader.join(timeout=5)
     if code != 0:
         raise CommandFailed(code, list(tail))
@@ -85,13 +91,18 @@ def _wait(
     timeout: float,
     stop: threading.Event,
     tail: collections.deque[str],
+    on_quiet: Callable[[], None] | None,
 ) -> int:
     deadline = time.monotonic() + timeout
+    next_quiet = time.monotonic() + QUIET_SECONDS
     while True:
         try:
             return process.wait(timeout=0.2)
         except subprocess.TimeoutExpired:
             pass
+        if on_quiet is not None and time.monotonic() >= next_quiet:
+            on_quiet()
+            next_quiet += QUIET_SECONDS
         if stop.is_set() or time.monotonic() > deadline:
             reason = "agent stopping" if stop.is_set() else f"timed out after {timeout:g}s"
             os.killpg(process.pid, signal.SIGKILL)

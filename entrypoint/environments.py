@@ -161,6 +161,7 @@ class Environments:
                 timeout=self.options.timeout,
                 stop=self.stop,
                 on_line=progress.line,
+                on_quiet=progress.still_running,
             )
         except CommandFailed as exc:
             raise InstallError(f"install failed ({self.installer.name}) {exc}") from exc
@@ -210,5 +211,11 @@ class _Progress:
         stripped = text.strip()
         if stripped.startswith(("Collecting ", "+ ")):
             self.packages += 1
-        elapsed = time.monotonic() - self.started
-        log.info("install: %s (elapsed=%.1fs packages=%d)", stripped, elapsed, self.packages)
+        log.info("install: %s (elapsed=%.1fs packages=%d)", stripped, self.elapsed, self.packages)
+
+    def still_running(self) -> None:
+        log.info("install running elapsed=%.0fs packages=%d", self.elapsed, self.packages)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started

@@ -93,6 +93,9 @@ def test_changed_lockfile_installs_once_into_a_new_environment(
     assert status["deps_digest"] != old
     venvs = {p.name for p in (agent.home / "venvs").iterdir()}
     assert venvs == {old, status["deps_digest"]}  # the old one stays with its release
+    progress = [line for line in agent.output().splitlines() if "install: " in line]
+    assert any("+ tinypkg==2.0" in line and "elapsed=" in line for line in progress)
+    assert "packages=2)" in progress[-1]
 
 
 def test_environments_of_dropped_releases_are_collected(
@@ -143,6 +146,8 @@ def test_install_killed_midway_is_never_reused(
     agent = agent_factory(sample.url, **env)
     venvs = agent.home / "venvs"
     started = wait_until(lambda: list(venvs.glob(".tmp-*/started")), what="install started")
+    # A silent install still shows, every few seconds, that it is running.
+    wait_until(lambda: "install running elapsed=" in agent.output(), 30, "progress line")
     agent.process.kill()  # type: ignore[union-attr]
     agent.wait_exit()
     os.killpg(_session_of(started[0]), signal.SIGKILL)
