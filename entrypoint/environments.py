@@ -173,6 +173,7 @@ class Environments:
             **os.environ,
             **self.installer.cache_env(self.cache),
             "UV_PROJECT_ENVIRONMENT": str(env),
+            "UV_PYTHON_DOWNLOADS": "never",  # build on this interpreter, never fetch another
             "PIP_NO_INPUT": "1",
         }
         variables.update(Environment("", env).variables(os.environ.get("PATH", os.defpath)))
