@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show a running agent's status")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     commands.add_parser("sync", help="ask a running agent to check the remote now")
+    probe = commands.add_parser("probe", help="exit 0 if a running agent's probe passes")
+    probe.add_argument("endpoint", choices=["healthz", "readyz"])
     commands.add_parser("version", help="print the version")
     demo = commands.add_parser("demo", help="run against a sample app and push a commit")
     demo.add_argument(
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         "check-config": _check_config,
         "status": _status,
         "sync": _sync,
+        "probe": _probe,
         "version": _version,
         "demo": _demo,
     }
@@ -116,6 +119,12 @@ def _show(value: Any) -> str:
 def _sync(args: argparse.Namespace) -> int:
     _request("POST", "/sync")
     print("check requested")
+    return EXIT_OK
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """For HEALTHCHECK and exec probes: the endpoint's answer as an exit code."""
+    _request("GET", f"/{args.endpoint}")
     return EXIT_OK
 
 
