@@ -191,6 +191,9 @@ def test_app_answers_and_follows_pushes_without_restart(remote: Remote, run_cont
     assert container.inspect("{{.State.StartedAt}}") == started
     assert container.inspect("{{.RestartCount}}") == "0"
     assert container.inspect("{{.Config.User}}") == "live-pull"
+    # The image's HEALTHCHECK command, run where the engine would run it.
+    for probe in ("healthz", "readyz"):
+        assert podman("exec", container.name, "live-pull", "probe", probe).returncode == 0
 
 
 def test_restart_with_volume_and_same_lockfile_does_no_install(
@@ -222,7 +225,9 @@ def test_stop_exits_zero_within_grace_period(remote: Remote, run_container) -> N
     elapsed = time.monotonic() - started
     assert container.inspect("{{.State.ExitCode}}") == "0"
     assert elapsed < 10
-    assert "stopped" in container.logs()
+    logs = container.logs()
+    assert "stopped: web (terminated by SIGTERM)" in logs  # the signal reached the app
+    assert "live-pull INFO entrypoint.agent: stopped" in logs
 
 
 def test_fatal_app_exits_non_zero_and_restart_policy_acts(remote: Remote, run_container) -> None:  # type: ignore[no-untyped-def]
@@ -253,6 +258,16 @@ def test_orphans_are_reaped(remote: Remote, run_container) -> None:  # type: ign
     assert container.inspect("{{.State.Pid}}") != "0"
 
 
+def _without_ports_list(manifest: str) -> str:
+    lines = manifest.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "ports:")
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    end = start + 1
+    while end < len(lines) and len(lines[end]) - len(lines[end].lstrip()) > indent:
+        end += 1
+    return "\n".join(lines[:start] + lines[end:]) + "\n"
+
+
 def test_kubernetes_manifest_runs_under_kube_play(image: str, tmp_path: Path) -> None:
     sample = create_sample_repo(tmp_path / "git")
     manifest = (ROOT / "docker" / "kubernetes" / "deployment.yaml").read_text()
@@ -261,14 +276,17 @@ def test_kubernetes_manifest_runs_under_kube_play(image: str, tmp_path: Path) ->
         adapted = (
             manifest.replace("image: live-pull:latest", f"image: {image}")
             .replace("https://github.com/org/app.git", server.url(sample.remote.name))
-            # Host networking: the pod's ports are the host's, so take free ones.
+            # Host networking: the pod's ports are the host's, so take free ones, and
+            # podman refuses port mappings (the `ports:` list) on the host network.
             .replace('"8000"', f'"{port}"')
-            .replace("containerPort: 8000", f"containerPort: {port}")
             .replace('"8081"', f'"{status_port}"')
-            .replace("containerPort: 8081", f"containerPort: {status_port}")
+            .replace("port: 8081", f"port: {status_port}")
         )
+        adapted = _without_ports_list(adapted)
         path = tmp_path / "deployment.yaml"
         path.write_text(adapted)
+        podman("kube", "down", str(path), check=False)  # leftovers of an interrupted run
+        podman("volume", "rm", "-f", "app-state", check=False)
         podman("kube", "play", "--network", "host", str(path), timeout=120)
         try:
             wait_until(
@@ -278,8 +296,8 @@ def test_kubernetes_manifest_runs_under_kube_play(image: str, tmp_path: Path) ->
                 BOOT,
                 "the pod serving",
             )
-            ready = requests.get(f"http://127.0.0.1:{status_port}/readyz", timeout=5)
-            assert ready.status_code == 200
+            ready = f"http://127.0.0.1:{status_port}/readyz"
+            wait_until(lambda: requests.get(ready, timeout=5).status_code == 200, 30, "readyz")
         finally:
             podman("kube", "down", str(path), check=False, timeout=120)
             podman("volume", "rm", "-f", "app-state", check=False)
