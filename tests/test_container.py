@@ -10,10 +10,11 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import git
 import pytest
 import requests
 
@@ -135,8 +136,11 @@ class Container:
         )
 
 
+RunContainer = Callable[..., Container]
+
+
 @pytest.fixture
-def run_container(image: str) -> Iterator:  # type: ignore[type-arg]
+def run_container(image: str) -> Iterator[RunContainer]:
     made: list[Container] = []
     volumes: set[str] = set()
 
@@ -177,12 +181,12 @@ def run_container(image: str) -> Iterator:  # type: ignore[type-arg]
 
 
 def head(remote: Remote) -> str:
-    import git
-
     return git.Repo(remote.sample.work).head.commit.hexsha
 
 
-def test_app_answers_and_follows_pushes_without_restart(remote: Remote, run_container) -> None:  # type: ignore[no-untyped-def]
+def test_app_answers_and_follows_pushes_without_restart(
+    remote: Remote, run_container: RunContainer
+) -> None:
     container = run_container(remote)
     container.serving(head(remote))
     started = container.inspect("{{.State.StartedAt}}")
@@ -217,7 +221,7 @@ def test_restart_with_volume_and_same_lockfile_does_no_install(
     assert "installing dependencies" not in second.logs()
 
 
-def test_stop_exits_zero_within_grace_period(remote: Remote, run_container) -> None:  # type: ignore[no-untyped-def]
+def test_stop_exits_zero_within_grace_period(remote: Remote, run_container: RunContainer) -> None:
     container = run_container(remote)
     container.serving(head(remote))
     started = time.monotonic()
@@ -230,7 +234,9 @@ def test_stop_exits_zero_within_grace_period(remote: Remote, run_container) -> N
     assert "live-pull INFO entrypoint.agent: stopped" in logs
 
 
-def test_fatal_app_exits_non_zero_and_restart_policy_acts(remote: Remote, run_container) -> None:  # type: ignore[no-untyped-def]
+def test_fatal_app_exits_non_zero_and_restart_policy_acts(
+    remote: Remote, run_container: RunContainer
+) -> None:
     remote.sample.commit({"Procfile": "web: python -c 'raise SystemExit(3)'\n"}, "crash")
     container = run_container(remote, "--restart", "on-failure", LIVE_PULL_START_RETRIES="1")
     wait_until(lambda: int(container.inspect("{{.RestartCount}}") or 0) >= 1, BOOT, "a restart")
@@ -239,7 +245,7 @@ def test_fatal_app_exits_non_zero_and_restart_policy_acts(remote: Remote, run_co
     container.serving(fixed)
 
 
-def test_orphans_are_reaped(remote: Remote, run_container) -> None:  # type: ignore[no-untyped-def]
+def test_orphans_are_reaped(remote: Remote, run_container: RunContainer) -> None:
     forking = APP.format(message="forks").replace(
         "def do_GET(self):\n",
         "def do_GET(self):\n"
