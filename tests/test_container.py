@@ -203,7 +203,7 @@ def test_app_answers_and_follows_pushes_without_restart(
 def test_restart_with_volume_and_same_lockfile_does_no_install(
     remote: Remote,
     run_container,
-    wheelhouse: Path,  # type: ignore[no-untyped-def]
+    wheelhouse: Path,
 ) -> None:
     app = APP.format(message="deps").replace("import os\n", "import os\nimport tinypkg\n", 1)
     sha = remote.sample.commit({"app.py": app, "requirements.txt": "tinypkg==1.0\n"}, "deps")

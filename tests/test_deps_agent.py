@@ -148,7 +148,7 @@ def test_install_killed_midway_is_never_reused(
     started = wait_until(lambda: list(venvs.glob(".tmp-*/started")), what="install started")
     # A silent install still shows, every few seconds, that it is running.
     wait_until(lambda: "install running elapsed=" in agent.output(), 30, "progress line")
-    agent.process.kill()  # type: ignore[union-attr]
+    os.kill(agent.pid, signal.SIGKILL)
     agent.wait_exit()
     os.killpg(_session_of(started[0]), signal.SIGKILL)
     assert [p.name for p in venvs.iterdir() if not p.name.startswith(".tmp-")] == []

@@ -19,20 +19,16 @@ INSTALLERS = ["uv", "pip"]
 
 
 def environments(
-    home: Path, installer: Installer, wheelhouse: Path, **options: object
+    home: Path,
+    installer: Installer,
+    wheelhouse: Path,
+    lockfile: str | None = None,
+    command: str | None = None,
 ) -> Environments:
-    return Environments(
-        home / "venvs",
-        home / "cache",
-        installer,
-        InstallOptions(
-            lockfile=options.get("lockfile"),  # type: ignore[arg-type]
-            command=options.get("command"),  # type: ignore[arg-type]
-            extra_args=("--no-index", "--find-links", str(wheelhouse)),
-            timeout=300,
-        ),
-        threading.Event(),
+    options = InstallOptions(
+        lockfile, command, ("--no-index", "--find-links", str(wheelhouse)), timeout=300
     )
+    return Environments(home / "venvs", home / "cache", installer, options, threading.Event())
 
 
 def installed(env: Path) -> dict[str, str]:
