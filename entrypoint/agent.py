@@ -12,11 +12,10 @@ import random
 import signal
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 
+from entrypoint.auth import GitAuth
 from entrypoint.config import Settings
-from entrypoint.credentials import write_credentials_file
 from entrypoint.environments import Environments, InstallOptions
 from entrypoint.errors import AppFailed, GitError, LivePullError, RevisionError, StartupFailed
 from entrypoint.installers import pick_installer
@@ -68,7 +67,7 @@ class Agent:
             settings.repo_url,
             depth=settings.depth,
             timeout=settings.git_timeout,
-            credentials_file=self._write_credentials(),
+            auth=GitAuth(settings.auth, home),
         )
         self.releases = Releases(home, settings.app_dir, settings.shared_paths)
         timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
@@ -102,16 +101,6 @@ class Agent:
             # The main thread blocks for at most one git command between beats.
             stale_after=max(60.0, settings.git_timeout + 30),
         )
-
-    def _write_credentials(self) -> Path | None:
-        """Credentials from REPO_URL go to a mode-0600 file, read by git's helper."""
-        path = self.settings.home / "credentials"
-        credentials = self.settings.repo_url.credentials
-        if credentials is None:
-            path.unlink(missing_ok=True)
-            return None
-        write_credentials_file(path, credentials)
-        return path
 
     # -- public -------------------------------------------------------------------
 

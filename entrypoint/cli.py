@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -82,15 +83,25 @@ def _run(args: argparse.Namespace) -> int:
     from entrypoint.agent import Agent
 
     settings = _settings()
-    secrets = []
-    if settings.repo_url.credentials is not None:
-        secrets = [settings.repo_url.credentials.password, settings.repo_url.credentials.username]
-    configure_logging(settings.log_level, secrets)
+    configure_logging(settings.log_level, _secrets_to_mask(settings))
     scrub_environ(settings)
     try:
         return Agent(settings).run()
     except OSError as exc:
         raise LivePullError(str(exc)) from exc
+
+
+def _secrets_to_mask(settings: Settings) -> list[str]:
+    """Every secret known at start, masked in the log as a last guard."""
+    auth = settings.auth
+    found = auth.inline_secrets()
+    if auth.url_credentials is not None:
+        found.append(auth.url_credentials.username)
+    for secret in (auth.token, auth.password):
+        if secret is not None and secret.file is not None:
+            with contextlib.suppress(LivePullError):
+                found.append(secret.read())
+    return found
 
 
 def _check_config(args: argparse.Namespace) -> int:

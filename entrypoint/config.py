@@ -13,9 +13,10 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from entrypoint.auth import AuthSettings, Secret
 from entrypoint.credentials import RepoUrl, parse_repo_url
 from entrypoint.errors import ConfigError
 
@@ -23,7 +24,7 @@ PREFIX = "LIVE_PULL_"
 # Variables live-pull sets for the app itself; seeing them is not a typo.
 APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_ENV"})
 # Variables whose value may hold a secret: never echoed, never passed to the app.
-SECRET_VARIABLES = frozenset({"REPO_URL"})
+SECRET_VARIABLES = frozenset({"REPO_URL", "LIVE_PULL_GIT_TOKEN", "LIVE_PULL_GIT_PASSWORD"})
 
 
 class Settings(BaseSettings):
@@ -70,6 +71,27 @@ class Settings(BaseSettings):
     )
     install_timeout: float = Field(
         1800.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_INSTALL_TIMEOUT")
+    )
+    git_username: str | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_GIT_USERNAME"))
+    git_username_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_GIT_USERNAME_FILE")
+    )
+    git_token: SecretStr | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_GIT_TOKEN"))
+    git_token_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_GIT_TOKEN_FILE")
+    )
+    git_password: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_GIT_PASSWORD")
+    )
+    git_password_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_GIT_PASSWORD_FILE")
+    )
+    ssh_key_file: Path | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_SSH_KEY_FILE"))
+    ssh_known_hosts_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_SSH_KNOWN_HOSTS_FILE")
+    )
+    ssh_strict_host_key_checking: bool = Field(
+        True, validation_alias=AliasChoices("LIVE_PULL_SSH_STRICT_HOST_KEY_CHECKING")
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("LIVE_PULL_LOG_LEVEL")
@@ -135,6 +157,18 @@ class Settings(BaseSettings):
             raise ValueError(f"cannot be split into arguments: {exc}") from None
 
     @property
+    def auth(self) -> AuthSettings:
+        return AuthSettings(
+            url_credentials=self.repo_url.credentials,
+            username=_secret("LIVE_PULL_GIT_USERNAME", self.git_username, self.git_username_file),
+            token=_secret("LIVE_PULL_GIT_TOKEN", self.git_token, self.git_token_file),
+            password=_secret("LIVE_PULL_GIT_PASSWORD", self.git_password, self.git_password_file),
+            ssh_key_file=self.ssh_key_file,
+            known_hosts_file=self.ssh_known_hosts_file,
+            strict_host_keys=self.ssh_strict_host_key_checking,
+        )
+
+    @property
     def ref_label(self) -> str:
         return self.repo_ref or "HEAD (remote default branch)"
 
@@ -165,6 +199,11 @@ class Settings(BaseSettings):
             "LIVE_PULL_INSTALLER": self.installer,
             "LIVE_PULL_INSTALL_ARGS": shlex.join(self.install_args),
             "LIVE_PULL_INSTALL_TIMEOUT": f"{self.install_timeout:g}",
+            "LIVE_PULL_GIT_AUTH": self.auth.method,
+            "LIVE_PULL_SSH_KNOWN_HOSTS_FILE": str(self.ssh_known_hosts_file or "(ssh default)"),
+            "LIVE_PULL_SSH_STRICT_HOST_KEY_CHECKING": str(
+                self.ssh_strict_host_key_checking
+            ).lower(),
             "LIVE_PULL_LOG_LEVEL": self.log_level,
         }
 
@@ -198,9 +237,78 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     _reject_unknown(environ)
     known = {key: value for key, value in environ.items() if key in _ALIASES}
     try:
-        return Settings.model_validate(known)
+        settings = Settings.model_validate(known)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+    _check_auth(settings)
+    return settings
+
+
+def _secret(variable: str, value: str | SecretStr | None, file: Path | None) -> Secret | None:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if value is None and file is None:
+        return None
+    return Secret(variable, value, file)
+
+
+def _check_auth(settings: Settings) -> None:
+    """Cross-variable rules: one method at a time, on a transport that can carry it."""
+    pairs = {
+        "LIVE_PULL_GIT_USERNAME": (settings.git_username, settings.git_username_file),
+        "LIVE_PULL_GIT_TOKEN": (settings.git_token, settings.git_token_file),
+        "LIVE_PULL_GIT_PASSWORD": (settings.git_password, settings.git_password_file),
+    }
+    for variable, (value, file) in pairs.items():
+        if value is not None and file is not None:
+            raise ConfigError(f"{variable}: set either it or {variable}_FILE, not both")
+    for variable in (
+        "git_username_file",
+        "git_token_file",
+        "git_password_file",
+        "ssh_key_file",
+        "ssh_known_hosts_file",
+    ):
+        _check_readable(settings, variable)
+    auth = settings.auth
+    given = [name for name, value in _auth_variables(settings).items() if value is not None]
+    if len(given) > 1:
+        raise ConfigError(
+            f"{given[1]}: only one authentication method at a time ({given[0]} is set)"
+        )
+    secret = auth.token or auth.password
+    is_http = settings.repo_url.url.startswith(("https://", "http://"))
+    if secret is not None and not is_http:
+        raise ConfigError(f"{secret.source}: needs an https:// or http:// REPO_URL")
+    if auth.ssh_key_file is not None and (is_http or settings.repo_url.is_file):
+        raise ConfigError("LIVE_PULL_SSH_KEY_FILE: needs an ssh:// or user@host:path REPO_URL")
+
+
+def _auth_variables(settings: Settings) -> dict[str, object]:
+    auth = settings.auth
+    return {
+        "REPO_URL": auth.url_credentials,
+        auth.token.source if auth.token else "LIVE_PULL_GIT_TOKEN": auth.token,
+        auth.password.source if auth.password else "LIVE_PULL_GIT_PASSWORD": auth.password,
+        "LIVE_PULL_SSH_KEY_FILE": auth.ssh_key_file,
+    }
+
+
+def _check_readable(settings: Settings, field_name: str) -> None:
+    path = getattr(settings, field_name)
+    if path is None:
+        return
+    variable = _variable_of(field_name)
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+
+
+def _variable_of(field_name: str) -> str:
+    alias = Settings.model_fields[field_name].validation_alias
+    assert isinstance(alias, AliasChoices)
+    return str(alias.choices[0])
 
 
 def _reject_unknown(environ: Mapping[str, str]) -> None:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
-from entrypoint.files import write_private
-
 NETWORK_SCHEMES = frozenset({"https", "http", "ssh", "git"})
 SCP_STYLE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*)$")
 REDACTED = "***"
@@ -82,11 +80,6 @@ def _split_credentials(parts: SplitResult, scheme: str) -> RepoUrl:
     bare = urlunsplit(parts._replace(netloc=host))
     secret = HttpCredentials(unquote(parts.username or ""), unquote(parts.password or ""))
     return RepoUrl(bare, secret)
-
-
-def write_credentials_file(path: Path, credentials: HttpCredentials) -> None:
-    """Username and password for the credential helper, in a mode-0600 file."""
-    write_private(path, f"username={credentials.username}\npassword={credentials.password}\n")
 
 
 def credential_helper_config(path: Path) -> dict[str, str]:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import git
 
-from entrypoint.credentials import RepoUrl, credential_helper_config
+from entrypoint.auth import GitAuth
+from entrypoint.credentials import RepoUrl
 from entrypoint.errors import GitError, RefNotFound
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,14 @@ class Repository:
         *,
         depth: int,
         timeout: float,
-        credentials_file: Path | None = None,
+        auth: GitAuth,
     ) -> None:
         self.path = path
         self.url = url
         self.depth = depth
         self.timeout = timeout
-        self._env = _git_environment(url, credentials_file)
+        self.auth = auth
+        self._env = _git_environment(url)
         self._repo: git.Repo | None = None
 
     # -- the local repository -------------------------------------------------
@@ -101,7 +103,7 @@ class Repository:
         if ref is None:
             return self._resolve_default_branch()
         names = [ref, f"{ref}^{{}}"] if ref.startswith("refs/") else _candidates(ref)
-        found = _parse_ls_remote(self._git("ls-remote", REMOTE, *names))
+        found = _parse_ls_remote(self._remote_git("ls-remote", REMOTE, *names))
         for name in names:
             peeled = found.get(f"{name}^{{}}")
             if name in found:
@@ -109,7 +111,7 @@ class Repository:
         raise RefNotFound(f"ref not found on the remote: ref={ref}")
 
     def _resolve_default_branch(self) -> RemoteRevision:
-        output = self._git("ls-remote", "--symref", REMOTE, "HEAD")
+        output = self._remote_git("ls-remote", "--symref", REMOTE, "HEAD")
         branch = None
         for line in output.splitlines():
             if line.startswith("ref: ") and line.endswith("\tHEAD"):
@@ -124,11 +126,11 @@ class Repository:
         self._remove_stale_locks()
         depth = [f"--depth={self.depth}"] if self.depth > 0 else []
         if revision.ref_name is None:
-            self._git("fetch", "--no-tags", *depth, REMOTE, revision.sha)
+            self._remote_git("fetch", "--no-tags", *depth, REMOTE, revision.sha)
             self._git("update-ref", FETCHED_REF, revision.sha)
         else:
             refspec = f"+{revision.ref_name}:{FETCHED_REF}"
-            self._git("fetch", "--no-tags", *depth, REMOTE, refspec)
+            self._remote_git("fetch", "--no-tags", *depth, REMOTE, refspec)
         return self._git("rev-parse", "--verify", f"{FETCHED_REF}^{{commit}}").strip()
 
     def export(self, sha: str, destination: Path) -> None:
@@ -143,6 +145,13 @@ class Repository:
             index.unlink(missing_ok=True)
 
     # -- plumbing ---------------------------------------------------------------
+
+    def _remote_git(self, *args: str) -> str:
+        """A command that talks to the remote: fresh credentials, failures explained."""
+        try:
+            return self._git(*args, extra_env=self.auth.environment())
+        except GitError as exc:
+            raise self.auth.explain(exc) from exc
 
     def _git(self, *args: str, extra_env: dict[str, str] | None = None) -> str:
         if self._repo is None:
@@ -181,17 +190,14 @@ def _stderr_tail(exc: git.GitCommandError) -> str:
     return " | ".join(lines[-ERROR_TAIL_LINES:])
 
 
-def _git_environment(url: RepoUrl, credentials_file: Path | None) -> dict[str, str]:
+def _git_environment(url: RepoUrl) -> dict[str, str]:
     """Never prompt, never hang, and only speak the transports we allow."""
     env = {
         "GIT_TERMINAL_PROMPT": "0",
         "GCM_INTERACTIVE": "never",
         "GIT_ASKPASS": "true",
         "SSH_ASKPASS": "true",
-        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
         "GIT_ALLOW_PROTOCOL": "https:http:ssh:git" + (":file" if url.is_file else ""),
         "GIT_CONFIG_NOSYSTEM": "1",
     }
-    if credentials_file is not None:
-        env.update(credential_helper_config(credentials_file))
     return env

@@ -23,14 +23,18 @@ from tests.wheels import build_wheel
 WAIT = 45.0
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = WAIT, what: str | Callable[[], str] = ""
+) -> Any:
+    """Poll until predicate is truthy; `what` (or what it returns, at failure) names it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+    described = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {described or predicate}")
 
 
 class AgentProcess:
@@ -87,7 +91,7 @@ class AgentProcess:
             wait_until(
                 lambda: (text := self.app()) and f"revision {sha[:12]}" in text and text,
                 timeout,
-                f"app serving {sha[:12]}\n--- agent output ---\n{self.output()}",
+                lambda: f"app serving {sha[:12]}\n--- agent output ---\n{self.output()}",
             )
         )
 
@@ -97,7 +101,7 @@ class AgentProcess:
             ok = status and all(status.get(k) == v for k, v in expected.items())
             return status if ok else None
 
-        return dict(wait_until(matches, timeout, f"status {expected}: {self.status()}"))
+        return dict(wait_until(matches, timeout, lambda: f"status {expected}: {self.status()}"))
 
     def wait_exit(self, timeout: float = WAIT) -> int:
         assert self.process is not None

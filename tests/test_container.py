@@ -131,7 +131,7 @@ class Container:
                     (text := fetch_text(self.url())) and f"revision {sha[:12]}" in text and text
                 ),
                 timeout,
-                f"{self.name} serving {sha[:12]}\n{self.logs()[-3000:]}",
+                lambda: f"{self.name} serving {sha[:12]}\n{self.logs()[-3000:]}",
             )
         )
 
