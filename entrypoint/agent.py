@@ -26,6 +26,7 @@ from entrypoint.status import StatusBoard, StatusServer
 from entrypoint.supervisor import Supervisor, first_fatal
 from entrypoint.supervisor_config import Timings
 from entrypoint.updater import Updater, short
+from entrypoint.webhook import Webhook
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Agent:
             self.request_sync,
             # The main thread blocks for at most one git command between beats.
             stale_after=max(60.0, settings.git_timeout + 30),
+            webhook=Webhook(settings.webhook_secret, self._tracked_ref, self.request_sync),
         )
 
     # -- public -------------------------------------------------------------------
@@ -127,6 +129,11 @@ class Agent:
     def request_sync(self) -> None:
         log.info("check requested")
         self.wake.set()
+
+    def _tracked_ref(self) -> str | None:
+        """The full ref name being followed (None for a commit, or before the first check)."""
+        ref = self.board.snapshot().get("ref")
+        return ref if isinstance(ref, str) and ref.startswith("refs/") else None
 
     def request_stop(self) -> None:
         self.stop.set()

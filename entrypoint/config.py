@@ -24,7 +24,9 @@ PREFIX = "LIVE_PULL_"
 # Variables live-pull sets for the app itself; seeing them is not a typo.
 APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_ENV"})
 # Variables whose value may hold a secret: never echoed, never passed to the app.
-SECRET_VARIABLES = frozenset({"REPO_URL", "LIVE_PULL_GIT_TOKEN", "LIVE_PULL_GIT_PASSWORD"})
+SECRET_VARIABLES = frozenset(
+    {"REPO_URL", "LIVE_PULL_GIT_TOKEN", "LIVE_PULL_GIT_PASSWORD", "LIVE_PULL_WEBHOOK_SECRET"}
+)
 
 
 class Settings(BaseSettings):
@@ -92,6 +94,12 @@ class Settings(BaseSettings):
     )
     ssh_strict_host_key_checking: bool = Field(
         True, validation_alias=AliasChoices("LIVE_PULL_SSH_STRICT_HOST_KEY_CHECKING")
+    )
+    webhook_secret_value: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_WEBHOOK_SECRET")
+    )
+    webhook_secret_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_WEBHOOK_SECRET_FILE")
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("LIVE_PULL_LOG_LEVEL")
@@ -169,6 +177,13 @@ class Settings(BaseSettings):
         )
 
     @property
+    def webhook_secret(self) -> Secret | None:
+        """None: the webhook endpoint is off."""
+        return _secret(
+            "LIVE_PULL_WEBHOOK_SECRET", self.webhook_secret_value, self.webhook_secret_file
+        )
+
+    @property
     def ref_label(self) -> str:
         return self.repo_ref or "HEAD (remote default branch)"
 
@@ -204,6 +219,7 @@ class Settings(BaseSettings):
             "LIVE_PULL_SSH_STRICT_HOST_KEY_CHECKING": str(
                 self.ssh_strict_host_key_checking
             ).lower(),
+            "LIVE_PULL_WEBHOOK": "on" if self.webhook_secret else "off",
             "LIVE_PULL_LOG_LEVEL": self.log_level,
         }
 
@@ -258,6 +274,7 @@ def _check_auth(settings: Settings) -> None:
         "LIVE_PULL_GIT_USERNAME": (settings.git_username, settings.git_username_file),
         "LIVE_PULL_GIT_TOKEN": (settings.git_token, settings.git_token_file),
         "LIVE_PULL_GIT_PASSWORD": (settings.git_password, settings.git_password_file),
+        "LIVE_PULL_WEBHOOK_SECRET": (settings.webhook_secret_value, settings.webhook_secret_file),
     }
     for variable, (value, file) in pairs.items():
         if value is not None and file is not None:
@@ -266,6 +283,7 @@ def _check_auth(settings: Settings) -> None:
         "git_username_file",
         "git_token_file",
         "git_password_file",
+        "webhook_secret_file",
         "ssh_key_file",
         "ssh_known_hosts_file",
     ):

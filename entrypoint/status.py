@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from entrypoint.webhook import MAX_BODY, Webhook
+
 log = logging.getLogger(__name__)
 
 
@@ -80,8 +82,9 @@ class StatusServer:
         on_sync: Callable[[], None],
         *,
         stale_after: float,
+        webhook: Webhook,
     ) -> None:
-        handler = _make_handler(board, on_sync, stale_after)
+        handler = _make_handler(board, on_sync, stale_after, webhook)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -101,7 +104,7 @@ class StatusServer:
 
 
 def _make_handler(
-    board: StatusBoard, on_sync: Callable[[], None], stale_after: float
+    board: StatusBoard, on_sync: Callable[[], None], stale_after: float, webhook: Webhook
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "live-pull"
@@ -120,11 +123,27 @@ def _make_handler(
                 self._send(404, {"error": "not found"})
 
         def do_POST(self) -> None:
-            if self.path.split("?")[0] == "/sync":
+            path = self.path.split("?")[0]
+            if path == "/sync":
                 on_sync()
                 self._send(202, {"sync": "requested"})
+            elif path == "/webhook":
+                self._webhook()
             else:
                 self._send(404, {"error": "not found"})
+
+        def _webhook(self) -> None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0 or length > MAX_BODY:
+                self.close_connection = True
+                self._send(413, {"error": f"body must be at most {MAX_BODY} bytes"})
+                return
+            body = self.rfile.read(length)
+            reply = webhook.handle({k: v for k, v in self.headers.items()}, body)
+            self._send(reply.code, dict(reply.body))
 
         def _send(self, code: int, body: dict[str, Any]) -> None:
             data = json.dumps(body, indent=2).encode() + b"\n"

@@ -1,0 +1,115 @@
+"""Push triggers: POST /webhook from GitHub, GitLab, Gitea/Forgejo or anything that
+sends a bearer token. A verified push to the tracked ref asks for a check now; the
+payload is trusted for nothing else (the remote is asked as usual).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from entrypoint.auth import Secret
+from entrypoint.errors import GitError
+
+MAX_BODY = 1024 * 1024
+RATE_PER_MINUTE = 30
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    body: dict[str, str]
+
+
+class Webhook:
+    def __init__(
+        self,
+        secret: Secret | None,
+        tracked_ref: Callable[[], str | None],
+        on_push: Callable[[], None],
+    ) -> None:
+        self.secret = secret
+        self.tracked_ref = tracked_ref
+        self.on_push = on_push
+        self._bucket = _RateLimit(RATE_PER_MINUTE)
+
+    def handle(self, headers: Mapping[str, str], body: bytes) -> Reply:
+        """Answer one delivery at once; the check itself happens in the background."""
+        if self.secret is None:
+            return Reply(404, {"error": "webhook not configured"})
+        if not self._bucket.take():
+            return Reply(429, {"error": "too many requests"})
+        try:
+            secret = self.secret.read().encode()
+        except GitError:
+            return Reply(503, {"error": "webhook secret unreadable"})
+        if not secret or not _verified(headers, body, secret):
+            return Reply(401, {"error": "bad or missing signature"})
+        event = _event(headers)
+        if event not in ("push", "Push Hook", "Tag Push Hook", None):
+            return Reply(200, {"ignored": f"event {event}"})
+        pushed = _pushed_ref(body)
+        tracked = self.tracked_ref()
+        if pushed is not None and tracked is not None and pushed != tracked:
+            return Reply(200, {"ignored": f"push to {pushed}, tracking {tracked}"})
+        self.on_push()
+        return Reply(202, {"check": "requested"})
+
+
+def _verified(headers: Mapping[str, str], body: bytes, secret: bytes) -> bool:
+    digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    github = headers.get("X-Hub-Signature-256")
+    if github is not None:
+        return hmac.compare_digest(github.strip(), f"sha256={digest}")
+    gitea = headers.get("X-Gitea-Signature") or headers.get("X-Forgejo-Signature")
+    if gitea is not None:
+        return hmac.compare_digest(gitea.strip(), digest)
+    gitlab = headers.get("X-Gitlab-Token")
+    if gitlab is not None:
+        return hmac.compare_digest(gitlab.encode(), secret)
+    bearer = headers.get("Authorization", "")
+    if bearer.startswith("Bearer "):
+        return hmac.compare_digest(bearer[len("Bearer ") :].strip().encode(), secret)
+    return False
+
+
+def _event(headers: Mapping[str, str]) -> str | None:
+    for name in ("X-GitHub-Event", "X-Gitlab-Event", "X-Gitea-Event", "X-Forgejo-Event"):
+        if name in headers:
+            return headers[name]
+    return None
+
+
+def _pushed_ref(body: bytes) -> str | None:
+    try:
+        payload = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return None
+    ref = payload.get("ref") if isinstance(payload, dict) else None
+    return ref if isinstance(ref, str) else None
+
+
+class _RateLimit:
+    """A token bucket: `per_minute` deliveries a minute, bursts up to the same."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = float(per_minute)
+        self.tokens = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
