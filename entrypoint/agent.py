@@ -17,7 +17,14 @@ from types import FrameType
 from entrypoint.auth import GitAuth
 from entrypoint.config import Settings
 from entrypoint.environments import Environments, InstallOptions
-from entrypoint.errors import AppFailed, GitError, LivePullError, RevisionError, StartupFailed
+from entrypoint.errors import (
+    AppFailed,
+    GitError,
+    LivePullError,
+    RevisionError,
+    RevisionRefused,
+    StartupFailed,
+)
 from entrypoint.installers import pick_installer
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
@@ -26,6 +33,7 @@ from entrypoint.status import StatusBoard, StatusServer
 from entrypoint.supervisor import Supervisor, first_fatal
 from entrypoint.supervisor_config import Timings
 from entrypoint.updater import Updater, short
+from entrypoint.verify import Verifier
 from entrypoint.webhook import Webhook
 
 log = logging.getLogger(__name__)
@@ -93,6 +101,7 @@ class Agent:
                 ),
                 self.stop,
             ),
+            Verifier(settings.verify, home),
         )
         self.status = StatusServer(
             settings.status_host,
@@ -173,6 +182,8 @@ class Agent:
                 delay = min(backoff.next_delay(), remaining)
                 log.warning("first fetch failed, retrying in %.1fs error=%s", delay, exc)
                 self._wait_alive(delay)
+            except RevisionRefused as exc:
+                raise StartupFailed(str(exc)) from exc
             except RevisionError as exc:
                 raise AppFailed(str(exc)) from exc
         return False

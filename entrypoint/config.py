@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from entrypoint.auth import AuthSettings, Secret
 from entrypoint.credentials import RepoUrl, parse_repo_url
 from entrypoint.errors import ConfigError
+from entrypoint.verify import VerifySettings
 
 PREFIX = "LIVE_PULL_"
 # Variables live-pull sets for the app itself; seeing them is not a typo.
@@ -101,6 +102,13 @@ class Settings(BaseSettings):
     webhook_secret_file: Path | None = Field(
         None, validation_alias=AliasChoices("LIVE_PULL_WEBHOOK_SECRET_FILE")
     )
+    verify_mode: Literal["off", "commit", "tag"] = Field(
+        "off", validation_alias=AliasChoices("LIVE_PULL_VERIFY")
+    )
+    allowed_signers_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_ALLOWED_SIGNERS_FILE")
+    )
+    gpg_keyring: Path | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_GPG_KEYRING"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("LIVE_PULL_LOG_LEVEL")
     )
@@ -184,6 +192,10 @@ class Settings(BaseSettings):
         )
 
     @property
+    def verify(self) -> VerifySettings:
+        return VerifySettings(self.verify_mode, self.allowed_signers_file, self.gpg_keyring)
+
+    @property
     def ref_label(self) -> str:
         return self.repo_ref or "HEAD (remote default branch)"
 
@@ -220,6 +232,9 @@ class Settings(BaseSettings):
                 self.ssh_strict_host_key_checking
             ).lower(),
             "LIVE_PULL_WEBHOOK": "on" if self.webhook_secret else "off",
+            "LIVE_PULL_VERIFY": self.verify_mode,
+            "LIVE_PULL_ALLOWED_SIGNERS_FILE": str(self.allowed_signers_file or ""),
+            "LIVE_PULL_GPG_KEYRING": str(self.gpg_keyring or ""),
             "LIVE_PULL_LOG_LEVEL": self.log_level,
         }
 
@@ -286,8 +301,11 @@ def _check_auth(settings: Settings) -> None:
         "webhook_secret_file",
         "ssh_key_file",
         "ssh_known_hosts_file",
+        "allowed_signers_file",
+        "gpg_keyring",
     ):
         _check_readable(settings, variable)
+    _check_verify(settings)
     auth = settings.auth
     given = [name for name, value in _auth_variables(settings).items() if value is not None]
     if len(given) > 1:
@@ -310,6 +328,17 @@ def _auth_variables(settings: Settings) -> dict[str, object]:
         auth.password.source if auth.password else "LIVE_PULL_GIT_PASSWORD": auth.password,
         "LIVE_PULL_SSH_KEY_FILE": auth.ssh_key_file,
     }
+
+
+def _check_verify(settings: Settings) -> None:
+    if settings.verify_mode == "off":
+        return
+    if settings.allowed_signers_file is None and settings.gpg_keyring is None:
+        raise ConfigError(
+            "LIVE_PULL_VERIFY: needs LIVE_PULL_ALLOWED_SIGNERS_FILE or LIVE_PULL_GPG_KEYRING"
+        )
+    if settings.verify_mode == "tag" and settings.repo_ref is None:
+        raise ConfigError("LIVE_PULL_VERIFY: =tag needs REPO_REF naming a tag")
 
 
 def _check_readable(settings: Settings, field_name: str) -> None:

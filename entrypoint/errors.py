@@ -47,3 +47,11 @@ class CommandFailed(LivePullError):
 
     def as_revision_error(self, what: str) -> RevisionError:
         return RevisionError(f"{what} failed {self}")
+
+
+class RevisionRefused(RevisionError):
+    """The revision is not signed by an allowed key; it is never deployed."""
+
+    def __init__(self, sha: str, reason: str) -> None:
+        self.sha = sha
+        super().__init__(f"refused {sha[:12]}: {reason}")

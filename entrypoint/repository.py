@@ -133,6 +133,19 @@ class Repository:
             self._remote_git("fetch", "--no-tags", *depth, REMOTE, refspec)
         return self._git("rev-parse", "--verify", f"{FETCHED_REF}^{{commit}}").strip()
 
+    def verify(self, kind: str, name: str, config: list[str], env: dict[str, str]) -> str | None:
+        """Run `git verify-<kind>`; None when the signature is good, else why not."""
+        if self._git("cat-file", "-t", name).strip() != kind:
+            return f"cannot verify a non-{kind} object"
+        raw = self._git("cat-file", kind, name)
+        if "-----BEGIN" not in raw:
+            return "no signature found"
+        try:
+            self._git(*config, f"verify-{kind}", name, extra_env=env)
+        except GitError as exc:
+            return str(exc)
+        return None
+
     def export(self, sha: str, destination: Path) -> None:
         """Write the files of `sha` into `destination` (no .git inside)."""
         index = self.path / f"live-pull-index-{uuid.uuid4().hex}"
@@ -162,10 +175,18 @@ class Repository:
                 ["git", *args], kill_after_timeout=self.timeout, env=env, stdout_as_string=True
             )
         except git.GitCommandError as exc:
-            raise GitError(f"git {args[0]} failed: {_stderr_tail(exc)}") from exc
+            raise GitError(f"git {_verb(args)} failed: {_stderr_tail(exc)}") from exc
         except (OSError, git.GitError) as exc:
-            raise GitError(f"git {args[0]} failed: {exc}") from exc
+            raise GitError(f"git {_verb(args)} failed: {exc}") from exc
         return str(output)
+
+
+def _verb(args: tuple[str, ...]) -> str:
+    """The subcommand, past global options such as `-c key=value` and `--work-tree=`."""
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] == "-c" else rest[1:]
+    return rest[0] if rest else "command"
 
 
 def _candidates(ref: str) -> list[str]:

@@ -11,14 +11,15 @@ from pathlib import Path
 from entrypoint.commands import run_release_step
 from entrypoint.config import Settings
 from entrypoint.environments import Environment, Environments
-from entrypoint.errors import AppFailed, GitError, RevisionError, SupervisorError
+from entrypoint.errors import AppFailed, GitError, RevisionError, RevisionRefused, SupervisorError
 from entrypoint.procfile import Processes, load_processes
 from entrypoint.releases import Releases
-from entrypoint.repository import RemoteRevision, Repository
+from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository
 from entrypoint.state import State, StateFile
 from entrypoint.status import StatusBoard, now_iso
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import ProgramSpec
+from entrypoint.verify import Verifier, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Updater:
         board: StatusBoard,
         stop: threading.Event,
         environments: Environments,
+        verifier: Verifier,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -57,6 +59,7 @@ class Updater:
         self.board = board
         self.stop = stop
         self.environments = environments
+        self.verifier = verifier
         self.running_revision: Revision | None = None
         # Held while programs are being swapped; the watchdog leaves them alone then.
         self.switching = threading.Lock()
@@ -70,7 +73,11 @@ class Updater:
         remote = self._ask_remote()  # 1. one round trip, no objects
         if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
             return False
-        sha = self._fetch(remote)  # 3. fetch and prepare releases/<sha>
+        try:
+            sha = self._fetch(remote)  # 3. fetch, verify, prepare releases/<sha>
+        except RevisionRefused as exc:
+            self._record_failure(exc.sha, str(exc))
+            raise
         if not self._wanted(sha, retry_failed):
             return False
         replacing = self.running is not None
@@ -129,6 +136,8 @@ class Updater:
         self.board.update(state="fetching")
         try:
             return self._fetch_and_export(remote)
+        except RevisionRefused:
+            raise
         except (GitError, OSError) as exc:
             log.warning("fetch failed, rebuilding the repository error=%s", exc)
             self.repo.rebuild()
@@ -136,8 +145,22 @@ class Updater:
 
     def _fetch_and_export(self, remote: RemoteRevision) -> str:
         sha = self.repo.fetch(remote)
+        if not self.releases.exists(sha):  # a release on disk was verified when made
+            self._verify(sha, remote)
         self.releases.prepare(sha, lambda target: self.repo.export(sha, target))
         return sha
+
+    def _verify(self, sha: str, remote: RemoteRevision) -> None:
+        """Refuse, before anything is exported, a revision not signed by an allowed key."""
+        if not self.verifier.enabled:
+            return
+        kind, name = self.verifier.target(sha, remote.ref_name, FETCHED_REF)
+        problem = self.repo.verify(
+            kind, name, self.verifier.git_config(), self.verifier.environment()
+        )
+        if problem is not None:
+            raise RevisionRefused(sha, f"{kind} {refusal_reason(problem)}")
+        log.info("signature verified kind=%s sha=%s", kind, short(sha))
 
     def _release_step(self, revision: Revision) -> None:
         if revision.processes.release is None:
