@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,3 +143,57 @@ def test_bad_verify_configuration(env: dict[str, str], message: str) -> None:
     result = run_cli("check-config", env={"REPO_URL": "https://host.example/a.git", **env})
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"live-pull: configuration error: {message}")
+
+
+def test_gpg_signatures_against_a_keyring(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    gnupg = tmp_path / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(gnupg)}
+    name, email = AUTHOR
+    subprocess.run(
+        [
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            f"{name} <{email}>",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    keyring = tmp_path / "allowed.asc"
+    keyring.write_bytes(
+        subprocess.run(
+            ["gpg", "--armor", "--export"], env=env, check=True, capture_output=True, timeout=30
+        ).stdout
+    )
+    repo = git.Repo(sample.work)
+    (sample.work / "app.py").write_text(app_files("gpg signed")["app.py"])
+    repo.git.add("--all")
+    repo.git.commit(
+        "-S",
+        f"--gpg-sign={email}",
+        "-m",
+        "gpg signed",
+        env={
+            "GNUPGHOME": str(gnupg),
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+        },
+    )
+    repo.git.push("--force", "origin", "HEAD:refs/heads/main")
+    good = repo.head.commit.hexsha
+    agent = agent_factory(sample.url, LIVE_PULL_VERIFY="commit", LIVE_PULL_GPG_KEYRING=str(keyring))
+    agent.wait_serving(good)
+    bad = commit(sample, "unsigned after gpg", None)
+    assert "unsigned" in refused(agent, bad)
