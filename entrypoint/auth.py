@@ -16,6 +16,7 @@ from pathlib import Path
 from entrypoint.credentials import HttpCredentials, credential_helper_config
 from entrypoint.errors import GitError
 from entrypoint.files import write_private
+from entrypoint.github_app import GitHubApp, GitHubAppSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ AUTH_FAILURES = (
     "HTTP Basic: Access denied",
     "The requested URL returned error: 401",
     "The requested URL returned error: 403",
+    "GitHub App token request failed",
 )
 
 
@@ -63,10 +65,13 @@ class AuthSettings:
     ssh_key_file: Path | None = None
     known_hosts_file: Path | None = None
     strict_host_keys: bool = True
+    github_app: GitHubAppSettings | None = None
 
     @property
     def method(self) -> str:
         """The method in words, for errors and the log (never a secret)."""
+        if self.github_app is not None:
+            return f"GitHub App {self.github_app.app_id} installation"
         if self.url_credentials is not None:
             return "credentials in REPO_URL"
         if self.token is not None:
@@ -91,6 +96,8 @@ class GitAuth:
         self.settings = settings
         self.credentials_file = home / "credentials"
         self.key_copy = home / "ssh" / "deploy-key"
+        app = settings.github_app
+        self.github_app = GitHubApp(app) if app is not None else None
         if not settings.strict_host_keys:
             log.warning("SSH host key checking is OFF (LIVE_PULL_SSH_STRICT_HOST_KEY_CHECKING)")
 
@@ -114,6 +121,8 @@ class GitAuth:
 
     def _http_credentials(self) -> HttpCredentials | None:
         s = self.settings
+        if self.github_app is not None:
+            return HttpCredentials(DEFAULT_TOKEN_USER, self.github_app.token())
         if s.url_credentials is not None:
             return s.url_credentials
         if s.token is not None:

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from entrypoint.auth import AuthSettings, Secret
 from entrypoint.credentials import RepoUrl, parse_repo_url
 from entrypoint.errors import ConfigError
+from entrypoint.github_app import GitHubAppSettings
 from entrypoint.verify import VerifySettings
 
 PREFIX = "LIVE_PULL_"
@@ -95,6 +96,18 @@ class Settings(BaseSettings):
     )
     ssh_strict_host_key_checking: bool = Field(
         True, validation_alias=AliasChoices("LIVE_PULL_SSH_STRICT_HOST_KEY_CHECKING")
+    )
+    github_app_id: str | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_GITHUB_APP_ID")
+    )
+    github_app_private_key_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_GITHUB_APP_PRIVATE_KEY_FILE")
+    )
+    github_app_installation_id: str | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_GITHUB_APP_INSTALLATION_ID")
+    )
+    github_api_url: str = Field(
+        "https://api.github.com", validation_alias=AliasChoices("LIVE_PULL_GITHUB_API_URL")
     )
     webhook_secret_value: SecretStr | None = Field(
         None, validation_alias=AliasChoices("LIVE_PULL_WEBHOOK_SECRET")
@@ -182,6 +195,17 @@ class Settings(BaseSettings):
             ssh_key_file=self.ssh_key_file,
             known_hosts_file=self.ssh_known_hosts_file,
             strict_host_keys=self.ssh_strict_host_key_checking,
+            github_app=self._github_app(),
+        )
+
+    def _github_app(self) -> GitHubAppSettings | None:
+        if self.github_app_id is None or self.github_app_private_key_file is None:
+            return None
+        return GitHubAppSettings(
+            self.github_app_id,
+            self.github_app_private_key_file,
+            self.github_app_installation_id or "",
+            self.github_api_url,
         )
 
     @property
@@ -303,9 +327,11 @@ def _check_auth(settings: Settings) -> None:
         "ssh_known_hosts_file",
         "allowed_signers_file",
         "gpg_keyring",
+        "github_app_private_key_file",
     ):
         _check_readable(settings, variable)
     _check_verify(settings)
+    _check_github_app(settings)
     auth = settings.auth
     given = [name for name, value in _auth_variables(settings).items() if value is not None]
     if len(given) > 1:
@@ -327,7 +353,22 @@ def _auth_variables(settings: Settings) -> dict[str, object]:
         auth.token.source if auth.token else "LIVE_PULL_GIT_TOKEN": auth.token,
         auth.password.source if auth.password else "LIVE_PULL_GIT_PASSWORD": auth.password,
         "LIVE_PULL_SSH_KEY_FILE": auth.ssh_key_file,
+        "LIVE_PULL_GITHUB_APP_ID": auth.github_app,
     }
+
+
+def _check_github_app(settings: Settings) -> None:
+    parts = {
+        "LIVE_PULL_GITHUB_APP_ID": settings.github_app_id,
+        "LIVE_PULL_GITHUB_APP_PRIVATE_KEY_FILE": settings.github_app_private_key_file,
+        "LIVE_PULL_GITHUB_APP_INSTALLATION_ID": settings.github_app_installation_id,
+    }
+    given = [name for name, value in parts.items() if value]
+    if given and len(given) < len(parts):
+        missing = next(name for name in parts if name not in given)
+        raise ConfigError(f"{missing}: is required with {given[0]} (GitHub App authentication)")
+    if given and not settings.repo_url.url.startswith(("https://", "http://")):
+        raise ConfigError("LIVE_PULL_GITHUB_APP_ID: needs an https:// or http:// REPO_URL")
 
 
 def _check_verify(settings: Settings) -> None:

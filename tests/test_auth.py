@@ -6,16 +6,20 @@ import getpass
 import json
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import git
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from entrypoint.sample import SampleRepo, app_files
 from tests import sshd
 from tests.conftest import AgentProcess
 from tests.git_http import GitHttpServer
+from tests.github_standin import GitHubStandIn
 from tests.test_secrets import ENV_DUMP_APP, all_argv
 
 Factory = Callable[..., AgentProcess]
@@ -207,3 +211,66 @@ def test_ssh_host_key_checking_off_warns_at_start(
     agent.wait_serving(git.Repo(sample.work).head.commit.hexsha)
     assert "SSH host key checking is OFF" in agent.output()
     assert os.readlink(agent.home / "current").startswith("releases/")
+
+
+def _app_key(tmp_path: Path) -> tuple[Path, rsa.RSAPrivateKey]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "app.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return path, key
+
+
+def test_github_app_token_obtained_and_renewed_before_expiry(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    key_file, key = _app_key(tmp_path)
+    with GitHttpServer(sample.remote.parent, credentials=("x-access-token", "none yet")) as server:
+
+        def accept(token: str) -> None:
+            server.credentials = ("x-access-token", token)  # only the newest token works
+
+        # Tokens live 5 min + 3 s: each is renewed 3 s after it was issued.
+        with GitHubStandIn(key.public_key(), "4242", "77", 303, accept) as github:
+            agent = agent_factory(
+                server.url(sample.remote.name),
+                LIVE_PULL_GITHUB_APP_ID="4242",
+                LIVE_PULL_GITHUB_APP_PRIVATE_KEY_FILE=str(key_file),
+                LIVE_PULL_GITHUB_APP_INSTALLATION_ID="77",
+                LIVE_PULL_GITHUB_API_URL=github.url,
+            )
+            agent.wait_serving(git.Repo(sample.work).head.commit.hexsha)
+            time.sleep(4)
+            sha = sample.commit(app_files("after renewal"), "renewal")
+            agent.wait_serving(sha)
+            assert len(github.issued) >= 2 and github.refused == 0
+            status, argv = json.dumps(agent.status()), all_argv()
+    for token in github.issued:
+        assert_never_leaked(agent, token, status, argv)
+
+
+def test_github_app_with_wrong_key_names_the_method(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    key_file, _ = _app_key(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other = _app_key(tmp_path / "other")
+    with GitHubStandIn(other.public_key(), "4242", "77", 3600, lambda token: None) as github:
+        agent = agent_factory(
+            "https://github.invalid/org/app.git",
+            LIVE_PULL_GITHUB_APP_ID="4242",
+            LIVE_PULL_GITHUB_APP_PRIVATE_KEY_FILE=str(key_file),
+            LIVE_PULL_GITHUB_APP_INSTALLATION_ID="77",
+            LIVE_PULL_GITHUB_API_URL=github.url,
+            LIVE_PULL_START_TIMEOUT="2",
+        )
+        assert agent.wait_exit(timeout=30) == 4
+    assert (
+        "authentication failed (method: GitHub App 4242 installation): "
+        "GitHub App token request failed: HTTP 401 Bad credentials"
+    ) in agent.output()
