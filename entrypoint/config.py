@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     webhook_secret_file: Path | None = Field(
         None, validation_alias=AliasChoices("LIVE_PULL_WEBHOOK_SECRET_FILE")
     )
+    submodules: bool = Field(False, validation_alias=AliasChoices("LIVE_PULL_SUBMODULES"))
     verify_mode: Literal["off", "commit", "tag"] = Field(
         "off", validation_alias=AliasChoices("LIVE_PULL_VERIFY")
     )
@@ -256,6 +257,7 @@ class Settings(BaseSettings):
                 self.ssh_strict_host_key_checking
             ).lower(),
             "LIVE_PULL_WEBHOOK": "on" if self.webhook_secret else "off",
+            "LIVE_PULL_SUBMODULES": str(self.submodules).lower(),
             "LIVE_PULL_VERIFY": self.verify_mode,
             "LIVE_PULL_ALLOWED_SIGNERS_FILE": str(self.allowed_signers_file or ""),
             "LIVE_PULL_GPG_KEYRING": str(self.gpg_keyring or ""),

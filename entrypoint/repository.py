@@ -18,6 +18,7 @@ import git
 from entrypoint.auth import GitAuth
 from entrypoint.credentials import RepoUrl
 from entrypoint.errors import GitError, RefNotFound
+from entrypoint.submodules import Submodule, cache_name, parse_gitmodules, resolve_url
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 FETCHED_REF = "refs/live-pull/fetched"
 REMOTE = "origin"
 ERROR_TAIL_LINES = 5
+SUBMODULE_KEYS = r"^submodule\..*\.(path|url)$"
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,41 @@ class Repository:
         except GitError as exc:
             return str(exc)
         return None
+
+    def submodules(self, sha: str) -> list[tuple[Submodule, str]]:
+        """Each submodule of the revision with the commit it records."""
+        try:
+            listing = self._git(
+                "config",
+                "--blob",
+                f"{sha}:.gitmodules",
+                "--get-regexp",
+                r"^submodule\..*\.(path|url)$",
+            )
+        except GitError:
+            return []  # no .gitmodules in this revision
+        found = []
+        for module in parse_gitmodules(listing):
+            entry = self._git("ls-tree", sha, "--", module.path).split()
+            if len(entry) >= 3 and entry[1] == "commit":
+                found.append((module, entry[2]))
+        return found
+
+    def export_submodules(self, sha: str, destination: Path) -> None:
+        """Fetch each submodule at its recorded commit (shallow) and export it in place."""
+        for module, commit in self.submodules(sha):
+            url = resolve_url(self.url, module.url)
+            cache = Repository(
+                self.path.parent / "modules" / cache_name(url.url),
+                url,
+                depth=self.depth,
+                timeout=self.timeout,
+                auth=self.auth,
+            )
+            cache.open()
+            cache.fetch(RemoteRevision(commit, None))
+            cache.export(commit, destination / module.path)
+            log.info("submodule exported path=%s sha=%s", module.path, commit[:12])
 
     def export(self, sha: str, destination: Path) -> None:
         """Write the files of `sha` into `destination` (no .git inside)."""

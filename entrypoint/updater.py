@@ -147,8 +147,19 @@ class Updater:
         sha = self.repo.fetch(remote)
         if not self.releases.exists(sha):  # a release on disk was verified when made
             self._verify(sha, remote)
-        self.releases.prepare(sha, lambda target: self.repo.export(sha, target))
+        self.releases.prepare(sha, lambda target: self._export(sha, target))
         return sha
+
+    def _export(self, sha: str, target: Path) -> None:
+        self.repo.export(sha, target)
+        if not self.settings.submodules:
+            return
+        try:
+            self.repo.export_submodules(sha, target)
+        except RevisionRefused:
+            raise
+        except RevisionError as exc:  # a submodule URL outside the rules
+            raise RevisionRefused(sha, str(exc)) from exc
 
     def _verify(self, sha: str, remote: RemoteRevision) -> None:
         """Refuse, before anything is exported, a revision not signed by an allowed key."""
