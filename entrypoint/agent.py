@@ -31,7 +31,7 @@ from entrypoint.repository import Repository
 from entrypoint.state import StateFile
 from entrypoint.status import StatusBoard, StatusServer
 from entrypoint.supervisor import Supervisor, first_fatal
-from entrypoint.supervisor_config import Timings
+from entrypoint.supervisor_config import SharedSocket, Timings
 from entrypoint.updater import Updater, short
 from entrypoint.verify import Verifier
 from entrypoint.webhook import Webhook
@@ -102,6 +102,7 @@ class Agent:
                 self.stop,
             ),
             Verifier(settings.verify, home),
+            self._shared_socket(),
         )
         self.status = StatusServer(
             settings.status_host,
@@ -138,6 +139,14 @@ class Agent:
     def request_sync(self) -> None:
         log.info("check requested")
         self.wake.set()
+
+    def _shared_socket(self) -> SharedSocket | None:
+        """With LIVE_PULL_LISTEN, `web` rolls over on a socket supervisord holds."""
+        if self.settings.listen is None:
+            return None
+        return SharedSocket(
+            self.settings.listen, self.settings.home / "run" / "slots", self.settings.drain_seconds
+        )
 
     def _tracked_ref(self) -> str | None:
         """The full ref name being followed (None for a commit, or before the first check)."""
@@ -238,7 +247,7 @@ class Agent:
             if not self.updater.switching.acquire(blocking=False):
                 continue  # the updater judges a revision while it starts it
             try:
-                fatal = first_fatal(self.supervisor.states())
+                fatal = first_fatal(self.supervisor.states(), self.updater.active_programs())
             finally:
                 self.updater.switching.release()
             if fatal is not None:

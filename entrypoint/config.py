@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shlex
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -115,6 +116,10 @@ class Settings(BaseSettings):
     webhook_secret_file: Path | None = Field(
         None, validation_alias=AliasChoices("LIVE_PULL_WEBHOOK_SECRET_FILE")
     )
+    listen: str | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_LISTEN"))
+    drain_seconds: float = Field(
+        5.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_DRAIN_SECONDS")
+    )
     submodules: bool = Field(False, validation_alias=AliasChoices("LIVE_PULL_SUBMODULES"))
     verify_mode: Literal["off", "commit", "tag"] = Field(
         "off", validation_alias=AliasChoices("LIVE_PULL_VERIFY")
@@ -168,6 +173,16 @@ class Settings(BaseSettings):
         if value is not None and "\n" in value:
             raise ValueError("must be a single line")
         return value if value and value.strip() else None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        match = re.fullmatch(r"tcp://(?P<host>[^:/\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})", value)
+        if match is None or not 0 < int(match["port"]) < 65536:
+            raise ValueError("must look like tcp://0.0.0.0:8000")
+        return value
 
     @field_validator("lockfile")
     @classmethod
@@ -257,6 +272,8 @@ class Settings(BaseSettings):
                 self.ssh_strict_host_key_checking
             ).lower(),
             "LIVE_PULL_WEBHOOK": "on" if self.webhook_secret else "off",
+            "LIVE_PULL_LISTEN": self.listen or "(app binds PORT itself)",
+            "LIVE_PULL_DRAIN_SECONDS": f"{self.drain_seconds:g}",
             "LIVE_PULL_SUBMODULES": str(self.submodules).lower(),
             "LIVE_PULL_VERIFY": self.verify_mode,
             "LIVE_PULL_ALLOWED_SIGNERS_FILE": str(self.allowed_signers_file or ""),

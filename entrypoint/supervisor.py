@@ -30,6 +30,7 @@ from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_private
 from entrypoint.supervisor_config import (
     ProgramSpec,
+    SharedSocket,
     Timings,
     render_main,
     render_programs,
@@ -109,10 +110,10 @@ class Supervisor:
 
     # -- programs -------------------------------------------------------------------
 
-    def apply(self, programs: list[ProgramSpec]) -> None:
+    def apply(self, programs: list[ProgramSpec], shared: SharedSocket | None = None) -> None:
         """Make supervisord run exactly `programs`; changed ones are restarted."""
         with self._lock:
-            self.programs_file.write_text(render_programs(programs, self.timings))
+            self.programs_file.write_text(render_programs(programs, self.timings, shared))
             result = self._call(lambda rpc: rpc.supervisor.reloadConfig())
             added, changed, removed = result[0]
             for name in [*removed, *changed]:
@@ -132,19 +133,28 @@ class Supervisor:
         for pid in pids:
             end_group(pid, deadline)
 
+    def start_process(self, group: str, name: str) -> None:
+        """Start one process (a slot); its state is then awaited with wait_running."""
+        self._call(lambda rpc: rpc.supervisor.startProcess(f"{group}:{name}", False))
+
+    def stop_process(self, group: str, name: str) -> None:
+        """Stop one process: SIGTERM to its group, SIGKILL after stopwaitsecs."""
+        with contextlib.suppress(SupervisorError):  # already stopped, or FATAL
+            self._call(lambda rpc: rpc.supervisor.stopProcess(f"{group}:{name}", True))
+
     def states(self) -> dict[str, dict[str, Any]]:
         infos = self._call(lambda rpc: rpc.supervisor.getAllProcessInfo())
         return {info["name"]: info for info in infos}
 
     def wait_running(self, names: Iterable[str]) -> None:
-        """Wait until every program is RUNNING; raise AppFailed if one goes FATAL."""
+        """Wait until every named process is RUNNING; raise AppFailed if one goes FATAL."""
         wanted = set(names)
         t = self.timings
         timeout = (t.start_retries + 1) * (t.start_seconds + t.start_retries + 1) + 10
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = self.states()
-            fatal = first_fatal(states)
+            fatal = first_fatal(states, wanted)
             if fatal is not None:
                 raise AppFailed(fatal)
             if all(states.get(name, {}).get("statename") == "RUNNING" for name in wanted):
@@ -192,10 +202,11 @@ def end_group(pgid: int, deadline: float) -> None:
         log.warning("killed what was left of a stopped program pgid=%d", pgid)
 
 
-def first_fatal(states: dict[str, dict[str, Any]]) -> str | None:
-    """A one-line description of the first FATAL program, if any."""
+def first_fatal(states: dict[str, dict[str, Any]], only: Iterable[str] | None = None) -> str | None:
+    """A one-line description of the first FATAL program (among `only`), if any."""
+    watched = set(only) if only is not None else set(states)
     for name, info in sorted(states.items()):
-        if info.get("statename") == "FATAL":
+        if name in watched and info.get("statename") == "FATAL":
             detail = info.get("spawnerr") or info.get("description") or "exited too quickly"
             return f"program {name} went FATAL after its retries: {detail}"
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,16 @@ class ProgramSpec:
     command: str
     directory: Path
     environment: dict[str, str]  # values must be simple: digits, hex, names
+
+
+@dataclass(frozen=True)
+class SharedSocket:
+    """The `web` program as a supervisord fcgi-program: one socket, two slots."""
+
+    listen: str  # tcp://host:port
+    slots_dir: Path
+    drain_seconds: float
+    name: str = "web"
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,42 @@ files = {_escape(str(programs_file))}
 """
 
 
-def render_programs(programs: list[ProgramSpec], timings: Timings) -> str:
-    return "\n".join(_render_program(program, timings) for program in programs)
+def render_programs(
+    programs: list[ProgramSpec], timings: Timings, shared: SharedSocket | None = None
+) -> str:
+    parts = [_render_program(program, timings) for program in programs]
+    if shared is not None:
+        parts.append(_render_shared(shared, timings))
+    return "\n".join(parts)
+
+
+def _render_shared(shared: SharedSocket, timings: Timings) -> str:
+    """Two slots behind one socket that supervisord holds while either runs.
+
+    The configuration is the same for every revision (the launcher reads which
+    revision a slot runs), so updates never reload the group or close the socket.
+    """
+    command = shlex.join([sys.executable, "-m", "entrypoint.launch"])
+    return f"""\
+[fcgi-program:{shared.name}]
+socket={shared.listen}
+command={_escape(command)}
+process_name=%(program_name)s_%(process_num)s
+numprocs=2
+environment=LIVE_PULL_SLOTS="{_escape(str(shared.slots_dir))}"
+autostart=false
+autorestart=true
+startsecs={timings.start_seconds}
+startretries={timings.start_retries}
+stopsignal=TERM
+stopwaitsecs={max(1, round(shared.drain_seconds))}
+stopasgroup=true
+killasgroup=true
+stdout_logfile=/dev/fd/1
+stdout_logfile_maxbytes=0
+stderr_logfile=/dev/fd/2
+stderr_logfile_maxbytes=0
+"""
 
 
 def is_simple_command(command: str) -> bool:

@@ -12,13 +12,14 @@ from entrypoint.commands import run_release_step
 from entrypoint.config import Settings
 from entrypoint.environments import Environment, Environments
 from entrypoint.errors import AppFailed, GitError, RevisionError, RevisionRefused, SupervisorError
-from entrypoint.procfile import Processes, load_processes
+from entrypoint.procfile import WEB, Processes, load_processes
 from entrypoint.releases import Releases
 from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository
+from entrypoint.slots import WebSlots
 from entrypoint.state import State, StateFile
 from entrypoint.status import StatusBoard, now_iso
 from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import ProgramSpec
+from entrypoint.supervisor_config import ProgramSpec, SharedSocket
 from entrypoint.verify import Verifier, refusal_reason
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Updater:
         stop: threading.Event,
         environments: Environments,
         verifier: Verifier,
+        shared: SharedSocket | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -59,6 +61,8 @@ class Updater:
         self.board = board
         self.stop = stop
         self.environments = environments
+        self.shared = shared
+        self.slots = WebSlots(supervisor, shared) if shared is not None else None
         self.verifier = verifier
         self.running_revision: Revision | None = None
         # Held while programs are being swapped; the watchdog leaves them alone then.
@@ -194,11 +198,19 @@ class Updater:
         names = ",".join(revision.processes.programs)
         log.info("starting revision sha=%s programs=%s", short(revision.sha), names)
         with self.switching:
-            self.board.update(state="switching", ready=False)
+            self.board.update(state="switching")
             try:
+                if self._rolls_over(revision):
+                    self._roll_over(revision, previous)
+                    return
+                self.board.update(ready=False)
                 self._run(revision)
             except (AppFailed, SupervisorError) as exc:
-                if previous is not None and not self.stop.is_set():
+                if (
+                    previous is not None
+                    and not self.stop.is_set()
+                    and not self._rolls_over(revision)
+                ):
                     log.error("revision failed to start, restoring sha=%s", short(previous.sha))
                     self._run(previous)
                 raise RevisionError(
@@ -208,6 +220,47 @@ class Updater:
     @property
     def running(self) -> str | None:
         return self.running_revision.sha if self.running_revision else None
+
+    def _rolls_over(self, revision: Revision) -> bool:
+        return self.slots is not None and WEB in revision.processes.programs
+
+    def _roll_over(self, revision: Revision, previous: Revision | None) -> None:
+        """Start-first: the new web beside the old, then the workers, then the old drains.
+
+        Any failure stops only what was started for the new revision.
+        """
+        assert self.slots is not None
+        # The slots' group must exist before a slot starts (a no-op once it does).
+        self.supervisor.apply(self._programs(previous) if previous else [], self.shared)
+        cwd = self.releases.app_path(revision.sha)
+        command = revision.processes.programs[WEB]
+        slot = self.slots.start(cwd, self._revision_variables(revision), command)
+        try:
+            self.supervisor.apply(self._programs(revision), self.shared)
+            self.supervisor.wait_running(self._worker_names(revision))
+        except (AppFailed, SupervisorError):
+            self.slots.abandon(slot)
+            if previous is not None:
+                self.supervisor.apply(self._programs(previous), self.shared)
+            raise
+        self.releases.activate(revision.sha)
+        self.running_revision = revision
+        digest = revision.environment.digest if revision.environment else None
+        self.board.update(revision=revision.sha, deps_digest=digest)
+        self.slots.promote(slot)
+        self.board.update(state="running", ready=True)
+
+    def _worker_names(self, revision: Revision) -> list[str]:
+        return [name for name in revision.processes.programs if name != WEB]
+
+    def active_programs(self) -> set[str]:
+        """The processes whose FATAL means the app cannot stay up."""
+        if self.running_revision is None:
+            return set()
+        if not self._rolls_over(self.running_revision):
+            return set(self.running_revision.processes.programs)
+        assert self.slots is not None and self.slots.active is not None
+        return {self.slots.active, *self._worker_names(self.running_revision)}
 
     def _run(self, revision: Revision) -> None:
         self.releases.activate(revision.sha)
@@ -219,11 +272,16 @@ class Updater:
         self.board.update(state="running", ready=True)
 
     def _programs(self, revision: Revision) -> list[ProgramSpec]:
-        directory = Path(os.path.normpath(self.releases.current_link / self.settings.app_dir))
+        """supervisord programs; with a shared socket, `web` is the slots' instead."""
+        # The release's own path, not `current`: during a rollover the old and the new
+        # revision run side by side, and `current` switches only once the new is proven.
+        directory = self.releases.app_path(revision.sha)
         env = self._revision_variables(revision)
+        shared = self._rolls_over(revision)
         return [
             ProgramSpec(name, command, directory, env)
             for name, command in revision.processes.programs.items()
+            if not (shared and name == WEB)
         ]
 
     def _revision_variables(self, revision: Revision) -> dict[str, str]:

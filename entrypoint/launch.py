@@ -1,0 +1,35 @@
+"""The command of every slot of the `web` fcgi-program: run the revision assigned to
+this slot. supervisord's socket arrives on fd 0 and is passed on untouched.
+
+Slots let two revisions share one listening socket: the group's configuration never
+changes across updates, only which revision each slot's file names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from entrypoint.supervisor_config import is_simple_command
+
+SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
+
+
+def main() -> None:
+    slot = os.environ["SUPERVISOR_PROCESS_NAME"]
+    assignment = json.loads((Path(os.environ[SLOTS_VARIABLE]) / f"{slot}.json").read_text())
+    os.chdir(assignment["cwd"])
+    os.environ.update(assignment["env"])
+    command = assignment["command"]
+    line = f"exec {command}" if is_simple_command(command) else command
+    os.execv("/bin/sh", ["/bin/sh", "-c", line])
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (KeyError, OSError, ValueError) as exc:
+        print(f"live-pull launch: cannot start slot: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc

@@ -1,0 +1,176 @@
+"""Zero-downtime updates on a socket supervisord holds (LIVE_PULL_LISTEN): under load,
+updates and broken revisions alike fail no request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from entrypoint.sample import SampleRepo
+from tests.conftest import AgentProcess, wait_until
+
+Factory = Callable[..., AgentProcess]
+
+FD_APP = '''\
+"""Serves on the socket it is handed as fd 0; drains in-flight requests on SIGTERM."""
+import os, signal, socket, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MESSAGE = {message!r}
+REVISION = os.environ.get("LIVE_PULL_REVISION", "unknown")[:12]
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(0.01)
+        body = f"{{MESSAGE}} from revision {{REVISION}}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=0)
+server.daemon_threads = False
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+server.serve_forever()
+server.server_close()
+'''
+
+
+def fd_files(message: str, procfile: str = "web: python app.py\n") -> dict[str, str]:
+    return {"app.py": FD_APP.format(message=message), "Procfile": procfile}
+
+
+class Load:
+    """Client threads on 127.0.0.1, bounded in count and time, counting every outcome."""
+
+    def __init__(self, url: str, threads: int = 4, limit: float = 300.0) -> None:
+        self.url = url
+        self.threads = threads
+        self.deadline = time.monotonic() + limit
+        self.stop = threading.Event()
+        self.ok: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            try:
+                response = requests.get(self.url, timeout=10)
+                outcome = response.text.strip() if response.status_code == 200 else None
+                error = None if outcome else f"HTTP {response.status_code}"
+            except requests.RequestException as exc:
+                outcome, error = None, type(exc).__name__
+            with self.lock:
+                if outcome:
+                    self.ok[outcome.rsplit(" ", 1)[-1]] += 1
+                else:
+                    self.failures.append(str(error))
+
+
+@contextmanager
+def load(url: str) -> Iterator[Load]:
+    generator = Load(url)
+    workers = [threading.Thread(target=generator.run) for _ in range(generator.threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield generator
+    finally:
+        generator.stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+
+
+def start(sample: SampleRepo, agent_factory: Factory, **extra: str) -> tuple[AgentProcess, str]:
+    first = sample.commit(fd_files("v0"), "fd app")
+    probe = agent_factory(sample.url, start=False)
+    port = probe.port
+    agent = agent_factory(
+        sample.url,
+        LIVE_PULL_POLL_INTERVAL="0",
+        LIVE_PULL_LISTEN=f"tcp://127.0.0.1:{port}",
+        PORT=str(port),
+        LIVE_PULL_DRAIN_SECONDS="5",
+        **extra,
+    )
+    agent.wait_serving(first)
+    agent.wait_status(state="running", revision=first)
+    return agent, first
+
+
+def update(agent: AgentProcess, sample: SampleRepo, files: dict[str, str], message: str) -> str:
+    sha = sample.commit(files, message)
+    requests.post(agent.status_url("/sync"), timeout=5)
+    return sha
+
+
+def test_twenty_updates_under_load_fail_no_request(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    agent, first = start(sample, agent_factory)
+    shas = [first]
+    with load(f"http://127.0.0.1:{agent.port}/") as generator:
+        for n in range(1, 21):
+            shas.append(update(agent, sample, fd_files(f"v{n}"), f"v{n}"))
+            agent.wait_status(state="running", revision=shas[-1], timeout=60)
+        time.sleep(1)
+    assert generator.failures == []
+    assert set(generator.ok) <= {sha[:12] for sha in shas}
+    assert sum(generator.ok.values()) > 100
+    assert agent.status()["updates"] == 20
+
+
+def test_broken_revisions_fail_no_request_and_old_keeps_serving(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    agent, first = start(sample, agent_factory, LIVE_PULL_START_RETRIES="1")
+    broken = {
+        "syntax error": fd_files("x") | {"app.py": "def broken(:\n"},
+        "exits at start": fd_files("x", "web: python -c 'raise SystemExit(1)'\n"),
+        "failing release step": fd_files("x", "release: exit 9\nweb: python app.py\n"),
+    }
+    with load(f"http://127.0.0.1:{agent.port}/") as generator:
+        for what, files in broken.items():
+            sha = update(agent, sample, files, what)
+            wait_until(
+                lambda sha=sha: sha in (agent.status().get("failed_revisions") or {}),
+                60,
+                lambda what=what: f"{what} recorded as failed: {agent.status()}",
+            )
+            assert agent.status()["revision"] == first
+    assert generator.failures == []
+    assert set(generator.ok) == {first[:12]}
+
+
+def test_worker_alongside_web_is_restarted_on_the_new_revision(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    beat = tmp_path / "worker"
+    worker = (
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(beat)!r}).write_text(os.environ['LIVE_PULL_REVISION'])\n"
+        "time.sleep(3600)\n"
+    )
+    agent, _ = start(sample, agent_factory)
+    files = fd_files("with worker", "web: python app.py\nworker: python worker.py\n")
+    sha = update(agent, sample, files | {"worker.py": worker}, "worker")
+    agent.wait_status(state="running", revision=sha, timeout=60)
+    wait_until(lambda: beat.exists() and beat.read_text() == sha, 30, "worker on the new revision")
+    newer = update(
+        agent, sample, fd_files("again", "web: python app.py\nworker: python worker.py\n"), "again"
+    )
+    agent.wait_status(state="running", revision=newer, timeout=60)
+    wait_until(lambda: beat.read_text() == newer, 30, "worker restarted on the newer revision")
