@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         5.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_DRAIN_SECONDS")
     )
+    healthcheck_path: str | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_HEALTHCHECK_PATH")
+    )
+    healthcheck_timeout: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_HEALTHCHECK_TIMEOUT")
+    )
     submodules: bool = Field(False, validation_alias=AliasChoices("LIVE_PULL_SUBMODULES"))
     verify_mode: Literal["off", "commit", "tag"] = Field(
         "off", validation_alias=AliasChoices("LIVE_PULL_VERIFY")
@@ -182,6 +188,15 @@ class Settings(BaseSettings):
         match = re.fullmatch(r"tcp://(?P<host>[^:/\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})", value)
         if match is None or not 0 < int(match["port"]) < 65536:
             raise ValueError("must look like tcp://0.0.0.0:8000")
+        return value
+
+    @field_validator("healthcheck_path")
+    @classmethod
+    def _absolute_path(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError("must be a URL path starting with / (e.g. /healthz)")
         return value
 
     @field_validator("lockfile")
@@ -274,6 +289,8 @@ class Settings(BaseSettings):
             "LIVE_PULL_WEBHOOK": "on" if self.webhook_secret else "off",
             "LIVE_PULL_LISTEN": self.listen or "(app binds PORT itself)",
             "LIVE_PULL_DRAIN_SECONDS": f"{self.drain_seconds:g}",
+            "LIVE_PULL_HEALTHCHECK_PATH": self.healthcheck_path or "(none)",
+            "LIVE_PULL_HEALTHCHECK_TIMEOUT": f"{self.healthcheck_timeout:g}",
             "LIVE_PULL_SUBMODULES": str(self.submodules).lower(),
             "LIVE_PULL_VERIFY": self.verify_mode,
             "LIVE_PULL_ALLOWED_SIGNERS_FILE": str(self.allowed_signers_file or ""),

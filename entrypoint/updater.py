@@ -12,6 +12,7 @@ from entrypoint.commands import run_release_step
 from entrypoint.config import Settings
 from entrypoint.environments import Environment, Environments
 from entrypoint.errors import AppFailed, GitError, RevisionError, RevisionRefused, SupervisorError
+from entrypoint.health import probe_before_joining, wait_healthy
 from entrypoint.procfile import WEB, Processes, load_processes
 from entrypoint.releases import Releases
 from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository
@@ -234,7 +235,11 @@ class Updater:
         self.supervisor.apply(self._programs(previous) if previous else [], self.shared)
         cwd = self.releases.app_path(revision.sha)
         command = revision.processes.programs[WEB]
-        slot = self.slots.start(cwd, self._revision_variables(revision), command)
+        variables = self._revision_variables(revision)
+        path = self.settings.healthcheck_path
+        if path is not None:
+            probe_before_joining(cwd, variables, command, path, self.settings.healthcheck_timeout)
+        slot = self.slots.start(cwd, variables, command)
         try:
             self.supervisor.apply(self._programs(revision), self.shared)
             self.supervisor.wait_running(self._worker_names(revision))
@@ -269,6 +274,10 @@ class Updater:
         self.board.update(revision=revision.sha, deps_digest=digest)
         self.supervisor.apply(self._programs(revision))
         self.supervisor.wait_running(revision.processes.programs)
+        path = self.settings.healthcheck_path
+        if path is not None and WEB in revision.processes.programs:
+            url = f"http://127.0.0.1:{self.settings.port}{path}"
+            wait_healthy(url, self.settings.healthcheck_timeout)
         self.board.update(state="running", ready=True)
 
     def _programs(self, revision: Revision) -> list[ProgramSpec]:

@@ -280,3 +280,19 @@ def test_status_endpoints_and_cli(sample: SampleRepo, agent_factory: Factory) ->
     assert shown.returncode == 0
     assert f"revision: {sha}" in shown.stdout
     assert "state: running" in shown.stdout
+
+
+def test_health_check_failure_restores_the_old_revision(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    good = head(sample)
+    agent = agent_factory(
+        sample.url, LIVE_PULL_HEALTHCHECK_PATH="/healthz", LIVE_PULL_HEALTHCHECK_TIMEOUT="3"
+    )
+    agent.wait_serving(good)
+    sick = APP.format(message="sick").replace("send_response(200)", "send_response(500)")
+    bad = sample.commit({"app.py": sick}, "answers 500")
+    reason = wait_until(lambda: (agent.status().get("failed_revisions") or {}).get(bad))
+    assert "health check failed" in reason and "HTTP 500" in reason
+    agent.wait_serving(good)
+    agent.wait_status(state="running", revision=good, ready=True)

@@ -29,6 +29,9 @@ REVISION = os.environ.get("LIVE_PULL_REVISION", "unknown")[:12]
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         time.sleep(0.01)
+        if self.path == "/healthz" and MESSAGE == "sick":
+            self.send_error(500)
+            return
         body = f"{{MESSAGE}} from revision {{REVISION}}\\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -136,8 +139,15 @@ def test_twenty_updates_under_load_fail_no_request(
 def test_broken_revisions_fail_no_request_and_old_keeps_serving(
     sample: SampleRepo, agent_factory: Factory
 ) -> None:
-    agent, first = start(sample, agent_factory, LIVE_PULL_START_RETRIES="1")
+    agent, first = start(
+        sample,
+        agent_factory,
+        LIVE_PULL_START_RETRIES="1",
+        LIVE_PULL_HEALTHCHECK_PATH="/healthz",
+        LIVE_PULL_HEALTHCHECK_TIMEOUT="3",
+    )
     broken = {
+        "health check 500": fd_files("sick"),
         "syntax error": fd_files("x") | {"app.py": "def broken(:\n"},
         "exits at start": fd_files("x", "web: python -c 'raise SystemExit(1)'\n"),
         "failing release step": fd_files("x", "release: exit 9\nweb: python app.py\n"),
@@ -153,6 +163,8 @@ def test_broken_revisions_fail_no_request_and_old_keeps_serving(
             assert agent.status()["revision"] == first
     assert generator.failures == []
     assert set(generator.ok) == {first[:12]}
+    reasons = " ".join((agent.status().get("failed_revisions") or {}).values())
+    assert "health check failed" in reasons and "release step failed" in reasons
 
 
 def test_worker_alongside_web_is_restarted_on_the_new_revision(
