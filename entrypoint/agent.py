@@ -68,6 +68,7 @@ class Agent:
         self.settings = settings
         self.stop = threading.Event()
         self.wake = threading.Event()
+        self.rollback_to: tuple[str, str] | None = None  # (sha, reason), for the poller
         home = settings.home
         home.mkdir(parents=True, exist_ok=True)
         self.board = StatusBoard(settings.repo_url.redacted(), settings.ref_label)
@@ -112,6 +113,7 @@ class Agent:
             # The main thread blocks for at most one git command between beats.
             stale_after=max(60.0, settings.git_timeout + 30),
             webhook=Webhook(settings.webhook_secret, self._tracked_ref, self.request_sync),
+            on_rollback=self.request_rollback,
         )
 
     # -- public -------------------------------------------------------------------
@@ -221,6 +223,7 @@ class Agent:
 
     def _poll_once(self, backoff: Backoff) -> float | None:
         try:
+            self._roll_back_if_asked()
             self.updater.check()
         except GitError as exc:
             delay = backoff.next_delay()
@@ -231,6 +234,18 @@ class Agent:
             log.error("update failed error=%s", exc)
         backoff.reset()
         return self._poll_delay()
+
+    def request_rollback(self, wanted: str | None) -> str:
+        """Validate now, switch in the poller: returns the target sha or raises."""
+        target = self.updater.rollback_target(wanted)
+        self.rollback_to = (target, f"rolled back by operator to {short(target)}")
+        self.wake.set()
+        return target
+
+    def _roll_back_if_asked(self) -> None:
+        pending, self.rollback_to = self.rollback_to, None
+        if pending is not None:
+            self.updater.rollback(*pending)
 
     def _poll_delay(self) -> float | None:
         """Seconds to the next poll; None (wait for a sync) when polling is off."""
@@ -250,8 +265,21 @@ class Agent:
                 fatal = first_fatal(self.supervisor.states(), self.updater.active_programs())
             finally:
                 self.updater.switching.release()
-            if fatal is not None:
+            if fatal is not None and not self._roll_back_after_crash(fatal):
                 raise AppFailed(fatal)
+
+    def _roll_back_after_crash(self, fatal: str) -> bool:
+        """With LIVE_PULL_ROLLBACK_ON_CRASH, a FATAL app falls back to an earlier release."""
+        if not self.settings.rollback_on_crash or self.rollback_to is not None:
+            return self.rollback_to is not None
+        try:
+            target = self.updater.rollback_target(None)
+        except RevisionError:
+            return False
+        log.error("the app cannot stay up, rolling back error=%s", fatal)
+        self.rollback_to = (target, f"crashed in steady state: {fatal}")
+        self.wake.set()
+        return True
 
     # -- stop -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_APP_FAILED = 3
 EXIT_START_FAILED = 4
+ROLLBACK_WAIT = 120.0
 STATUS_ORDER = ("state", "revision", "ref", "repo_url", "ready", "last_check", "last_error")
 # Most specific first: the first class an error is an instance of decides.
 FAILURES: tuple[tuple[type[LivePullError], str, int], ...] = (
@@ -56,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("sync", help="ask a running agent to check the remote now")
     probe = commands.add_parser("probe", help="exit 0 if a running agent's probe passes")
     probe.add_argument("endpoint", choices=["healthz", "readyz"])
+    rollback = commands.add_parser(
+        "rollback", help="switch a running agent to the previous (or a named) retained release"
+    )
+    rollback.add_argument("sha", nargs="?", help="a retained release (full or short sha)")
     commands.add_parser("version", help="print the version")
     demo = commands.add_parser("demo", help="run against a sample app and push a commit")
     demo.add_argument(
@@ -67,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "status": _status,
         "sync": _sync,
         "probe": _probe,
+        "rollback": _rollback,
         "version": _version,
         "demo": _demo,
     }
@@ -131,6 +138,37 @@ def _sync(args: argparse.Namespace) -> int:
     _request("POST", "/sync")
     print("check requested")
     return EXIT_OK
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    """Ask, then wait until the agent serves the target (or says why it cannot)."""
+    query = f"?sha={args.sha}" if args.sha else ""
+    response = _post_allowing_conflict(f"/rollback{query}")
+    target = response["to"]
+    print(f"rolling back to {target[:12]}")
+    deadline = time.monotonic() + ROLLBACK_WAIT
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = _request("GET", "/status").json()
+        if status.get("revision") == target and status.get("state") == "running":
+            print(f"serving {target[:12]}")
+            return EXIT_OK
+        time.sleep(0.5)
+    raise LivePullError(
+        f"rollback to {target[:12]} not done after {ROLLBACK_WAIT:g}s: {status.get('last_error')}"
+    )
+
+
+def _post_allowing_conflict(path: str) -> dict[str, Any]:
+    url = status_url() + path
+    try:
+        response = requests.post(url, timeout=10)
+    except requests.RequestException as exc:
+        raise LivePullError(f"no live-pull agent answering at {url}: {exc}") from exc
+    body = dict(response.json())
+    if response.status_code != 202:
+        raise LivePullError(str(body.get("error", f"HTTP {response.status_code}")))
+    return body
 
 
 def _probe(args: argparse.Namespace) -> int:

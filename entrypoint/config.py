@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     healthcheck_timeout: float = Field(
         30.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_HEALTHCHECK_TIMEOUT")
     )
+    rollback_on_crash: bool = Field(
+        False, validation_alias=AliasChoices("LIVE_PULL_ROLLBACK_ON_CRASH")
+    )
     submodules: bool = Field(False, validation_alias=AliasChoices("LIVE_PULL_SUBMODULES"))
     verify_mode: Literal["off", "commit", "tag"] = Field(
         "off", validation_alias=AliasChoices("LIVE_PULL_VERIFY")
@@ -291,6 +294,7 @@ class Settings(BaseSettings):
             "LIVE_PULL_DRAIN_SECONDS": f"{self.drain_seconds:g}",
             "LIVE_PULL_HEALTHCHECK_PATH": self.healthcheck_path or "(none)",
             "LIVE_PULL_HEALTHCHECK_TIMEOUT": f"{self.healthcheck_timeout:g}",
+            "LIVE_PULL_ROLLBACK_ON_CRASH": str(self.rollback_on_crash).lower(),
             "LIVE_PULL_SUBMODULES": str(self.submodules).lower(),
             "LIVE_PULL_VERIFY": self.verify_mode,
             "LIVE_PULL_ALLOWED_SIGNERS_FILE": str(self.allowed_signers_file or ""),

@@ -34,10 +34,13 @@ class State:
             self.failed.pop(next(iter(self.failed)))
 
     def retained(self, keep: int) -> list[str]:
-        """The newest `keep` revisions; what falls out of history is forgotten."""
-        kept = self.history[-keep:]
+        """The newest `keep` revisions brought live."""
+        return self.history[-keep:]
+
+    def forget_all_but(self, kept: list[str]) -> None:
+        """Drop what is known of revisions no longer retained."""
+        self.history = [sha for sha in self.history if sha in kept]
         self.environments = {sha: d for sha, d in self.environments.items() if sha in kept}
-        return kept
 
 
 class StateFile:

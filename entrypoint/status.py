@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+from entrypoint.errors import LivePullError
 from entrypoint.webhook import MAX_BODY, Webhook
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,9 @@ class StatusServer:
         *,
         stale_after: float,
         webhook: Webhook,
+        on_rollback: Callable[[str | None], str],
     ) -> None:
-        handler = _make_handler(board, on_sync, stale_after, webhook)
+        handler = _make_handler(board, on_sync, stale_after, webhook, on_rollback)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -104,7 +107,11 @@ class StatusServer:
 
 
 def _make_handler(
-    board: StatusBoard, on_sync: Callable[[], None], stale_after: float, webhook: Webhook
+    board: StatusBoard,
+    on_sync: Callable[[], None],
+    stale_after: float,
+    webhook: Webhook,
+    on_rollback: Callable[[str | None], str],
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "live-pull"
@@ -129,8 +136,24 @@ def _make_handler(
                 self._send(202, {"sync": "requested"})
             elif path == "/webhook":
                 self._webhook()
+            elif path == "/rollback":
+                self._rollback()
             else:
                 self._send(404, {"error": "not found"})
+
+        def _rollback(self) -> None:
+            """Only from this machine or pod: it changes what runs."""
+            if self.client_address[0] not in ("127.0.0.1", "::1"):
+                self._send(403, {"error": "rollback is accepted from localhost only"})
+                return
+            query = parse_qs(urlsplit(self.path).query)
+            wanted = query.get("sha", [None])[0]
+            try:
+                target = on_rollback(wanted)
+            except LivePullError as exc:
+                self._send(409, {"error": str(exc)})
+                return
+            self._send(202, {"rollback": "requested", "to": target})
 
         def _webhook(self) -> None:
             try:

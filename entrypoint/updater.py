@@ -304,6 +304,37 @@ class Updater:
         """The app's environment: ours (secrets already scrubbed) plus the revision's."""
         return {**os.environ, **self._revision_variables(revision)}
 
+    # -- rollback ---------------------------------------------------------------------
+
+    def rollback_target(self, wanted: str | None) -> str:
+        """The retained release to roll back to: the one before the running, or `wanted`
+        (a full or abbreviated sha). Raises RevisionError naming what is wrong."""
+        retained = [
+            sha
+            for sha in self.state.retained(self.settings.keep_releases)
+            if sha != self.running and self.releases.exists(sha)
+        ]
+        if wanted is None:
+            if not retained:
+                raise RevisionError("no earlier release is retained to roll back to")
+            return retained[-1]
+        matches = [sha for sha in retained if sha.startswith(wanted.lower())]
+        if len(matches) != 1:
+            choices = ", ".join(short(sha) for sha in retained) or "none"
+            raise RevisionError(f"{wanted} is not one retained release (retained: {choices})")
+        return matches[0]
+
+    def rollback(self, target: str, reason: str) -> None:
+        """Switch to a retained release through the same path as an update. The revision
+        left is recorded as failed, so polling does not bring it back until the ref moves."""
+        left = self.running
+        log.warning("rolling back to sha=%s reason=%s", short(target), reason)
+        revision = self.prepare(target)
+        self.go_live(revision)
+        if left is not None:
+            self.state.record_failed(left, reason)
+        self._record_success(revision, counted=True)
+
     # -- recording --------------------------------------------------------------------
 
     def _record_success(self, revision: Revision, *, counted: bool) -> None:
@@ -320,6 +351,8 @@ class Updater:
     def collect_garbage(self) -> None:
         """Old releases beyond the kept number, and environments none of them uses."""
         retained = self.state.retained(self.settings.keep_releases)
+        self.state.forget_all_but(retained)
+        self.state_file.save(self.state)
         self.releases.collect(retained)
         in_use = {self.state.environments.get(sha) for sha in retained}
         running = self.running_revision

@@ -3,6 +3,8 @@ updates and broken revisions alike fail no request."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -186,3 +188,61 @@ def test_worker_alongside_web_is_restarted_on_the_new_revision(
     )
     agent.wait_status(state="running", revision=newer, timeout=60)
     wait_until(lambda: beat.read_text() == newer, 30, "worker restarted on the newer revision")
+
+
+def test_rollback_command_under_load(sample: SampleRepo, agent_factory: Factory) -> None:
+    agent, first = start(sample, agent_factory)
+    second = update(agent, sample, fd_files("second"), "second")
+    agent.wait_status(state="running", revision=second, timeout=60)
+    env = {**agent.env, "LIVE_PULL_STATUS_PORT": str(agent.status_port)}
+    with load(f"http://127.0.0.1:{agent.port}/") as generator:
+        result = subprocess.run(
+            [sys.executable, "-m", "entrypoint", "rollback"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+        time.sleep(1)
+    assert result.returncode == 0, result.stderr
+    assert f"serving {first[:12]}" in result.stdout
+    assert generator.failures == []
+    status = agent.status()
+    assert status["revision"] == first
+    assert "rolled back by operator" in status["failed_revisions"][second]
+    time.sleep(2)  # polling must not bring the rolled-back revision back
+    requests.post(agent.status_url("/sync"), timeout=5)
+    time.sleep(2)
+    assert agent.status()["revision"] == first
+    unknown = subprocess.run(
+        [sys.executable, "-m", "entrypoint", "rollback", "deadbeef"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 1
+    assert "deadbeef is not one retained release" in unknown.stderr
+
+
+def test_crash_in_steady_state_rolls_back_when_asked(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    agent, first = start(
+        sample, agent_factory, LIVE_PULL_ROLLBACK_ON_CRASH="true", LIVE_PULL_START_RETRIES="1"
+    )
+    # Serves for 3 s, then dies; every restart dies at once, so supervisord gives up.
+    marker = tmp_path / "crashed-once"
+    crashing = FD_APP.format(message="later crash").replace(
+        "server.serve_forever()",
+        f"marker = {str(marker)!r}\n"
+        "if os.path.exists(marker): os._exit(1)\n"
+        "open(marker, 'w').close()\n"
+        "threading.Timer(3, lambda: os._exit(1)).start()\n"
+        "server.serve_forever()",
+    )
+    second = update(agent, sample, {"app.py": crashing}, "crashes after 3s")
+    agent.wait_status(state="running", revision=second, timeout=60)
+    agent.wait_status(state="running", revision=first, timeout=90)
+    assert "crashed in steady state" in agent.status()["failed_revisions"][second]
+    assert agent.process is not None and agent.process.poll() is None
