@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 
 from entrypoint.sample import SampleRepo
@@ -246,3 +247,79 @@ def test_crash_in_steady_state_rolls_back_when_asked(
     agent.wait_status(state="running", revision=first, timeout=90)
     assert "crashed in steady state" in agent.status()["failed_revisions"][second]
     assert agent.process is not None and agent.process.poll() is None
+
+
+WSGI_APP = """\
+import os
+
+REVISION = os.environ.get("LIVE_PULL_REVISION", "unknown")[:12]
+
+
+def app(environ, start_response):
+    body = f"{MESSAGE} from revision {REVISION}\\n".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+ASGI_APP = """\
+import os
+
+REVISION = os.environ.get("LIVE_PULL_REVISION", "unknown")[:12]
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = f"{MESSAGE} from revision {REVISION}\\n".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+SERVERS = {
+    # The Procfile lines the README documents, with this test run's Python in front.
+    "gunicorn": (
+        WSGI_APP,
+        "web: {python} -m gunicorn --bind fd://0 --workers 2 --graceful-timeout 5 app:app\n",
+    ),
+    "uvicorn": (ASGI_APP, "web: {python} -m uvicorn --fd 0 app:app\n"),
+}
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_real_servers_roll_over_without_a_failed_request(
+    server: str, sample: SampleRepo, agent_factory: Factory
+) -> None:
+    source, procfile = SERVERS[server]
+
+    def files(message: str) -> dict[str, str]:
+        return {
+            "app.py": f"MESSAGE = {message!r}\n" + source,
+            "Procfile": procfile.format(python=sys.executable),
+        }
+
+    first = sample.commit(files("v0"), server)
+    port = agent_factory(sample.url, start=False).port
+    agent = agent_factory(
+        sample.url,
+        LIVE_PULL_POLL_INTERVAL="0",
+        LIVE_PULL_LISTEN=f"tcp://127.0.0.1:{port}",
+        PORT=str(port),
+    )
+    agent.wait_serving(first)
+    shas = [first]
+    with load(f"http://127.0.0.1:{port}/") as generator:
+        for n in range(1, 6):
+            shas.append(update(agent, sample, files(f"v{n}"), f"v{n}"))
+            agent.wait_status(state="running", revision=shas[-1], timeout=60)
+        time.sleep(1)
+    served = sum(generator.ok.values())
+    if server == "uvicorn":
+        # uvicorn's shutdown closes connections it accepted whose request has not
+        # arrived yet (server.py, Server.shutdown): a few can fail. Measured and
+        # documented in the README; bounded here.
+        assert len(generator.failures) <= max(3, served // 200), generator.failures
+    else:
+        assert generator.failures == []
+    assert set(generator.ok) <= {sha[:12] for sha in shas}
+    assert shas[-1][:12] in generator.ok
