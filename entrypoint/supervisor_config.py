@@ -101,18 +101,7 @@ process_name=%(program_name)s_%(process_num)s
 numprocs=2
 environment=LIVE_PULL_SLOTS="{_escape(str(shared.slots_dir))}"
 autostart=false
-autorestart=true
-startsecs={timings.start_seconds}
-startretries={timings.start_retries}
-stopsignal=TERM
-stopwaitsecs={max(1, round(shared.drain_seconds))}
-stopasgroup=true
-killasgroup=true
-stdout_logfile=/dev/fd/1
-stdout_logfile_maxbytes=0
-stderr_logfile=/dev/fd/2
-stderr_logfile_maxbytes=0
-"""
+{_lifecycle(timings, shared.drain_seconds)}"""
 
 
 def is_simple_command(command: str) -> bool:
@@ -132,11 +121,17 @@ command={_escape(command)}
 directory={_escape(str(program.directory))}
 environment={_escape(environment)}
 autostart=true
+{_lifecycle(timings, timings.stop_timeout)}"""
+
+
+def _lifecycle(timings: Timings, stop_wait: float) -> str:
+    """How every process starts, stops (whole process group) and logs (to our stdout)."""
+    return f"""\
 autorestart=true
 startsecs={timings.start_seconds}
 startretries={timings.start_retries}
 stopsignal=TERM
-stopwaitsecs={max(1, round(timings.stop_timeout))}
+stopwaitsecs={max(1, round(stop_wait))}
 stopasgroup=true
 killasgroup=true
 stdout_logfile=/dev/fd/1
