@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     )
     app_dir: str = Field("", validation_alias=AliasChoices("LIVE_PULL_APP_DIR"))
     command: str | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_COMMAND"))
+    release_command: str | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_RELEASE_COMMAND")
+    )
     status_host: str = Field("0.0.0.0", validation_alias=AliasChoices("LIVE_PULL_STATUS_HOST"))
     status_port: int = Field(
         8081, ge=0, le=65535, validation_alias=AliasChoices("LIVE_PULL_STATUS_PORT")
@@ -176,7 +179,7 @@ class Settings(BaseSettings):
         items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
         return tuple(_shared_path(str(item)) for item in items if str(item).strip())
 
-    @field_validator("command", "install_command")
+    @field_validator("command", "install_command", "release_command")
     @classmethod
     def _non_blank_command(cls, value: str | None) -> str | None:
         if value is not None and "\n" in value:
@@ -267,6 +270,7 @@ class Settings(BaseSettings):
             "LIVE_PULL_POLL_INTERVAL": f"{self.poll_interval:g}",
             "LIVE_PULL_APP_DIR": self.app_dir or ".",
             "LIVE_PULL_COMMAND": self.command or "(Procfile web entry)",
+            "LIVE_PULL_RELEASE_COMMAND": self.release_command or "(Procfile release entry)",
             "LIVE_PULL_STATUS_HOST": self.status_host,
             "LIVE_PULL_STATUS_PORT": str(self.status_port),
             "LIVE_PULL_SHARED_PATHS": ",".join(self.shared_paths),

@@ -34,12 +34,17 @@ def parse_procfile(text: str) -> dict[str, str]:
     return entries
 
 
-def load_processes(app_path: Path, command_override: str | None) -> Processes:
+def load_processes(
+    app_path: Path, command_override: str | None, release_override: str | None = None
+) -> Processes:
+    """The Procfile's entries; LIVE_PULL_COMMAND replaces `web`, LIVE_PULL_RELEASE_COMMAND
+    replaces `release`."""
     procfile = app_path / "Procfile"
     entries = parse_procfile(procfile.read_text()) if procfile.is_file() else {}
     if command_override:
         entries[WEB] = command_override
-    release = entries.pop(RELEASE, None)
+    release = release_override or entries.pop(RELEASE, None)
+    entries.pop(RELEASE, None)
     if not entries:
         raise RevisionError("nothing to run: no Procfile entries and LIVE_PULL_COMMAND is unset")
     return Processes(programs=entries, release=release)

@@ -103,7 +103,7 @@ class Updater:
         if not app_path.is_dir():
             app_dir = self.settings.app_dir
             raise RevisionError(f"LIVE_PULL_APP_DIR {app_dir!r} is not in the revision")
-        processes = load_processes(app_path, self.settings.command)
+        processes = load_processes(app_path, self.settings.command, self.settings.release_command)
         self.board.update(state="installing" if self.running is None else "updating")
         environment = self.environments.ensure(app_path)
         self.board.update(

@@ -296,3 +296,12 @@ def test_health_check_failure_restores_the_old_revision(
     assert "health check failed" in reason and "HTTP 500" in reason
     agent.wait_serving(good)
     agent.wait_status(state="running", revision=good, ready=True)
+
+
+def test_release_command_setting_replaces_the_procfile_entry(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    sha = sample.commit({"Procfile": "release: exit 1\nweb: python app.py\n"}, "release entry")
+    agent = agent_factory(sample.url, LIVE_PULL_RELEASE_COMMAND="echo migrated > from-setting")
+    agent.wait_serving(sha)
+    assert (agent.home / "releases" / sha / "from-setting").read_text() == "migrated\n"
