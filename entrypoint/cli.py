@@ -143,8 +143,7 @@ def _sync(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     """Ask, then wait until the agent serves the target (or says why it cannot)."""
     query = f"?sha={args.sha}" if args.sha else ""
-    response = _post_allowing_conflict(f"/rollback{query}")
-    target = response["to"]
+    target = str(_request("POST", f"/rollback{query}").json()["to"])
     print(f"rolling back to {target[:12]}")
     deadline = time.monotonic() + ROLLBACK_WAIT
     status: dict[str, Any] = {}
@@ -159,18 +158,6 @@ def _rollback(args: argparse.Namespace) -> int:
     )
 
 
-def _post_allowing_conflict(path: str) -> dict[str, Any]:
-    url = status_url() + path
-    try:
-        response = requests.post(url, timeout=10)
-    except requests.RequestException as exc:
-        raise LivePullError(f"no live-pull agent answering at {url}: {exc}") from exc
-    body = dict(response.json())
-    if response.status_code != 202:
-        raise LivePullError(str(body.get("error", f"HTTP {response.status_code}")))
-    return body
-
-
 def _probe(args: argparse.Namespace) -> int:
     """For HEALTHCHECK and exec probes: the endpoint's answer as an exit code."""
     _request("GET", f"/{args.endpoint}")
@@ -178,12 +165,18 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _request(method: str, path: str) -> requests.Response:
+    """One call to the running agent; an error answer becomes the agent's own words."""
     url = status_url() + path
     try:
-        response = requests.request(method, url, timeout=5)
-        response.raise_for_status()
+        response = requests.request(method, url, timeout=10)
     except requests.RequestException as exc:
         raise LivePullError(f"no live-pull agent answering at {url}: {exc}") from exc
+    if response.status_code >= 400:
+        try:
+            error = str(response.json().get("error") or "")
+        except ValueError:
+            error = ""
+        raise LivePullError(error or f"{url} answered HTTP {response.status_code}")
     return response
 
 

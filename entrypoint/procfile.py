@@ -43,8 +43,8 @@ def load_processes(
     entries = parse_procfile(procfile.read_text()) if procfile.is_file() else {}
     if command_override:
         entries[WEB] = command_override
-    release = release_override or entries.pop(RELEASE, None)
-    entries.pop(RELEASE, None)
+    procfile_release = entries.pop(RELEASE, None)
+    release = release_override or procfile_release
     if not entries:
         raise RevisionError("nothing to run: no Procfile entries and LIVE_PULL_COMMAND is unset")
     return Processes(programs=entries, release=release)

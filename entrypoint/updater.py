@@ -141,8 +141,6 @@ class Updater:
         self.board.update(state="fetching")
         try:
             return self._fetch_and_export(remote)
-        except RevisionRefused:
-            raise
         except (GitError, OSError) as exc:
             log.warning("fetch failed, rebuilding the repository error=%s", exc)
             self.repo.rebuild()
@@ -341,8 +339,7 @@ class Updater:
         """`counted`: an update replaced a running revision (the first start is not one)."""
         log.info("revision live sha=%s", short(revision.sha))
         digest = revision.environment.digest if revision.environment else None
-        self.state.record_good(revision.sha, digest)
-        self.state_file.save(self.state)
+        self.state.record_good(revision.sha, digest)  # saved by collect_garbage below
         if counted:
             self.board.count_update()
         self.board.update(last_error=None, failed_revisions=dict(self.state.failed))
