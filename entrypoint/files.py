@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -10,18 +11,35 @@ def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
     """Replace `path` with `text`; readers see the old file or the new one, never half.
 
     The mode is set when the file is created, so a private file is never readable
-    by others, not even for an instant.
+    by others, not even for an instant. On any failure (read-only, disk full, `path`
+    a directory) the OSError propagates and the temporary file is removed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
+    tmp.unlink(missing_ok=True)  # left by a writer killed mid-write
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _sync_directory(path.parent)
 
 
 def write_private(path: Path, text: str) -> None:
     write_atomic(path, text, mode=0o600)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename itself durable; best effort (not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
