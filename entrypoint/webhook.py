@@ -1,6 +1,9 @@
 """Push triggers: POST /webhook from GitHub, GitLab, Gitea/Forgejo or anything that
 sends a bearer token. A verified push to the tracked ref asks for a check now; the
 payload is trusted for nothing else (the remote is asked as usual).
+
+Header names are matched in any case (HTTP/2 proxies lowercase them); header values
+are compared as the bytes that came over the wire, whatever they hold.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Webhook:
 
     def handle(self, headers: Mapping[str, str], body: bytes) -> Reply:
         """Answer one delivery at once; the check itself happens in the background."""
+        headers = {name.lower(): value for name, value in headers.items()}
         if self.secret is None:
             return Reply(404, {"error": "webhook not configured"})
         if not self._bucket.take():
@@ -62,24 +66,34 @@ class Webhook:
 
 
 def _verified(headers: Mapping[str, str], body: bytes, secret: bytes) -> bool:
-    digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
-    github = headers.get("X-Hub-Signature-256")
+    """`headers` keyed by lowercase name. Every comparison is of bytes, in constant time."""
+    digest = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    github = headers.get("x-hub-signature-256")
     if github is not None:
-        return hmac.compare_digest(github.strip(), f"sha256={digest}")
-    gitea = headers.get("X-Gitea-Signature") or headers.get("X-Forgejo-Signature")
+        return hmac.compare_digest(_wire_bytes(github.strip()), b"sha256=" + digest)
+    gitea = headers.get("x-gitea-signature") or headers.get("x-forgejo-signature")
     if gitea is not None:
-        return hmac.compare_digest(gitea.strip(), digest)
-    gitlab = headers.get("X-Gitlab-Token")
+        return hmac.compare_digest(_wire_bytes(gitea.strip()), digest)
+    gitlab = headers.get("x-gitlab-token")
     if gitlab is not None:
-        return hmac.compare_digest(gitlab.encode(), secret)
-    bearer = headers.get("Authorization", "")
+        return hmac.compare_digest(_wire_bytes(gitlab), secret)
+    bearer = headers.get("authorization", "")
     if bearer.startswith("Bearer "):
-        return hmac.compare_digest(bearer[len("Bearer ") :].strip().encode(), secret)
+        return hmac.compare_digest(_wire_bytes(bearer[len("Bearer ") :].strip()), secret)
     return False
 
 
+def _wire_bytes(value: str) -> bytes:
+    """A header value as the bytes that were sent: http.server decodes them as latin-1.
+    A value that cannot have come that way (a caller's own str) is taken as UTF-8."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
 def _event(headers: Mapping[str, str]) -> str | None:
-    for name in ("X-GitHub-Event", "X-Gitlab-Event", "X-Gitea-Event", "X-Forgejo-Event"):
+    for name in ("x-github-event", "x-gitlab-event", "x-gitea-event", "x-forgejo-event"):
         if name in headers:
             return headers[name]
     return None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import git
+import pytest
 import requests
 
 from entrypoint.auth import Secret
@@ -120,3 +122,87 @@ def test_webhook_off_without_a_secret(sample: SampleRepo, agent_factory: Factory
     agent = agent_factory(sample.url)
     agent.wait_status(state="running")
     assert post(agent, push(), github(push())).status_code == 404
+
+
+# Header values no sender should send: non-ASCII (UTF-8 and latin-1), control-free.
+ODD_VALUES = ["\u00e9" * 71, "sha256=\u00e9" + "0" * 63, "\u20ac", "\udc80", "\u00ff\u00fe"]
+# One header per branch of _verified, each filled with an odd value.
+BRANCHES = [
+    "X-Hub-Signature-256",
+    "X-Gitea-Signature",
+    "X-Forgejo-Signature",
+    "X-Gitlab-Token",
+    "Authorization",
+]
+
+
+def odd(header: str, value: str) -> dict[str, str]:
+    return {header: f"Bearer {value}" if header == "Authorization" else value}
+
+
+@pytest.mark.parametrize("header", BRANCHES)
+@pytest.mark.parametrize("value", ODD_VALUES, ids=range(len(ODD_VALUES)))
+def test_any_header_value_is_a_plain_401(header: str, value: str) -> None:
+    calls: list[int] = []
+    hook = Webhook(Secret("S", SECRET), lambda: None, lambda: calls.append(1))
+    reply = hook.handle({**odd(header, value), "X-GitHub-Event": "push"}, push())
+    assert (reply.code, reply.body) == (401, {"error": "bad or missing signature"})
+    assert calls == []
+
+
+def test_header_names_in_any_case() -> None:
+    # HTTP/2 proxies (Envoy, most load balancers) pass header names in lowercase.
+    calls: list[int] = []
+    hook = Webhook(Secret("S", SECRET), lambda: None, lambda: calls.append(1))
+    for headers in (github(push()), {"X-Gitlab-Token": SECRET, "X-Gitlab-Event": "Push Hook"}):
+        lower = {name.lower(): value for name, value in headers.items()}
+        assert hook.handle(lower, push()).code == 202
+    issues = {name.lower(): value for name, value in github(push(), event="issues").items()}
+    assert hook.handle(issues, push()).code == 200
+    assert calls == [1, 1]
+
+
+def test_non_ascii_token_as_http_server_decodes_it() -> None:
+    # http.server decodes header bytes as latin-1: the UTF-8 bytes of the secret arrive so.
+    secret = "cl\u00e9-secr\u00e8te"
+    calls: list[int] = []
+    hook = Webhook(Secret("S", secret), lambda: None, lambda: calls.append(1))
+    on_the_wire = secret.encode().decode("latin-1")
+    assert hook.handle({"X-Gitlab-Token": on_the_wire}, push()).code == 202
+    assert hook.handle({"Authorization": f"Bearer {on_the_wire}"}, push()).code == 202
+    assert hook.handle({"X-Gitlab-Token": on_the_wire[:-1]}, push()).code == 401
+    assert calls == [1, 1]
+
+
+def raw_post(port: int, header: bytes, body: bytes) -> tuple[int, dict[str, str]]:
+    """POST /webhook over a plain socket, so a header can hold any bytes."""
+    request = (
+        b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        + header
+        + b"\r\nX-GitHub-Event: push\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head, "no reply at all"
+    return int(head.split()[1]), json.loads(payload)
+
+
+def test_non_ascii_signature_headers_over_http(sample: SampleRepo, agent_factory: Factory) -> None:
+    agent = agent_factory(sample.url, LIVE_PULL_WEBHOOK_SECRET=SECRET, LIVE_PULL_POLL_INTERVAL="0")
+    agent.wait_status(state="running")
+    odd_bytes = [b"\xc3\xa9" * 32, b"sha256=\xc3\xa9" + b"0" * 62, b"\xe9\xff\x80"]
+    for name in BRANCHES:
+        for value in odd_bytes:
+            prefix = b"Bearer " if name == "Authorization" else b""
+            header = name.encode() + b": " + prefix + value
+            reply = raw_post(agent.status_port, header, push())
+            assert reply == (401, {"error": "bad or missing signature"}), header
+    good = github(push())["X-Hub-Signature-256"].encode()
+    assert raw_post(agent.status_port, b"X-Hub-Signature-256: " + good, push())[0] == 202
+    assert "Traceback" not in agent.output()
