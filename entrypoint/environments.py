@@ -4,10 +4,16 @@ release (and restart) whose spec has the same digest.
 An environment is built under a temporary name, a completion marker is written
 last, and only then is it renamed into place: a directory venvs/<digest> with
 its marker is complete, even after a kill mid-install.
+
+The marker is also a manifest: the interpreter and every top-level entry of
+site-packages at build time. Before reuse each is checked to still exist (stat
+calls only); an environment missing any is rebuilt, not trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import logging
 import os
 import shutil
@@ -17,9 +23,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from entrypoint.commands import run_logged
 from entrypoint.depspec import DependencySpec, SpecKind, detect, digest
 from entrypoint.errors import CommandFailed, InstallError
+from entrypoint.files import write_atomic
 from entrypoint.installers import Installer
 from entrypoint.lockfiles import (
     Pin,
@@ -35,6 +44,7 @@ log = logging.getLogger(__name__)
 MARKER = ".live-pull-complete"
 TMP_PREFIX = ".tmp-"
 PINNED = "live-pull-requirements.txt"
+SITE_PACKAGES = "lib/python*/site-packages"
 
 
 @dataclass(frozen=True)
@@ -77,18 +87,29 @@ class Environments:
         self.last_install_seconds: float | None = None
 
     def ensure(self, app_path: Path) -> Environment | None:
-        """The environment for the app at app_path, installed only if missing."""
+        """The environment for the app at app_path, installed if missing or damaged."""
         spec = detect(app_path, self.options.lockfile, self.options.command)
         if spec is None:
             return None
-        options = [*self.options.extra_args, self.options.command or ""]
-        name = digest(spec, self.installer.identity, options)
-        environment = Environment(name, self.root / name)
-        if (environment.path / MARKER).is_file():
-            log.info("environment reused digest=%s", environment.digest)
+        environment = self._environment_for(spec)
+        if _intact(environment):
             return environment
         self._build(spec, environment)
         return environment
+
+    def digest_for(self, app_path: Path) -> str | None:
+        """The digest ensure() would use for the app at app_path (reads its lockfiles,
+        installs nothing); None if it has no dependency spec or it cannot be read."""
+        try:
+            spec = detect(app_path, self.options.lockfile, self.options.command)
+        except (InstallError, OSError):
+            return None
+        return None if spec is None else self._environment_for(spec).digest
+
+    def _environment_for(self, spec: DependencySpec) -> Environment:
+        options = [*self.options.extra_args, self.options.command or ""]
+        name = digest(spec, self.installer.identity, options)
+        return Environment(name, self.root / name)
 
     def collect(self, keep: set[str]) -> None:
         """Remove environments no retained release uses, and interrupted builds."""
@@ -103,8 +124,6 @@ class Environments:
         final = environment.path
         staging = self.root / f"{TMP_PREFIX}{environment.digest}-{uuid.uuid4().hex[:8]}"
         self.root.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # no marker: an older, incomplete build
-            shutil.rmtree(final)
         started = time.monotonic()
         log.info(
             "installing dependencies spec=%s installer=%s digest=%s",
@@ -116,8 +135,8 @@ class Environments:
             self._run(self.installer.create_env(staging), spec, staging, started)
             self._run(self._install_argv(spec, staging), spec, staging, started)
             _retarget(staging, final)
-            (staging / MARKER).write_text(environment.digest + "\n")
-            os.rename(staging, final)
+            _write_manifest(staging, environment.digest)
+            _swap_in(staging, final)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -178,6 +197,106 @@ class Environments:
         }
         variables.update(Environment("", env).variables(os.environ.get("PATH", os.defpath)))
         return variables
+
+
+# -- the manifest: what a later start checks before reuse ------------------------------
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    digest: str
+    entries: list[str]  # paths relative to the environment that existed when it was built
+
+
+def _intact(environment: Environment) -> bool:
+    """Whether the environment is complete and nothing it was built with has gone.
+
+    An old-style marker (the digest alone) is checked against the dist-info RECORDs
+    instead, and upgraded to a manifest if that passes: an upgrade of live-pull does
+    not reinstall every environment (which could need an index that is down).
+    """
+    path = environment.path
+    try:
+        text = (path / MARKER).read_text()
+    except OSError:
+        return False  # never finished (or not ours): built again
+    try:
+        entries, upgrade = _Manifest.model_validate_json(text).entries, False
+    except ValidationError:
+        entries, upgrade = _recorded(path), True
+    missing = [entry for entry in entries if not os.path.exists(path / entry)]
+    if missing:
+        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        log.warning(
+            "environment damaged, rebuilding digest=%s missing=%s%s",
+            environment.digest,
+            ",".join(missing[:3]),
+            more,
+        )
+        return False
+    if upgrade:
+        with contextlib.suppress(OSError):  # if it cannot be written, checked this way again
+            _write_manifest(path, environment.digest)
+    log.info("environment reused digest=%s checked=%d", environment.digest, len(entries))
+    return True
+
+
+def _write_manifest(env: Path, name: str) -> None:
+    manifest = _Manifest(digest=name, entries=_inventory(env))
+    write_atomic(env / MARKER, manifest.model_dump_json(indent=1) + "\n")
+
+
+def _inventory(env: Path) -> list[str]:
+    """The interpreter, pyvenv.cfg, and every top-level entry of site-packages."""
+    found = [name for name in ("bin/python", "pyvenv.cfg") if os.path.exists(env / name)]
+    for site in sorted(env.glob(SITE_PACKAGES)):
+        prefix = site.relative_to(env)
+        found += [
+            str(prefix / child.name)
+            for child in sorted(site.iterdir())
+            if child.name != "__pycache__"
+        ]
+    return found
+
+
+def _recorded(env: Path) -> list[str]:
+    """For an old-style marker: the interpreter, and each installed distribution's
+    dist-info and the top-level entries its RECORD lists."""
+    found = {"bin/python"}
+    for record in env.glob(f"{SITE_PACKAGES}/*.dist-info/RECORD"):
+        dist_info = record.parent
+        found.add(str(dist_info.relative_to(env)))
+        site = dist_info.parent.relative_to(env)
+        with open(record, newline="", encoding="utf-8", errors="replace") as rows:
+            tops = {row[0].split("/")[0] for row in csv.reader(rows) if row}
+        found.update(str(site / top) for top in tops if top not in ("", "..", "__pycache__"))
+    return sorted(found)
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Rename a finished build into place.
+
+    A damaged (or unfinished) environment already at `final` was left there during the
+    build: the running revision may still use what works of it. It is moved aside only
+    now, so the path is missing for the time of two renames; processes that hold its
+    files open keep them, and every later lookup finds the complete one (same digest,
+    same contents, scripts already pointing at `final`). The old copy is then removed.
+    """
+    aside = final.with_name(f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}")
+    had_old = final.exists() or final.is_symlink()
+    if had_old:
+        os.rename(final, aside)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if had_old:
+            os.rename(aside, final)
+        raise
+    if aside.is_symlink():
+        aside.unlink()
+    elif had_old:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _pins(spec: DependencySpec) -> list[Pin]:

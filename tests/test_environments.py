@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -247,3 +250,139 @@ def test_interrupted_build_is_never_used(wheelhouse: Path, tmp_path: Path) -> No
     rebuilt = envs.ensure(app)
     assert rebuilt == env and envs.installs == 2
     assert (env.path / MARKER).is_file()
+
+
+# -- reuse only what is intact -----------------------------------------------------------------
+
+
+def site_packages(env: Path) -> Path:
+    [site] = env.glob("lib/python*/site-packages")
+    return site
+
+
+def imports_tinypkg(env: Path) -> bool:
+    """tinypkg 1.0 and tinydep import, and their metadata is there (entry points need it)."""
+    code = (
+        "import importlib.metadata as m, tinypkg, tinydep\n"
+        "print(tinypkg.VERSION, m.version('tinypkg'), m.version('tinydep'))\n"
+    )
+    try:
+        result = subprocess.run(
+            [env / "bin" / "python", "-c", code], capture_output=True, text=True
+        )
+    except OSError:  # no interpreter
+        return False
+    return result.returncode == 0 and result.stdout.split() == ["1.0", "1.0", "1.0"]
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+DAMAGE = {
+    "a package directory": lambda env: site_packages(env) / "tinypkg",
+    "a dist-info": lambda env: site_packages(env) / "tinydep-1.0.dist-info",
+    "the interpreter": lambda env: env / "bin" / "python",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE.values()), ids=list(DAMAGE))
+def test_a_damaged_environment_is_rebuilt(
+    damage: Callable[[Path], Path],
+    wheelhouse: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = write(tmp_path / "app", {"requirements.txt": "tinypkg==1.0\n"})
+    envs = environments(tmp_path, pick_installer("uv"), wheelhouse)
+    env = envs.ensure(app)
+    assert env is not None and imports_tinypkg(env.path)
+    gone = damage(env.path)
+    remove(gone)
+    assert not imports_tinypkg(env.path)
+
+    assert envs.ensure(app) == env
+    assert envs.installs == 2
+    assert imports_tinypkg(env.path)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"digest={env.digest}" in warning
+    assert f"missing={gone.relative_to(env.path)}" in warning
+    assert sorted(p.name for p in (tmp_path / "venvs").iterdir()) == [env.digest]  # none aside
+    assert envs.ensure(app) == env and envs.installs == 2  # and then reused
+
+
+def test_an_intact_environment_is_reused_without_an_install(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    app = write(tmp_path / "app", {"requirements.txt": "tinypkg==1.0\n"})
+    envs = environments(tmp_path, pick_installer("pip"), wheelhouse)
+    env = envs.ensure(app)
+    assert env is not None
+    manifest = json.loads((env.path / MARKER).read_text())
+    site = site_packages(env.path).relative_to(env.path)
+    assert manifest["digest"] == env.digest
+    assert {"bin/python", f"{site}/tinypkg", f"{site}/tinydep-1.0.dist-info"} <= set(
+        manifest["entries"]
+    )
+    (site_packages(env.path) / "added_by_the_app.py").write_text("")  # additions do not matter
+    shutil.rmtree(site_packages(env.path) / "tinypkg" / "__pycache__", ignore_errors=True)
+    assert envs.ensure(app) == env and envs.installs == 1
+
+
+def test_an_old_style_marker_is_checked_against_records_and_upgraded(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    app = write(tmp_path / "app", {"requirements.txt": "tinypkg==1.0\n"})
+    envs = environments(tmp_path, pick_installer("uv"), wheelhouse)
+    env = envs.ensure(app)
+    assert env is not None
+    new_style = (env.path / MARKER).read_text()
+    (env.path / MARKER).write_text(env.digest + "\n")  # as written before manifests
+    assert envs.ensure(app) == env and envs.installs == 1  # intact: reused, no reinstall
+    assert json.loads((env.path / MARKER).read_text()) == json.loads(new_style)
+
+    (env.path / MARKER).write_text(env.digest + "\n")
+    shutil.rmtree(site_packages(env.path) / "tinydep")  # its dist-info's RECORD still names it
+    assert envs.ensure(app) == env and envs.installs == 2
+    assert imports_tinypkg(env.path)
+
+
+def test_the_damaged_environment_stays_in_place_while_its_replacement_builds(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    """The running revision may still use it: only the finished build replaces it."""
+    app = tmp_path / "app"
+    app.mkdir()
+    seen = tmp_path / "seen.txt"
+    uv = pick_installer("uv").uv_path
+    assert uv is not None
+    command = (
+        f"ls {tmp_path / 'venvs'} > {seen} && "
+        f"{uv} pip install --no-index --find-links {wheelhouse} tinypkg==1.0"
+    )
+    envs = environments(tmp_path, pick_installer("uv"), wheelhouse, command=command)
+    env = envs.ensure(app)
+    assert env is not None and imports_tinypkg(env.path)
+    assert envs.digest_for(app) == env.digest
+    remove(site_packages(env.path) / "tinypkg")
+    assert envs.ensure(app) == env and envs.installs == 2
+    assert env.digest in seen.read_text().split()  # still there during the install
+    assert imports_tinypkg(env.path)
+
+
+def test_digest_for_names_the_environment_without_building(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    app = write(tmp_path / "app", {"requirements.txt": "tinypkg==1.0\n"})
+    envs = environments(tmp_path, pick_installer("uv"), wheelhouse)
+    digest = envs.digest_for(app)
+    assert digest is not None and envs.installs == 0
+    assert not (tmp_path / "venvs").exists()
+    env = envs.ensure(app)
+    assert env is not None and env.digest == digest
+    assert envs.digest_for(write(tmp_path / "bare", {"app.py": ""})) is None
+    named = environments(tmp_path, pick_installer("uv"), wheelhouse, lockfile="missing.txt")
+    assert named.digest_for(app) is None  # not in that revision: nothing to name
