@@ -1,74 +1,47 @@
-"""The agent's lifecycle: start, serve the first revision, poll, watch, stop.
+"""The agent's lifecycle: take the home, start supervisord, run the control loop and
+the watchdog, stop everything in order.
 
-Three threads: the main thread (signals, the watchdog over supervisord, the
-shutdown), the poller (the update sequence, one check at a time) and the status
-HTTP server. Signal handlers only set events.
+Threads: the main thread (signals, the watchdog, the shutdown), the control loop
+(entrypoint.loop: all update work) and the status HTTP server. Signal handlers only
+set events; the main thread turns them into requests.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import threading
-import time
 from types import FrameType
 
 from entrypoint.auth import GitAuth
+from entrypoint.board import StatusBoard
 from entrypoint.config import Settings
 from entrypoint.environments import Environments, InstallOptions
-from entrypoint.errors import (
-    AppFailed,
-    GitError,
-    LivePullError,
-    RevisionError,
-    RevisionRefused,
-    StartupFailed,
-)
+from entrypoint.inbox import Inbox, Rollback
 from entrypoint.installers import pick_installer
+from entrypoint.loop import ControlLoop
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
-from entrypoint.status import StatusBoard, StatusServer
-from entrypoint.supervisor import Supervisor, first_fatal
+from entrypoint.status import StatusServer
+from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import SharedSocket, Timings
-from entrypoint.updater import Updater, short
+from entrypoint.updater import Updater, pick_rollback_target
 from entrypoint.verify import Verifier
+from entrypoint.watchdog import Watchdog
 from entrypoint.webhook import Webhook
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0
-FIRST_RETRY = 1.0
-
-
-class Backoff:
-    """Capped exponential backoff with jitter, so many pods do not retry in step."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.first * 2**self.failures)
-        self.failures += 1
-        return jitter(delay)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-def jitter(seconds: float) -> float:
-    return seconds * random.uniform(0.8, 1.2)
 
 
 class Agent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.rollback_to: tuple[str, str] | None = None  # (sha, reason), for the poller
+        self.hangup = threading.Event()
+        self.inbox = Inbox()
         home = settings.home
         home.mkdir(parents=True, exist_ok=True)
         self.board = StatusBoard(settings.repo_url.redacted(), settings.ref_label)
@@ -105,14 +78,23 @@ class Agent:
             Verifier(settings.verify, home),
             self._shared_socket(),
         )
+        self.loop = ControlLoop(settings, self.updater, self.board, self.inbox)
+        self.watchdog = Watchdog(
+            self.supervisor,
+            self.updater,
+            self.board,
+            self.inbox,
+            crash_loop=settings.crash_loop,
+            rollback_on_crash=settings.rollback_on_crash,
+        )
         self.status = StatusServer(
             settings.status_host,
             settings.status_port,
             self.board,
-            self.request_sync,
-            # The main thread blocks for at most one git command between beats.
-            stale_after=max(60.0, settings.git_timeout + 30),
-            webhook=Webhook(settings.webhook_secret, self._tracked_ref, self.request_sync),
+            lambda: self.inbox.check("sync"),
+            webhook=Webhook(
+                settings.webhook_secret, self._tracked_ref, lambda: self.inbox.check("webhook")
+            ),
             on_rollback=self.request_rollback,
         )
 
@@ -129,18 +111,27 @@ class Agent:
             self.status.port,
         )
         try:
-            self.repo.open()
-            self.supervisor.start()
-            if self._start_first_revision():
-                self._start_poller()
-                self._watch()
+            self.supervisor.start()  # from the main thread: see Supervisor.start
+            self.loop.start()
+            self._watch()
         finally:
             self._shutdown()
         return 0
 
-    def request_sync(self) -> None:
-        log.info("check requested")
-        self.wake.set()
+    def request_rollback(self, wanted: str | None) -> str:
+        """From the HTTP side: check the target against what the board says is retained,
+        then queue the switch for the control loop. Returns the target or raises."""
+        retained = self.board.snapshot()["retained"]
+        target = pick_rollback_target(list(retained), wanted)
+        self.board.update(rollback={"to": target, "status": "pending", "error": None})
+        self.inbox.rollback(
+            Rollback(target, f"rolled back by operator to {target[:12]}", "operator")
+        )
+        return target
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.inbox.stop()
 
     def _shared_socket(self) -> SharedSocket | None:
         """With LIVE_PULL_LISTEN, `web` rolls over on a socket supervisord holds."""
@@ -155,137 +146,26 @@ class Agent:
         ref = self.board.snapshot().get("ref")
         return ref if isinstance(ref, str) and ref.startswith("refs/") else None
 
-    def request_stop(self) -> None:
-        self.stop.set()
-        self.wake.set()
-
-    # -- start ----------------------------------------------------------------------
-
-    def _start_first_revision(self) -> bool:
-        """Serve something as soon as possible; False if stopped before that."""
-        last_good = self.updater.state.last_good
-        if last_good is not None and self.releases.exists(last_good):
-            log.info("starting last good revision at once sha=%s", short(last_good))
-            try:
-                self.updater.go_live(self.updater.prepare(last_good))
-            except RevisionError as exc:
-                log.error("last good revision did not start, fetching error=%s", exc)
-            else:
-                self.wake.set()  # check the remote straight away, in the background
-                return True
-        return self._fetch_first_revision()
-
-    def _fetch_first_revision(self) -> bool:
-        deadline = time.monotonic() + self.settings.start_timeout
-        backoff = Backoff(FIRST_RETRY, self.settings.max_backoff)
-        while not self.stop.is_set():
-            try:
-                self.updater.check(retry_failed=True)
-                return True
-            except GitError as exc:
-                self.board.update(last_error=str(exc), state="waiting for remote")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StartupFailed(
-                        f"no revision fetched within {self.settings.start_timeout:g}s "
-                        f"and none on disk: {exc}"
-                    ) from exc
-                delay = min(backoff.next_delay(), remaining)
-                log.warning("first fetch failed, retrying in %.1fs error=%s", delay, exc)
-                self._wait_alive(delay)
-            except RevisionRefused as exc:
-                raise StartupFailed(str(exc)) from exc
-            except RevisionError as exc:
-                raise AppFailed(str(exc)) from exc
-        return False
-
-    def _wait_alive(self, seconds: float) -> None:
-        """Wait (until stopped) while telling /healthz the loop is alive."""
-        deadline = time.monotonic() + seconds
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            self.board.beat()
-            self.stop.wait(min(WATCH_INTERVAL, max(0.0, deadline - time.monotonic())))
-
-    # -- steady state --------------------------------------------------------------------
-
-    def _start_poller(self) -> None:
-        threading.Thread(target=self._poll_loop, name="poller", daemon=True).start()
-
-    def _poll_loop(self) -> None:
-        backoff = Backoff(max(self.settings.poll_interval, FIRST_RETRY), self.settings.max_backoff)
-        delay: float | None = self._poll_delay()
-        while not self.stop.is_set():
-            self.wake.wait(delay)
-            self.wake.clear()
-            if self.stop.is_set():
-                return
-            delay = self._poll_once(backoff)
-
-    def _poll_once(self, backoff: Backoff) -> float | None:
-        try:
-            self._roll_back_if_asked()
-            self.updater.check()
-        except GitError as exc:
-            delay = backoff.next_delay()
-            log.warning("check failed, next try in %.1fs error=%s", delay, exc)
-            self.board.update(last_error=str(exc))
-            return delay
-        except LivePullError as exc:
-            log.error("update failed error=%s", exc)
-        backoff.reset()
-        return self._poll_delay()
-
-    def request_rollback(self, wanted: str | None) -> str:
-        """Validate now, switch in the poller: returns the target sha or raises."""
-        target = self.updater.rollback_target(wanted)
-        self.rollback_to = (target, f"rolled back by operator to {short(target)}")
-        self.wake.set()
-        return target
-
-    def _roll_back_if_asked(self) -> None:
-        pending, self.rollback_to = self.rollback_to, None
-        if pending is not None:
-            self.updater.rollback(*pending)
-
-    def _poll_delay(self) -> float | None:
-        """Seconds to the next poll; None (wait for a sync) when polling is off."""
-        if self.settings.poll_interval == 0:
-            return None
-        return jitter(self.settings.poll_interval)
+    # -- the main thread --------------------------------------------------------------
 
     def _watch(self) -> None:
-        """Turn "the app cannot stay up" into an exit the restart policy sees."""
+        """Until stopped: hand signals to the loop, raise its fatal errors, watch the app."""
         while not self.stop.wait(WATCH_INTERVAL):
-            self.board.beat()
-            if not self.supervisor.alive():
-                raise AppFailed("supervisord exited unexpectedly")
-            if not self.updater.switching.acquire(blocking=False):
-                continue  # the updater judges a revision while it starts it
-            try:
-                fatal = first_fatal(self.supervisor.states(), self.updater.active_programs())
-            finally:
-                self.updater.switching.release()
-            if fatal is not None and not self._roll_back_after_crash(fatal):
-                raise AppFailed(fatal)
-
-    def _roll_back_after_crash(self, fatal: str) -> bool:
-        """With LIVE_PULL_ROLLBACK_ON_CRASH, a FATAL app falls back to an earlier release."""
-        if not self.settings.rollback_on_crash or self.rollback_to is not None:
-            return self.rollback_to is not None
-        try:
-            target = self.updater.rollback_target(None)
-        except RevisionError:
-            return False
-        log.error("the app cannot stay up, rolling back error=%s", fatal)
-        self.rollback_to = (target, f"crashed in steady state: {fatal}")
-        self.wake.set()
-        return True
-
-    # -- stop -------------------------------------------------------------------------
+            if self.hangup.is_set():
+                self.hangup.clear()
+                self.inbox.check("signal")
+            failure = self.loop.failure()
+            if failure is not None:
+                raise failure
+            self.watchdog.tick()
 
     def _shutdown(self) -> None:
         self.request_stop()
-        self.board.update(state="stopping", ready=False)
+        self.board.serving(False)
+        self.board.update(state="stopping")
+        # The loop's one-off commands die on the stop event; a git command in flight
+        # is not waited for beyond the stop timeout.
+        self.loop.join(self.settings.stop_timeout)
         log.info("stopping app and supervisord")
         self.supervisor.stop()
         self.status.stop()
@@ -293,10 +173,10 @@ class Agent:
 
     def _install_signal_handlers(self) -> None:
         def on_stop(signum: int, frame: FrameType | None) -> None:
-            self.request_stop()
+            self.stop.set()
 
         def on_hup(signum: int, frame: FrameType | None) -> None:
-            self.wake.set()
+            self.hangup.set()
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)

@@ -1,15 +1,58 @@
-"""One error hierarchy: third-party errors are mapped to these where they enter."""
+"""One error hierarchy: third-party errors are mapped to these where they enter.
+
+Errors are sorted by what the control loop does with them:
+
+    LivePullError
+    ├── TransientError          back off, retry; the serving revision stays
+    │   ├── GitError            the remote or the local repository (RefNotFound, ...)
+    │   ├── SupervisorError     supervisord refused or did not answer
+    │   └── LocalFault          LIVE_PULL_HOME is full, read-only or failing
+    ├── RevisionError           this revision is rejected: recorded as failed and
+    │   ├── InstallError        skipped until the ref moves
+    │   └── RevisionRefused
+    ├── FatalError              the agent exits with the error's code
+    │   ├── ConfigError         2
+    │   ├── AppFailed           3: the app cannot be kept up
+    │   ├── StartupFailed       4: nothing fetched at start, nothing on disk
+    │   └── AnotherAgent        1: another agent owns this home
+    └── CommandFailed           a one-off command's exit; callers map it to one above
+
+Anything else raised inside the loop (an OSError, a bug) is "unexpected": logged
+with its traceback, shown in /status, backed off, and the loop goes on.
+"""
+
+import errno
 
 
 class LivePullError(Exception):
     """Base of every error live-pull raises on purpose."""
 
 
-class ConfigError(LivePullError):
+class TransientError(LivePullError):
+    """Worth retrying later as it is: nothing says the revision is bad."""
+
+
+class FatalError(LivePullError):
+    """The agent cannot go on; the CLI turns it into the exit code."""
+
+
+class LocalFault(TransientError):
+    """The state directory cannot be written (full, read-only, I/O error)."""
+
+
+# errno values that say "the disk", not "the revision".
+LOCAL_FAULT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
+
+
+def is_local_fault(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in LOCAL_FAULT_ERRNOS
+
+
+class ConfigError(FatalError):
     """A setting is missing or invalid; the message names the variable."""
 
 
-class GitError(LivePullError):
+class GitError(TransientError):
     """A git operation failed (remote unreachable, ref missing, damaged repository)."""
 
 
@@ -21,15 +64,15 @@ class RevisionError(LivePullError):
     """A revision cannot be run: bad Procfile, failed release step, app never came up."""
 
 
-class SupervisorError(LivePullError):
+class SupervisorError(TransientError):
     """supervisord could not be started or answered an XML-RPC call with a fault."""
 
 
-class AppFailed(LivePullError):
+class AppFailed(FatalError):
     """The app cannot stay up: one of its programs went FATAL."""
 
 
-class StartupFailed(LivePullError):
+class StartupFailed(FatalError):
     """No revision could be fetched within the start timeout and none is on disk."""
 
 

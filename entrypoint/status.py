@@ -1,6 +1,7 @@
-"""The status HTTP endpoint: /healthz, /readyz, /status, and POST /sync.
+"""The status HTTP endpoint: /healthz, /readyz, /status, POST /sync, /webhook, /rollback.
 
-The agent writes facts to a StatusBoard; the HTTP threads only read it.
+The agent writes facts to a StatusBoard (entrypoint.board); the HTTP threads only
+read it, and hand requests to the control loop through callbacks that queue them.
 """
 
 from __future__ import annotations
@@ -8,71 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from entrypoint.board import StatusBoard
 from entrypoint.errors import LivePullError
 from entrypoint.webhook import MAX_BODY, Webhook
 
 log = logging.getLogger(__name__)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@dataclass
-class Snapshot:
-    state: str = "starting"
-    revision: str | None = None
-    ref: str | None = None
-    repo_url: str = ""
-    ready: bool = False
-    last_check: str | None = None
-    last_error: str | None = None
-    updates: int = 0
-    deps_digest: str | None = None
-    installs: int = 0
-    last_install_seconds: float | None = None
-    failed_revisions: dict[str, str] = field(default_factory=dict)
-    started_at: str = field(default_factory=now_iso)
-
-
-class StatusBoard:
-    """Thread-safe facts about the agent, as /status shows them."""
-
-    def __init__(self, repo_url: str, ref: str) -> None:
-        self._lock = threading.Lock()
-        self._snapshot = Snapshot(repo_url=repo_url, ref=ref)
-        self._heartbeat = time.monotonic()
-
-    def update(self, **facts: Any) -> None:
-        with self._lock:
-            for key, value in facts.items():
-                if not hasattr(self._snapshot, key):
-                    raise AttributeError(key)
-                setattr(self._snapshot, key, value)
-
-    def count_update(self) -> None:
-        with self._lock:
-            self._snapshot.updates += 1
-
-    def beat(self) -> None:
-        with self._lock:
-            self._heartbeat = time.monotonic()
-
-    def seconds_since_beat(self) -> float:
-        with self._lock:
-            return time.monotonic() - self._heartbeat
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return asdict(self._snapshot)
 
 
 class StatusServer:
@@ -83,11 +29,10 @@ class StatusServer:
         board: StatusBoard,
         on_sync: Callable[[], None],
         *,
-        stale_after: float,
         webhook: Webhook,
         on_rollback: Callable[[str | None], str],
     ) -> None:
-        handler = _make_handler(board, on_sync, stale_after, webhook, on_rollback)
+        handler = _make_handler(board, on_sync, webhook, on_rollback)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -109,7 +54,6 @@ class StatusServer:
 def _make_handler(
     board: StatusBoard,
     on_sync: Callable[[], None],
-    stale_after: float,
     webhook: Webhook,
     on_rollback: Callable[[str | None], str],
 ) -> type[BaseHTTPRequestHandler]:
@@ -119,10 +63,10 @@ def _make_handler(
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             if path == "/healthz":
-                alive = board.seconds_since_beat() < stale_after
-                self._send(200 if alive else 503, {"alive": alive})
+                alive, why = board.alive()
+                self._send(200 if alive else 503, {"alive": alive, "reason": why})
             elif path == "/readyz":
-                ready = bool(board.snapshot()["ready"])
+                ready = board.ready()
                 self._send(200 if ready else 503, {"ready": ready})
             elif path == "/status":
                 self._send(200, board.snapshot())

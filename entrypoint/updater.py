@@ -5,25 +5,36 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from entrypoint.board import StatusBoard
 from entrypoint.commands import run_release_step
 from entrypoint.config import Settings
 from entrypoint.environments import Environment, Environments
-from entrypoint.errors import AppFailed, GitError, RevisionError, RevisionRefused, SupervisorError
+from entrypoint.errors import (
+    AppFailed,
+    GitError,
+    LivePullError,
+    RevisionError,
+    RevisionRefused,
+    SupervisorError,
+)
 from entrypoint.health import probe_before_joining, wait_healthy
 from entrypoint.procfile import WEB, Processes, load_processes
 from entrypoint.releases import Releases
 from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository
 from entrypoint.slots import WebSlots
 from entrypoint.state import State, StateFile
-from entrypoint.status import StatusBoard, now_iso
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import ProgramSpec, SharedSocket
 from entrypoint.verify import Verifier, refusal_reason
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,9 @@ class Updater:
         self.releases = releases
         self.supervisor = supervisor
         self.state_file = state_file
-        self.state: State = state_file.load()
+        self.state: State = state_file.load(
+            lambda sha: environments.digest_for(releases.app_path(sha))
+        )
         self.board = board
         self.stop = stop
         self.environments = environments
@@ -68,13 +81,31 @@ class Updater:
         self.running_revision: Revision | None = None
         # Held while programs are being swapped; the watchdog leaves them alone then.
         self.switching = threading.Lock()
+        # Counts switches, so the watchdog knows its counts belong to older processes.
+        self.generation = 0
+        self._opened = False
 
-    def check(self, *, retry_failed: bool = False) -> bool:
+    def open(self) -> None:
+        """Open (or rebuild) the local repository, once."""
+        if not self._opened:
+            self._step("opening repository", self.settings.git_timeout * 3)
+            self.repo.open()
+            self._opened = True
+
+    def last_good_on_disk(self) -> str | None:
+        """The revision to serve at once at start: the last good one, if its release is here."""
+        for sha in (self.state.last_good, self.releases.current()):
+            if sha is not None and self.releases.exists(sha):
+                return sha
+        return None
+
+    def check(self, *, trigger: str = "poll", retry_failed: bool = False) -> bool:
         """Bring the newest revision of the ref live; return True if one went live.
 
         Git errors (remote down, damaged repository) propagate for the caller to
         back off; a revision that cannot run is recorded as failed instead.
         """
+        log.debug("checking the remote trigger=%s", trigger)
         remote = self._ask_remote()  # 1. one round trip, no objects
         if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
             return False
@@ -104,7 +135,7 @@ class Updater:
             app_dir = self.settings.app_dir
             raise RevisionError(f"LIVE_PULL_APP_DIR {app_dir!r} is not in the revision")
         processes = load_processes(app_path, self.settings.command, self.settings.release_command)
-        self.board.update(state="installing" if self.running is None else "updating")
+        self._step("installing", 2 * self.settings.install_timeout)
         environment = self.environments.ensure(app_path)
         self.board.update(
             installs=self.environments.installs,
@@ -115,16 +146,26 @@ class Updater:
     # -- the steps ------------------------------------------------------------------
 
     def _ask_remote(self) -> RemoteRevision:
+        self._step("checking", 2 * self.settings.git_timeout)
         try:
-            remote = self.repo.resolve(self.settings.repo_ref)
+            remote = self._unless_damaged(lambda: self.repo.resolve(self.settings.repo_ref))
+        finally:
+            self.board.count_check()
+        self.board.update(ref=remote.ref_name or self.settings.repo_ref)
+        return remote
+
+    def _unless_damaged(self, git_step: Callable[[], T]) -> T:
+        """Run a git step; if it fails because our repository is damaged (and only then),
+        rebuild the repository and run it once more. The remote's failures (network,
+        credentials, a refused revision) and a full disk propagate as they are."""
+        try:
+            return git_step()
         except GitError:
             if self.repo.healthy():
-                raise  # the remote's problem: the caller backs off
+                raise
             log.warning("local repository damaged, rebuilding it")
             self.repo.rebuild()
-            remote = self.repo.resolve(self.settings.repo_ref)
-        self.board.update(last_check=now_iso(), ref=remote.ref_name or self.settings.repo_ref)
-        return remote
+            return git_step()
 
     def _wanted(self, sha: str, retry_failed: bool) -> bool:
         if sha == self.running:
@@ -136,15 +177,14 @@ class Updater:
         return True
 
     def _fetch(self, remote: RemoteRevision) -> str:
-        """Fetch and export; a failure after the remote answered means our repository
-        is the problem, so it is rebuilt from scratch and the step tried once more."""
-        self.board.update(state="fetching")
-        try:
-            return self._fetch_and_export(remote)
-        except (GitError, OSError) as exc:
-            log.warning("fetch failed, rebuilding the repository error=%s", exc)
-            self.repo.rebuild()
-            return self._fetch_and_export(remote)
+        """Fetch and export the revision (a damaged repository is rebuilt once)."""
+        self._step("fetching", self._fetch_budget())
+        return self._unless_damaged(lambda: self._fetch_and_export(remote))
+
+    def _fetch_budget(self) -> float:
+        """Fetch, verify, export, and as much again after a rebuild; submodules on top."""
+        commands = 12 if self.settings.submodules else 6
+        return commands * self.settings.git_timeout
 
     def _fetch_and_export(self, remote: RemoteRevision) -> str:
         sha = self.repo.fetch(remote)
@@ -179,7 +219,7 @@ class Updater:
     def _release_step(self, revision: Revision) -> None:
         if revision.processes.release is None:
             return
-        self.board.update(state="releasing")
+        self._step("releasing", self.settings.release_timeout)
         run_release_step(
             revision.processes.release,
             self.releases.app_path(revision.sha),
@@ -196,25 +236,48 @@ class Updater:
         previous = self.running_revision
         names = ",".join(revision.processes.programs)
         log.info("starting revision sha=%s programs=%s", short(revision.sha), names)
+        self._step("switching", self._switch_budget())
         with self.switching:
-            self.board.update(state="switching")
+            self.generation += 1
             try:
                 if self._rolls_over(revision):
                     self._roll_over(revision, previous)
                     return
-                self.board.update(ready=False)
+                self.board.serving(False)
                 self._run(revision)
             except (AppFailed, SupervisorError) as exc:
-                if (
-                    previous is not None
-                    and not self.stop.is_set()
-                    and not self._rolls_over(revision)
-                ):
-                    log.error("revision failed to start, restoring sha=%s", short(previous.sha))
-                    self._run(previous)
-                raise RevisionError(
-                    f"revision {short(revision.sha)} failed to start: {exc}"
-                ) from exc
+                failure = f"revision {short(revision.sha)} failed to start: {exc}"
+                if previous is not None and not self._rolls_over(revision):
+                    failure += self._restore(previous)
+                raise RevisionError(failure) from exc
+
+    def _restore(self, previous: Revision) -> str:
+        """Stop-then-start failed: bring the previous revision back. Returns what to add
+        to the failure's message if that did not work either (the revision is still
+        recorded as failed, and the watchdog sees that nothing serves)."""
+        if self.stop.is_set():
+            return ""
+        log.error("revision failed to start, restoring sha=%s", short(previous.sha))
+        try:
+            self._run(previous)
+        except LivePullError as exc:
+            log.error("restoring the previous revision failed error=%s", exc)
+            return f"; restoring {short(previous.sha)} failed too: {exc}"
+        return ""
+
+    def _switch_budget(self) -> float:
+        """Start (with retries), health check, drain: twice over for a restore."""
+        s = self.settings
+        starting = (s.start_retries + 1) * (s.start_seconds + s.start_retries + 1) + 10
+        return 2 * (starting + s.healthcheck_timeout + s.stop_timeout) + s.drain_seconds
+
+    def _step(self, name: str, budget: float) -> None:
+        """A long step starts: /status shows it, /healthz allows it its budget."""
+        self.board.update(state=name)
+        self.board.liveness.step(name, budget)
+
+    def resting_state(self) -> str:
+        return "running" if self.running is not None else "waiting"
 
     @property
     def running(self) -> str | None:
@@ -246,12 +309,8 @@ class Updater:
             if previous is not None:
                 self.supervisor.apply(self._programs(previous), self.shared)
             raise
-        self.releases.activate(revision.sha)
-        self.running_revision = revision
-        digest = revision.environment.digest if revision.environment else None
-        self.board.update(revision=revision.sha, deps_digest=digest)
+        self._serve(revision)
         self.slots.promote(slot)
-        self.board.update(state="running", ready=True)
 
     def _worker_names(self, revision: Revision) -> list[str]:
         return [name for name in revision.processes.programs if name != WEB]
@@ -266,17 +325,24 @@ class Updater:
         return {self.slots.active, *self._worker_names(self.running_revision)}
 
     def _run(self, revision: Revision) -> None:
-        self.releases.activate(revision.sha)
-        self.running_revision = revision
-        digest = revision.environment.digest if revision.environment else None
-        self.board.update(revision=revision.sha, deps_digest=digest)
+        """Stop-then-start: `current` moves only once the revision is proven."""
         self.supervisor.apply(self._programs(revision))
         self.supervisor.wait_running(revision.processes.programs)
         path = self.settings.healthcheck_path
         if path is not None and WEB in revision.processes.programs:
             url = f"http://127.0.0.1:{self.settings.port}{path}"
             wait_healthy(url, self.settings.healthcheck_timeout)
-        self.board.update(state="running", ready=True)
+        self._serve(revision)
+
+    def _serve(self, revision: Revision) -> None:
+        """The revision is proven: it is the running one, `current` names it."""
+        self.releases.activate(revision.sha)
+        self.running_revision = revision
+        digest = revision.environment.digest if revision.environment else None
+        self.board.update(
+            revision=revision.sha, deps_digest=digest, app_down=None, retained=self._retained()
+        )
+        self.board.serving(True)
 
     def _programs(self, revision: Revision) -> list[ProgramSpec]:
         """supervisord programs; with a shared socket, `web` is the slots' instead."""
@@ -305,22 +371,16 @@ class Updater:
     # -- rollback ---------------------------------------------------------------------
 
     def rollback_target(self, wanted: str | None) -> str:
-        """The retained release to roll back to: the one before the running, or `wanted`
-        (a full or abbreviated sha). Raises RevisionError naming what is wrong."""
-        retained = [
+        """The retained release to roll back to (see pick_rollback_target)."""
+        return pick_rollback_target(self._retained(), wanted)
+
+    def _retained(self) -> list[str]:
+        """Releases on disk one can roll back to, oldest first (the running one excluded)."""
+        return [
             sha
             for sha in self.state.retained(self.settings.keep_releases)
             if sha != self.running and self.releases.exists(sha)
         ]
-        if wanted is None:
-            if not retained:
-                raise RevisionError("no earlier release is retained to roll back to")
-            return retained[-1]
-        matches = [sha for sha in retained if sha.startswith(wanted.lower())]
-        if len(matches) != 1:
-            choices = ", ".join(short(sha) for sha in retained) or "none"
-            raise RevisionError(f"{wanted} is not one retained release (retained: {choices})")
-        return matches[0]
 
     def rollback(self, target: str, reason: str) -> None:
         """Switch to a retained release through the same path as an update. The revision
@@ -342,8 +402,10 @@ class Updater:
         self.state.record_good(revision.sha, digest)  # saved by collect_garbage below
         if counted:
             self.board.count_update()
-        self.board.update(last_error=None, failed_revisions=dict(self.state.failed))
+        self.board.error(None)
+        self.board.update(failed_revisions=dict(self.state.failed))
         self.collect_garbage()
+        self.board.update(retained=self._retained())
 
     def collect_garbage(self) -> None:
         """Old releases beyond the kept number, and environments none of them uses."""
@@ -361,9 +423,19 @@ class Updater:
         log.error("revision failed sha=%s reason=%s", short(sha), reason)
         self.state.record_failed(sha, reason)
         self.state_file.save(self.state)
-        self.board.update(
-            last_error=reason,
-            failed_revisions=dict(self.state.failed),
-            state="running" if self.running else "failed",
-            ready=self.running is not None and self.running != sha,
-        )
+        self.board.error(reason, "rejected")
+        self.board.update(failed_revisions=dict(self.state.failed), state=self.resting_state())
+
+
+def pick_rollback_target(retained: list[str], wanted: str | None) -> str:
+    """The release before the running one, or `wanted` (a full or abbreviated sha) among
+    `retained` (oldest first). Raises RevisionError naming what is wrong."""
+    if wanted is None:
+        if not retained:
+            raise RevisionError("no earlier release is retained to roll back to")
+        return retained[-1]
+    matches = [sha for sha in retained if sha.startswith(wanted.lower())]
+    if len(matches) != 1:
+        choices = ", ".join(short(sha) for sha in retained) or "none"
+        raise RevisionError(f"{wanted} is not one retained release (retained: {choices})")
+    return matches[0]

@@ -86,10 +86,19 @@ class AgentProcess:
         return f"http://127.0.0.1:{self.status_port}{path}"
 
     def wait_serving(self, sha: str, timeout: float = WAIT) -> str:
-        """Wait until the app answers from revision `sha`; return its answer."""
+        """Wait until the app answers from revision `sha` and the agent has recorded it
+        as the running one (`current` moves once the revision is proven); return the
+        app's answer."""
+
+        def serving() -> str | None:
+            text = self.app()
+            if text and f"revision {sha[:12]}" in text and self.status().get("revision") == sha:
+                return text
+            return None
+
         return str(
             wait_until(
-                lambda: (text := self.app()) and f"revision {sha[:12]}" in text and text,
+                serving,
                 timeout,
                 lambda: f"app serving {sha[:12]}\n--- agent output ---\n{self.output()}",
             )

@@ -1,0 +1,110 @@
+"""The control loop's one queue: everything that wants an update asks here.
+
+The poll timer, SIGHUP, POST /sync, a webhook, POST /rollback and the watchdog's
+findings all become requests. Requests coalesce: a thousand checks asked for while
+the loop is busy are one check when it is free, and the newest rollback wins.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+# After a wake-up, wait this long for more of the same burst before acting on it,
+# so a storm of /sync calls or webhooks costs the remote one check.
+SETTLE_SECONDS = 0.3
+SETTLE_MAX = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    trigger: str  # start, poll, sync, webhook, signal
+
+
+@dataclass(frozen=True)
+class Rollback:
+    target: str | None  # None: the release before the running one
+    reason: str
+    trigger: str  # operator, crash
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """The watchdog found the running revision down (FATAL, or a crash loop)."""
+
+    reason: str
+
+
+Request = Check | Rollback | Crashed
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._check: Check | None = None
+        self._rollback: Rollback | None = None
+        self._crashed: Crashed | None = None
+        self._last_put = 0.0
+        self.stopping = False
+
+    def check(self, trigger: str) -> None:
+        with self._changed:
+            if self._check is None:
+                self._check = Check(trigger)
+            self._touch()
+
+    def rollback(self, request: Rollback) -> None:
+        with self._changed:
+            self._rollback = request
+            self._touch()
+
+    def crashed(self, reason: str) -> None:
+        with self._changed:
+            self._crashed = Crashed(reason)
+            self._touch()
+
+    def stop(self) -> None:
+        with self._changed:
+            self.stopping = True
+            self._changed.notify_all()
+
+    def take(self, timeout: float) -> Request | None:
+        """The most urgent pending request, waiting up to `timeout` seconds for one."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self.stopping and not self._pending():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+            if self.stopping:
+                return None
+            self._settle()
+            return self._pop()
+
+    def _pending(self) -> bool:
+        return any((self._crashed, self._rollback, self._check))
+
+    def _settle(self) -> None:
+        """Let a burst finish arriving (bounded), so it is taken as one request."""
+        first = time.monotonic()
+        while not self.stopping and time.monotonic() - first < SETTLE_MAX:
+            quiet_for = time.monotonic() - self._last_put
+            if quiet_for >= SETTLE_SECONDS:
+                return
+            self._changed.wait(SETTLE_SECONDS - quiet_for)
+
+    def _pop(self) -> Request | None:
+        taken: Request | None
+        if self._crashed is not None:
+            taken, self._crashed = self._crashed, None
+        elif self._rollback is not None:
+            taken, self._rollback = self._rollback, None
+        else:
+            taken, self._check = self._check, None
+        return taken
+
+    def _touch(self) -> None:
+        self._last_put = time.monotonic()
+        self._changed.notify_all()

@@ -1,0 +1,256 @@
+"""The control loop: the one thread that owns the update work.
+
+It serves the first revision, then takes requests from the inbox (or the poll
+timer) one at a time. Every failure lands somewhere (see the tree in errors.py):
+a rejected revision is recorded by the updater and the loop waits for the next
+poll; a transient or unexpected one is shown in /status and backed off; a fatal
+one is handed to the main thread, which exits with its code.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+
+from entrypoint.board import StatusBoard
+from entrypoint.config import Settings
+from entrypoint.errors import (
+    AppFailed,
+    FatalError,
+    LivePullError,
+    RevisionError,
+    RevisionRefused,
+    StartupFailed,
+    TransientError,
+    is_local_fault,
+)
+from entrypoint.inbox import Check, Crashed, Inbox, Request, Rollback
+from entrypoint.updater import Updater, short
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY = 1.0
+TICK = 1.0  # the idle loop beats at least this often
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, so many pods do not retry in step."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.first * 2**self.failures)
+        self.failures += 1
+        return jitter(delay)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def jitter(seconds: float) -> float:
+    return seconds * random.uniform(0.8, 1.2)
+
+
+class ControlLoop:
+    def __init__(
+        self, settings: Settings, updater: Updater, board: StatusBoard, inbox: Inbox
+    ) -> None:
+        self.settings = settings
+        self.updater = updater
+        self.board = board
+        self.inbox = inbox
+        self.backoff = Backoff(max(settings.poll_interval, FIRST_RETRY), settings.max_backoff)
+        self._failures: queue.Queue[FatalError] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._run, name="control-loop", daemon=True)
+
+    def start(self) -> None:
+        self.board.liveness.attach(self._thread)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def failure(self) -> FatalError | None:
+        """The fatal error that ended the loop, for the main thread to exit with."""
+        try:
+            return self._failures.get_nowait()
+        except queue.Empty:
+            return None
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            if self._start_first_revision():
+                self._serve()
+        except FatalError as exc:
+            self._failures.put(exc)
+        except BaseException as exc:  # the loop must never end without a word
+            log.exception("control loop ended by an unexpected error")
+            self._failures.put(AppFailed(f"control loop ended: {exc!r}"))
+
+    def _serve(self) -> None:
+        next_poll = self._next_poll(self._poll_delay())
+        while not self.inbox.stopping:
+            self.board.liveness.beat()
+            wait = TICK if next_poll is None else max(0.0, min(TICK, next_poll - time.monotonic()))
+            request = self.inbox.take(wait)
+            if request is None:
+                if next_poll is None or time.monotonic() < next_poll or self.inbox.stopping:
+                    continue
+                request = Check("poll")
+            next_poll = self._next_poll(self._handle(request))
+
+    def _handle(self, request: Request) -> float | None:
+        """Carry out one request; return the seconds to the next poll (None: no polling)."""
+        try:
+            self._dispatch(request)
+        except FatalError:
+            raise
+        except RevisionError as exc:  # recorded as failed by the updater
+            self._report(exc, "rejected")
+        except Exception as exc:
+            return self._back_off(exc)
+        else:
+            self._settled()
+        self.backoff.reset()
+        return self._poll_delay()
+
+    def _dispatch(self, request: Request) -> None:
+        if isinstance(request, Check):
+            self.updater.check(trigger=request.trigger)
+        elif isinstance(request, Rollback):
+            self._roll_back(request)
+        elif isinstance(request, Crashed):
+            self._roll_back_after_crash(request.reason)
+
+    # -- the first revision ---------------------------------------------------------------
+
+    def _start_first_revision(self) -> bool:
+        """Serve something as soon as possible; False if stopped before that."""
+        if self._serve_from_disk():
+            self.inbox.check("start")  # check the remote straight away
+            return True
+        return self._fetch_first_revision()
+
+    def _serve_from_disk(self) -> bool:
+        try:
+            self.updater.open()
+            sha = self.updater.last_good_on_disk()
+            if sha is None:
+                return False
+            log.info("starting last good revision at once sha=%s", short(sha))
+            self.updater.go_live(self.updater.prepare(sha))
+        except FatalError:
+            raise
+        except Exception as exc:
+            log.error("last good revision did not start, fetching error=%s", exc)
+            return False
+        self._settled()
+        return True
+
+    def _fetch_first_revision(self) -> bool:
+        deadline = time.monotonic() + self.settings.start_timeout
+        backoff = Backoff(FIRST_RETRY, self.settings.max_backoff)
+        while not self.inbox.stopping:
+            self.board.liveness.beat()
+            try:
+                self.updater.open()
+                self.updater.check(retry_failed=True, trigger="start")
+                self._settled()
+                return True
+            except FatalError:
+                raise
+            except RevisionRefused as exc:
+                raise StartupFailed(str(exc)) from exc
+            except RevisionError as exc:
+                raise AppFailed(str(exc)) from exc
+            except Exception as exc:
+                self._report(exc, self._kind(exc), state="waiting for remote")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StartupFailed(
+                        f"no revision fetched within {self.settings.start_timeout:g}s "
+                        f"and none on disk: {self._describe(exc)}"
+                    ) from exc
+                delay = min(backoff.next_delay(), remaining)
+                log.warning("first fetch failed, retrying in %.1fs error=%s", delay, exc)
+                self.inbox.take(delay)  # a sync request retries at once
+        return False
+
+    # -- rollbacks ------------------------------------------------------------------------
+
+    def _roll_back(self, request: Rollback) -> None:
+        target = request.target or "previous"
+        self.board.update(rollback={"to": target, "status": "pending", "error": None})
+        try:
+            target = self.updater.rollback_target(request.target)
+            self.board.update(rollback={"to": target, "status": "pending", "error": None})
+            self.updater.rollback(target, request.reason)
+        except Exception as exc:
+            error = self._describe(exc)
+            self.board.update(rollback={"to": target, "status": "failed", "error": error})
+            raise
+        self.board.update(rollback={"to": target, "status": "done", "error": None})
+
+    def _roll_back_after_crash(self, reason: str) -> None:
+        """LIVE_PULL_ROLLBACK_ON_CRASH: the previous release, or exit if none can serve."""
+        log.error("the app cannot stay up, rolling back error=%s", reason)
+        try:
+            self._roll_back(Rollback(None, f"crashed in steady state: {reason}", "crash"))
+        except LivePullError as exc:
+            raise AppFailed(f"{reason}; rollback failed: {exc}") from exc
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def _back_off(self, exc: Exception) -> float:
+        kind = self._kind(exc)
+        self._report(exc, kind)
+        delay = self.backoff.next_delay()
+        log.warning("next check in %.1fs kind=%s", delay, kind)
+        return delay
+
+    def _report(self, exc: Exception, kind: str, state: str | None = None) -> None:
+        message = self._describe(exc)
+        if kind == "unexpected":
+            log.error("unexpected error, the loop goes on error=%s", message, exc_info=exc)
+        elif kind != "rejected":  # the updater already logged the rejection
+            log.warning("check failed kind=%s error=%s", kind, message)
+        self.board.error(message, kind)
+        self.board.update(state=state or self.updater.resting_state())
+
+    def _settled(self) -> None:
+        """A request went through: a fault that blocked checks is over."""
+        self.board.clear_error(("transient", "unexpected"))
+        self.board.update(state=self.updater.resting_state())
+
+    @staticmethod
+    def _kind(exc: Exception) -> str:
+        if isinstance(exc, TransientError) or is_local_fault(exc):
+            return "transient"
+        return "rejected" if isinstance(exc, RevisionError) else "unexpected"
+
+    @staticmethod
+    def _describe(exc: BaseException) -> str:
+        if is_local_fault(exc):
+            return f"LIVE_PULL_HOME cannot be written: {exc}"
+        if isinstance(exc, LivePullError):
+            return str(exc)
+        return f"{type(exc).__name__}: {exc}"
+
+    def _poll_delay(self) -> float | None:
+        """Seconds to the next poll; None (wait for a sync) when polling is off."""
+        if self.settings.poll_interval == 0:
+            return None
+        return jitter(self.settings.poll_interval)
+
+    @staticmethod
+    def _next_poll(delay: float | None) -> float | None:
+        return None if delay is None else time.monotonic() + delay

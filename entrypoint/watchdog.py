@@ -1,0 +1,162 @@
+"""The watchdog: is the running revision up? Run by the main thread once a second.
+
+supervisord restarts a program that exits after it started for ever, so a crash
+loop slower than LIVE_PULL_START_SECONDS never turns FATAL. The watchdog counts
+unexpected exits itself (a process it saw is gone) and calls the revision down
+when a program exits `limit` times within `window` seconds, or goes FATAL. Down
+means: /readyz fails, /status names the program; then either a rollback is asked
+for (LIVE_PULL_ROLLBACK_ON_CRASH) or the agent exits so the platform sees it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Any
+
+from entrypoint.board import StatusBoard
+from entrypoint.errors import AppFailed, SupervisorError
+from entrypoint.inbox import Inbox
+from entrypoint.supervisor import Supervisor, first_fatal
+from entrypoint.updater import Updater
+
+log = logging.getLogger(__name__)
+
+# supervisord not answering for this long, while alive, is as bad as its exit.
+UNANSWERED_LIMIT = 30.0
+
+
+class CrashCounter:
+    """Unexpected exits per program within a sliding window."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.totals: dict[str, int] = {}
+        self._pids: dict[str, int] = {}
+        self._recent: dict[str, collections.deque[float]] = {}
+
+    def forget_processes(self) -> None:
+        """A switch replaced the programs: the pids seen so far were stopped on purpose."""
+        self._pids.clear()
+        self._recent.clear()
+
+    def observe(self, states: dict[str, dict[str, Any]], watched: set[str]) -> None:
+        now = time.monotonic()
+        for name in watched:
+            pid = int(states.get(name, {}).get("pid") or 0)
+            seen = self._pids.get(name, 0)
+            if seen and pid != seen:  # the process we saw is gone
+                self._exited(name, now)
+            self._pids[name] = pid
+
+    def looping(self) -> tuple[str, int] | None:
+        """The first program over the limit, with its exits in the window."""
+        now = time.monotonic()
+        for name, times in sorted(self._recent.items()):
+            while times and now - times[0] > self.window:
+                times.popleft()
+            if len(times) >= self.limit:
+                return name, len(times)
+        return None
+
+    def _exited(self, name: str, now: float) -> None:
+        self.totals[name] = self.totals.get(name, 0) + 1
+        self._recent.setdefault(name, collections.deque()).append(now)
+        log.warning("program exited unexpectedly program=%s exits=%d", name, self.totals[name])
+
+
+class Watchdog:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        updater: Updater,
+        board: StatusBoard,
+        inbox: Inbox,
+        *,
+        crash_loop: tuple[int, float],
+        rollback_on_crash: bool,
+    ) -> None:
+        self.supervisor = supervisor
+        self.updater = updater
+        self.board = board
+        self.inbox = inbox
+        self.counter = CrashCounter(*crash_loop)
+        self.rollback_on_crash = rollback_on_crash
+        self._generation = -1
+        self._reported = False
+        self._unanswered_since: float | None = None
+
+    def tick(self) -> None:
+        """One look; raises AppFailed when the app cannot be kept up."""
+        self.board.watchdog_beat.beat()
+        if not self.supervisor.alive():
+            raise AppFailed("supervisord exited unexpectedly")
+        seen = self._look()
+        if seen is None:
+            return
+        states, watched = seen
+        self.counter.observe(states, watched)
+        self.board.update(restarts=dict(self.counter.totals))
+        running = all(states.get(n, {}).get("statename") == "RUNNING" for n in watched)
+        self.board.programs_up(running)
+        problem = self._problem(states, watched)
+        if problem is not None:
+            self._down(*problem)
+
+    def _look(self) -> tuple[dict[str, dict[str, Any]], set[str]] | None:
+        """The programs' states and which of them the running revision owns; None while
+        the updater swaps programs (it judges the revision it starts itself)."""
+        if not self.updater.switching.acquire(blocking=False):
+            return None
+        try:
+            if self.updater.generation != self._generation:
+                self._generation = self.updater.generation
+                self.counter.forget_processes()
+                self._reported = False
+            watched = self.updater.active_programs()
+            states = self._states()
+        finally:
+            self.updater.switching.release()
+        return None if states is None else (states, watched)
+
+    def _states(self) -> dict[str, dict[str, Any]] | None:
+        try:
+            states = self.supervisor.states()
+        except SupervisorError as exc:
+            now = time.monotonic()
+            self._unanswered_since = self._unanswered_since or now
+            if now - self._unanswered_since > UNANSWERED_LIMIT:
+                raise AppFailed(f"supervisord stopped answering: {exc}") from exc
+            return None
+        self._unanswered_since = None
+        return states
+
+    def _problem(
+        self, states: dict[str, dict[str, Any]], watched: set[str]
+    ) -> tuple[str, str, int] | None:
+        """(program, why, restarts) of the first program that cannot stay up."""
+        looping = self.counter.looping()
+        if looping is not None:
+            name, exits = looping
+            why = f"program {name} exited {exits} times within {self.counter.window:g}s"
+            return name, why, exits
+        fatal = first_fatal(states, watched)
+        if fatal is not None:
+            name = next(n for n in sorted(watched) if states[n].get("statename") == "FATAL")
+            return name, fatal, self.counter.totals.get(name, 0)
+        return None
+
+    def _down(self, program: str, why: str, restarts: int) -> None:
+        window = self.counter.window
+        self.board.update(
+            app_down={"program": program, "restarts": restarts, "window_seconds": window}
+        )
+        if self._reported:
+            return
+        self._reported = True
+        self.board.error(why, "app")
+        if not self.rollback_on_crash:
+            raise AppFailed(why)
+        self.inbox.crashed(why)
