@@ -26,7 +26,16 @@ EXIT_CONFIG = 2
 EXIT_APP_FAILED = 3
 EXIT_START_FAILED = 4
 ROLLBACK_WAIT = 120.0
-STATUS_ORDER = ("state", "revision", "ref", "repo_url", "ready", "last_check", "last_error")
+STATUS_ORDER = (
+    "state",
+    "revision",
+    "ref",
+    "repo_url",
+    "ready",
+    "last_check",
+    "last_error",
+    "error_kind",
+)
 # Most specific first: the first class an error is an instance of decides.
 FAILURES: tuple[tuple[type[LivePullError], str, int], ...] = (
     (ConfigError, "configuration error", EXIT_CONFIG),
@@ -125,6 +134,9 @@ def _status(args: argparse.Namespace) -> int:
     for key in STATUS_ORDER:
         print(f"{key:>16}: {_show(status.get(key))}")
     print(f"{'updates':>16}: {status.get('updates', 0)}")
+    down = status.get("app_down")
+    if down:
+        print(f"{'app down':>16}: {down['program']} ({down['restarts']} restarts)")
     for sha, reason in (status.get("failed_revisions") or {}).items():
         print(f"{'failed':>16}: {sha[:12]} {reason}")
     return EXIT_OK
@@ -141,7 +153,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    """Ask, then wait until the agent serves the target (or says why it cannot)."""
+    """Ask, then wait until the agent serves the target or says why it cannot."""
     query = f"?sha={args.sha}" if args.sha else ""
     target = str(_request("POST", f"/rollback{query}").json()["to"])
     print(f"rolling back to {target[:12]}")
@@ -149,7 +161,10 @@ def _rollback(args: argparse.Namespace) -> int:
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = _request("GET", "/status").json()
-        if status.get("revision") == target and status.get("state") == "running":
+        rollback = status.get("rollback") or {}
+        if rollback.get("to") == target and rollback.get("status") == "failed":
+            raise LivePullError(f"rollback to {target[:12]} failed: {rollback.get('error')}")
+        if status.get("revision") == target and rollback.get("status") == "done":
             print(f"serving {target[:12]}")
             return EXIT_OK
         time.sleep(0.5)

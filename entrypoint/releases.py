@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from entrypoint.errors import RevisionError, is_local_fault
+
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
@@ -46,12 +48,22 @@ class Releases:
         staging.mkdir()
         try:
             export(staging)
-            self._link_shared(staging / self.app_dir if self.app_dir else staging)
+            self._link_shared_or_refuse(staging / self.app_dir if self.app_dir else staging)
             os.rename(staging, final)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         return final
+
+    def _link_shared_or_refuse(self, app_root: Path) -> None:
+        """A revision whose tree cannot take the shared paths (a file where a shared
+        path's directory should be) is refused; a full or read-only disk is not its fault."""
+        try:
+            self._link_shared(app_root)
+        except OSError as exc:
+            if is_local_fault(exc):
+                raise
+            raise RevisionError(f"shared paths cannot be linked into the release: {exc}") from exc
 
     def _link_shared(self, app_root: Path) -> None:
         for entry in self.shared_paths:

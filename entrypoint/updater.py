@@ -111,8 +111,8 @@ class Updater:
             return False
         try:
             sha = self._fetch(remote)  # 3. fetch, verify, prepare releases/<sha>
-        except RevisionRefused as exc:
-            self._record_failure(exc.sha, str(exc))
+        except RevisionError as exc:
+            self._record_failure(remote.sha, str(exc))
             raise
         if not self._wanted(sha, retry_failed):
             return False
