@@ -1,6 +1,9 @@
 """A smart-HTTP git server on 127.0.0.1: `git http-backend` behind http.server.
 
-Optionally demands HTTP basic auth, as a private repository host would.
+Optionally demands HTTP basic auth, as a private repository host would. While each
+request is in flight, the git client that sent it is alive: the server snapshots
+every process's argv then (`argv_seen`), so a secret scan looks at git's argv while
+git runs, not after it has exited.
 """
 
 from __future__ import annotations
@@ -12,11 +15,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
+def all_argv() -> list[str]:
+    """The command line of every process on the machine, one string each."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+    return lines
+
+
 class GitHttpServer:
     def __init__(self, root: Path, credentials: tuple[str, str] | None = None) -> None:
         self.root = root
         self.credentials = credentials
         self.requests: list[str] = []
+        self.argv_seen: list[str] = []  # git processes' argv, taken during requests
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -28,6 +44,13 @@ class GitHttpServer:
     def url(self, repo_name: str, userinfo: str = "") -> str:
         host = self.base_url.removeprefix("http://")
         return f"http://{userinfo + '@' if userinfo else ''}{host}/{repo_name}"
+
+    def git_client_argv(self) -> list[str]:
+        """argv seen while git clients talked to us; fails if no client was ever seen,
+        so a scan of it for secrets cannot pass vacuously."""
+        clients = [line for line in self.argv_seen if "remote-http" in line]
+        assert clients, f"no git client process seen during requests: {self.argv_seen[:5]}"
+        return self.argv_seen
 
     def __enter__(self) -> GitHttpServer:
         self._thread.start()
@@ -49,6 +72,7 @@ class GitHttpServer:
 
             def _cgi(self) -> None:
                 server.requests.append(self.path)
+                server.argv_seen.extend(line for line in all_argv() if "git" in line)
                 if not self._authorized():
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", 'Basic realm="git"')

@@ -25,6 +25,15 @@ def keygen(path: Path) -> Path:
     return path
 
 
+# Runs for every session, while the client's ssh (and the git that started it) is alive:
+# snapshot their argv, then run what the client asked for.
+SNOOP = """#!/bin/sh
+for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < "$f" 2>/dev/null; echo; done \\
+  | grep -e ssh -e git >> {seen}
+exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+"""
+
+
 class SshServer:
     """sshd accepting one client key, for the user running the tests."""
 
@@ -35,14 +44,27 @@ class SshServer:
         authorized = root / "authorized_keys"
         authorized.write_text(client_public_key.read_text())
         authorized.chmod(0o600)
+        self.argv_file = root / "argv-seen.txt"
+        snoop = root / "snoop.sh"
+        snoop.write_text(SNOOP.format(seen=self.argv_file))
+        snoop.chmod(0o755)
         self.config = root / "sshd_config"
         self.config.write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
             f"PidFile {root / 'sshd.pid'}\nAuthorizedKeysFile {authorized}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+            f"ForceCommand {snoop}\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
+
+    def git_client_argv(self) -> list[str]:
+        """Every ssh/git process's argv, taken while a client's session was open; fails
+        if no ssh client was seen, so a secret scan of it cannot pass vacuously."""
+        seen = self.argv_file.read_text().splitlines() if self.argv_file.exists() else []
+        clients = [line for line in seen if line.split(" ")[0].endswith("ssh")]
+        assert clients, f"no ssh client process seen during sessions: {seen[:5]}"
+        return seen
 
     def known_hosts_line(self) -> str:
         public = (self.root / "host_key.pub").read_text().split()

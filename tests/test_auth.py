@@ -20,7 +20,7 @@ from tests import sshd
 from tests.conftest import AgentProcess
 from tests.git_http import GitHttpServer
 from tests.github_standin import GitHubStandIn
-from tests.test_secrets import ENV_DUMP_APP, all_argv
+from tests.test_secrets import ENV_DUMP_APP
 
 Factory = Callable[..., AgentProcess]
 TOKEN = "ghs-rotating-token-0001"
@@ -56,7 +56,7 @@ def test_token_file_is_reread_so_rotation_works(
         token_file.write_text(NEW_TOKEN + "\n")  # ...and the Secret is updated in place
         newer = sample.commit({"app.py": ENV_DUMP_APP.format(message="rotated")}, "rotated")
         agent.wait_serving(newer)
-        status, argv = json.dumps(agent.status()), all_argv()
+        status, argv = json.dumps(agent.status()), server.git_client_argv()
         assert agent.stop()[0] == 0
     for secret in (TOKEN, NEW_TOKEN):
         assert_never_leaked(agent, secret, status, argv)
@@ -76,7 +76,7 @@ def test_username_and_password_from_environment(
             ENV_DUMP=str(dump),
         )
         agent.wait_serving(sha)
-        status, argv = json.dumps(agent.status()), all_argv()
+        status, argv = json.dumps(agent.status()), server.git_client_argv()
     app_env = json.loads(dump.read_text())
     assert "LIVE_PULL_GIT_PASSWORD" not in app_env
     assert "pa55word-xyz" not in json.dumps(app_env)
@@ -176,7 +176,8 @@ def test_ssh_deploy_key_with_known_hosts(
     copy = agent.home / "ssh" / "deploy-key"
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
     private = key.read_text()
-    assert_never_leaked(agent, private.splitlines()[1], json.dumps(agent.status()), all_argv())
+    argv = server.git_client_argv()
+    assert_never_leaked(agent, private.splitlines()[1], json.dumps(agent.status()), argv)
 
 
 def test_ssh_wrong_host_key_is_refused(
@@ -249,7 +250,7 @@ def test_github_app_token_obtained_and_renewed_before_expiry(
             sha = sample.commit(app_files("after renewal"), "renewal")
             agent.wait_serving(sha)
             assert len(github.issued) >= 2 and github.refused == 0
-            status, argv = json.dumps(agent.status()), all_argv()
+            status, argv = json.dumps(agent.status()), server.git_client_argv()
     for token in github.issued:
         assert_never_leaked(agent, token, status, argv)
 
