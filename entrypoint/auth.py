@@ -21,6 +21,15 @@ from entrypoint.github_app import GitHubApp, GitHubAppSettings
 log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_USER = "x-access-token"
+# LIVE_PULL_GIT_AUTH's words, each with what the operator sets to get that method.
+AUTH_KINDS = {
+    "none": "no credentials at all",
+    "url": "user:token@ in an https:// or http:// REPO_URL",
+    "token": "LIVE_PULL_GIT_TOKEN or LIVE_PULL_GIT_TOKEN_FILE",
+    "password": "LIVE_PULL_GIT_PASSWORD or LIVE_PULL_GIT_PASSWORD_FILE",
+    "ssh-key": "LIVE_PULL_SSH_KEY_FILE",
+    "github-app": "LIVE_PULL_GITHUB_APP_ID, _PRIVATE_KEY_FILE and _INSTALLATION_ID",
+}
 AUTH_FAILURES = (
     "Authentication failed",
     "could not read Username",
@@ -66,6 +75,21 @@ class AuthSettings:
     known_hosts_file: Path | None = None
     strict_host_keys: bool = True
     github_app: GitHubAppSettings | None = None
+
+    @property
+    def kind(self) -> str:
+        """The method as one word: what LIVE_PULL_GIT_AUTH says, when it is set."""
+        if self.github_app is not None:
+            return "github-app"
+        if self.url_credentials is not None:
+            return "url"
+        if self.token is not None:
+            return "token"
+        if self.password is not None:
+            return "password"
+        if self.ssh_key_file is not None:
+            return "ssh-key"
+        return "none"
 
     @property
     def method(self) -> str:

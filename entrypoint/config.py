@@ -14,11 +14,18 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from entrypoint.auth import AuthSettings, Secret
-from entrypoint.credentials import RepoUrl, parse_repo_url
+from entrypoint.auth import AUTH_KINDS, AuthSettings, Secret
+from entrypoint.credentials import REDACTED, RepoUrl, parse_repo_url
 from entrypoint.errors import ConfigError
 from entrypoint.github_app import GitHubAppSettings
 from entrypoint.verify import VerifySettings
@@ -80,6 +87,9 @@ class Settings(BaseSettings):
     install_timeout: float = Field(
         1800.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_INSTALL_TIMEOUT")
     )
+    git_auth: Literal["none", "url", "token", "password", "ssh-key", "github-app"] | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_GIT_AUTH")
+    )
     git_username: str | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_GIT_USERNAME"))
     git_username_file: Path | None = Field(
         None, validation_alias=AliasChoices("LIVE_PULL_GIT_USERNAME_FILE")
@@ -132,6 +142,9 @@ class Settings(BaseSettings):
     rollback_on_crash: bool = Field(
         False, validation_alias=AliasChoices("LIVE_PULL_ROLLBACK_ON_CRASH")
     )
+    crash_loop: Annotated[tuple[int, float], NoDecode] = Field(
+        (3, 60.0), validation_alias=AliasChoices("LIVE_PULL_CRASH_LOOP")
+    )
     submodules: bool = Field(False, validation_alias=AliasChoices("LIVE_PULL_SUBMODULES"))
     verify_mode: Literal["off", "commit", "tag"] = Field(
         "off", validation_alias=AliasChoices("LIVE_PULL_VERIFY")
@@ -143,6 +156,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("LIVE_PULL_LOG_LEVEL")
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        """`NAME=` (empty) means unset for every optional setting, as in env files."""
+        optional = info.field_name and cls.model_fields[info.field_name].default is None
+        if optional and isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("repo_url", mode="before")
     @classmethod
@@ -195,6 +217,17 @@ class Settings(BaseSettings):
         if match is None or not 0 < int(match["port"]) < 65536:
             raise ValueError("must look like tcp://0.0.0.0:8000")
         return value
+
+    @field_validator("crash_loop", mode="before")
+    @classmethod
+    def _exits_per_window(cls, value: object) -> object:
+        """`3/60s`: that many unexpected exits within that many seconds is a crash loop."""
+        if not isinstance(value, str):
+            return value
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s?\s*", value)
+        if match is None or int(match[1]) < 1 or float(match[2]) <= 0:
+            raise ValueError("must look like 3/60s (exits / seconds)")
+        return int(match[1]), float(match[2])
 
     @field_validator("healthcheck_path")
     @classmethod
@@ -261,50 +294,39 @@ class Settings(BaseSettings):
         return self.repo_ref or "HEAD (remote default branch)"
 
     def effective(self) -> dict[str, str]:
-        """The configuration as `check-config` prints it, credentials redacted."""
-        return {
-            "REPO_URL": self.repo_url.redacted(),
-            "REPO_REF": self.ref_label,
-            "PORT": str(self.port),
-            "LIVE_PULL_HOME": str(self.home),
-            "LIVE_PULL_POLL_INTERVAL": f"{self.poll_interval:g}",
-            "LIVE_PULL_APP_DIR": self.app_dir or ".",
-            "LIVE_PULL_COMMAND": self.command or "(Procfile web entry)",
-            "LIVE_PULL_RELEASE_COMMAND": self.release_command or "(Procfile release entry)",
-            "LIVE_PULL_STATUS_HOST": self.status_host,
-            "LIVE_PULL_STATUS_PORT": str(self.status_port),
-            "LIVE_PULL_SHARED_PATHS": ",".join(self.shared_paths),
-            "LIVE_PULL_KEEP_RELEASES": str(self.keep_releases),
-            "LIVE_PULL_DEPTH": str(self.depth),
-            "LIVE_PULL_GIT_TIMEOUT": f"{self.git_timeout:g}",
-            "LIVE_PULL_START_TIMEOUT": f"{self.start_timeout:g}",
-            "LIVE_PULL_STOP_TIMEOUT": f"{self.stop_timeout:g}",
-            "LIVE_PULL_START_SECONDS": str(self.start_seconds),
-            "LIVE_PULL_START_RETRIES": str(self.start_retries),
-            "LIVE_PULL_RELEASE_TIMEOUT": f"{self.release_timeout:g}",
-            "LIVE_PULL_MAX_BACKOFF": f"{self.max_backoff:g}",
-            "LIVE_PULL_LOCKFILE": self.lockfile or "(detected)",
-            "LIVE_PULL_INSTALL_COMMAND": self.install_command or "(none)",
-            "LIVE_PULL_INSTALLER": self.installer,
-            "LIVE_PULL_INSTALL_ARGS": shlex.join(self.install_args),
-            "LIVE_PULL_INSTALL_TIMEOUT": f"{self.install_timeout:g}",
-            "LIVE_PULL_GIT_AUTH": self.auth.method,
-            "LIVE_PULL_SSH_KNOWN_HOSTS_FILE": str(self.ssh_known_hosts_file or "(ssh default)"),
-            "LIVE_PULL_SSH_STRICT_HOST_KEY_CHECKING": str(
-                self.ssh_strict_host_key_checking
-            ).lower(),
-            "LIVE_PULL_WEBHOOK": "on" if self.webhook_secret else "off",
-            "LIVE_PULL_LISTEN": self.listen or "(app binds PORT itself)",
-            "LIVE_PULL_DRAIN_SECONDS": f"{self.drain_seconds:g}",
-            "LIVE_PULL_HEALTHCHECK_PATH": self.healthcheck_path or "(none)",
-            "LIVE_PULL_HEALTHCHECK_TIMEOUT": f"{self.healthcheck_timeout:g}",
-            "LIVE_PULL_ROLLBACK_ON_CRASH": str(self.rollback_on_crash).lower(),
-            "LIVE_PULL_SUBMODULES": str(self.submodules).lower(),
-            "LIVE_PULL_VERIFY": self.verify_mode,
-            "LIVE_PULL_ALLOWED_SIGNERS_FILE": str(self.allowed_signers_file or ""),
-            "LIVE_PULL_GPG_KEYRING": str(self.gpg_keyring or ""),
-            "LIVE_PULL_LOG_LEVEL": self.log_level,
-        }
+        """The configuration as `check-config` prints it: every variable with its value
+        (defaults filled in, unset ones empty, secrets as ***), so that the output,
+        used as an environment, means the same configuration again."""
+        names = type(self).model_fields
+        shown = {_variable_of(name): _shown(name, getattr(self, name)) for name in names}
+        shown["LIVE_PULL_GIT_AUTH"] = self.auth.kind
+        return shown
+
+
+def _shown(field_name: str, value: object) -> str:
+    """One setting as its variable would spell it."""
+    if value is None:
+        return ""
+    if isinstance(value, RepoUrl):
+        return value.redacted()
+    if isinstance(value, SecretStr):
+        return REDACTED
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, tuple):
+        return _shown_tuple(field_name, value)
+    return str(value)
+
+
+def _shown_tuple(field_name: str, value: tuple[object, ...]) -> str:
+    if field_name == "install_args":
+        return shlex.join(str(arg) for arg in value)
+    if field_name == "crash_loop":
+        exits, seconds = value
+        return f"{_shown('', exits)}/{_shown('', seconds)}s"
+    return ",".join(str(item) for item in value)
 
 
 def _relative_inside(value: str, *, allow_empty: bool) -> str:
@@ -388,6 +410,17 @@ def _check_auth(settings: Settings) -> None:
         raise ConfigError(f"{secret.source}: needs an https:// or http:// REPO_URL")
     if auth.ssh_key_file is not None and (is_http or settings.repo_url.is_file):
         raise ConfigError("LIVE_PULL_SSH_KEY_FILE: needs an ssh:// or user@host:path REPO_URL")
+    _check_declared_auth(settings.git_auth, auth)
+
+
+def _check_declared_auth(declared: str | None, auth: AuthSettings) -> None:
+    """LIVE_PULL_GIT_AUTH, when set, must name the method the other variables give."""
+    if declared is None or declared == auth.kind:
+        return
+    raise ConfigError(
+        f"LIVE_PULL_GIT_AUTH: is {declared} but the settings give {auth.kind}"
+        f" ({declared} needs {AUTH_KINDS[declared]})"
+    )
 
 
 def _auth_variables(settings: Settings) -> dict[str, object]:

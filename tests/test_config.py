@@ -42,6 +42,8 @@ BAD = [
     ({"LIVE_PULL_KEEP_RELEASES": "0"}, "LIVE_PULL_KEEP_RELEASES: Input should be greater"),
     ({"LIVE_PULL_LOG_LEVEL": "LOUD"}, "LIVE_PULL_LOG_LEVEL: Input should be"),
     ({"LIVE_PULL_POLL_INTERVALL": "5"}, "LIVE_PULL_POLL_INTERVALL: unknown setting"),
+    ({"LIVE_PULL_GIT_AUTH": "token"}, "LIVE_PULL_GIT_AUTH: is token but the settings give none"),
+    ({"LIVE_PULL_GIT_AUTH": "ssh"}, "LIVE_PULL_GIT_AUTH: Input should be"),
 ]
 
 
@@ -146,3 +148,96 @@ def test_status_without_agent_is_one_clear_line() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("live-pull: error: no live-pull agent answering at")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def env_file(text: str) -> dict[str, str]:
+    """Read `check-config` output as docker --env-file would."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def round_trip_cases(tmp_path: Path) -> list[dict[str, str]]:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-value\n")
+    return [
+        {"REPO_URL": GOOD_URL},
+        {
+            "REPO_URL": "https://deploy:tok3n@git.example.invalid/org/app.git",
+            "REPO_REF": "v1.2",
+            "LIVE_PULL_SHARED_PATHS": "media/,db.sqlite3",
+            "LIVE_PULL_INSTALL_ARGS": "--index-url 'http://127.0.0.1:1/a b' -q",
+            "LIVE_PULL_LOCKFILE": "a/requirements.txt,b/uv.lock",
+            "LIVE_PULL_POLL_INTERVAL": "0.25",
+            "LIVE_PULL_INSTALL_TIMEOUT": "1234567",
+            "LIVE_PULL_LISTEN": "tcp://0.0.0.0:8000",
+            "LIVE_PULL_HEALTHCHECK_PATH": "/healthz",
+            "LIVE_PULL_COMMAND": "gunicorn --bind fd://0 app:app",
+            "LIVE_PULL_WEBHOOK_SECRET": "hook-s3cret",
+        },
+        {
+            "REPO_URL": GOOD_URL,
+            "LIVE_PULL_GIT_USERNAME": "deployer",
+            "LIVE_PULL_GIT_TOKEN_FILE": str(secret),
+            "LIVE_PULL_WEBHOOK_SECRET_FILE": str(secret),
+            "LIVE_PULL_VERIFY": "commit",
+            "LIVE_PULL_ALLOWED_SIGNERS_FILE": str(secret),
+        },
+        {"REPO_URL": GOOD_URL, "LIVE_PULL_GIT_PASSWORD": "pw-s3cret", "LIVE_PULL_GIT_AUTH": ""},
+        {
+            "REPO_URL": "git@host.example:org/app.git",
+            "LIVE_PULL_SSH_KEY_FILE": str(secret),
+            "LIVE_PULL_SSH_KNOWN_HOSTS_FILE": str(secret),
+            "LIVE_PULL_GIT_AUTH": "ssh-key",
+        },
+        {
+            "REPO_URL": GOOD_URL,
+            "LIVE_PULL_GITHUB_APP_ID": "12",
+            "LIVE_PULL_GITHUB_APP_PRIVATE_KEY_FILE": str(secret),
+            "LIVE_PULL_GITHUB_APP_INSTALLATION_ID": "34",
+        },
+    ]
+
+
+def test_check_config_output_is_accepted_as_the_environment(tmp_path: Path) -> None:
+    for env in round_trip_cases(tmp_path):
+        first = run_cli("check-config", env=env)
+        assert first.returncode == 0, first.stderr
+        assert "s3cret" not in first.stdout and "tok3n" not in first.stdout
+        again = run_cli("check-config", env=env_file(first.stdout))
+        assert again.returncode == 0, f"{env}: {again.stderr}"
+        assert again.stdout == first.stdout  # the same configuration, line for line
+        printed = env_file(first.stdout)
+        assert set(env) <= set(printed)  # every variable given is shown
+        assert printed["LIVE_PULL_GIT_AUTH"] == load_settings(env).auth.kind
+
+
+@pytest.mark.parametrize(
+    ("declared", "env"),
+    [
+        ("none", {"REPO_URL": GOOD_URL}),
+        ("url", {"REPO_URL": "https://u:p@git.example.invalid/a.git"}),
+        ("token", {"REPO_URL": GOOD_URL, "LIVE_PULL_GIT_TOKEN": "t"}),
+        ("password", {"REPO_URL": GOOD_URL, "LIVE_PULL_GIT_PASSWORD": "p"}),
+    ],
+)
+def test_git_auth_must_agree_with_the_credentials(declared: str, env: dict[str, str]) -> None:
+    assert load_settings({**env, "LIVE_PULL_GIT_AUTH": declared}).auth.kind == declared
+    other = "password" if declared == "token" else "token"
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**env, "LIVE_PULL_GIT_AUTH": other})
+    message = str(caught.value)
+    assert message.startswith(f"LIVE_PULL_GIT_AUTH: is {other} but the settings give {declared}")
+    assert "\n" not in message
+    assert "LIVE_PULL_GIT_" + other.upper() in message  # says what to set
+
+
+def test_blank_optional_settings_mean_unset() -> None:
+    blank = {
+        "LIVE_PULL_GIT_TOKEN": "",
+        "LIVE_PULL_SSH_KNOWN_HOSTS_FILE": " ",
+        "LIVE_PULL_GIT_AUTH": "",
+        "REPO_REF": "",
+    }
+    settings = load_settings({"REPO_URL": GOOD_URL, **blank})
+    assert settings.auth.kind == "none"
+    assert settings.ssh_known_hosts_file is None and settings.repo_ref is None
