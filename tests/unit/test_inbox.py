@@ -1,0 +1,131 @@
+"""The control loop's one queue: requests coalesce, the most urgent is taken first."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from entrypoint import inbox as inbox_module
+from entrypoint.inbox import Check, Crashed, Inbox, Request, Rollback
+
+WAIT = 5.0  # bound on any wait for a thread; never reached when things work
+
+
+@pytest.fixture(autouse=True)
+def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst is taken as one after this much quiet (0.3s in production)."""
+    monkeypatch.setattr(inbox_module, "SETTLE_SECONDS", 0.02)
+
+
+def drain(inbox: Inbox) -> list[Request]:
+    taken = []
+    while (request := inbox.take(0)) is not None:
+        taken.append(request)
+    return taken
+
+
+def test_checks_coalesce_into_one() -> None:
+    inbox = Inbox()
+    for _ in range(1000):
+        inbox.check("sync")
+    inbox.check("webhook")
+
+    taken = drain(inbox)
+
+    assert len(taken) == 1
+    assert isinstance(taken[0], Check)
+
+
+def test_a_check_asked_for_after_one_was_taken_is_a_new_one() -> None:
+    inbox = Inbox()
+    inbox.check("sync")
+    assert drain(inbox) == [Check("sync")]
+
+    inbox.check("poll")
+
+    assert drain(inbox) == [Check("poll")]
+
+
+def test_crashed_before_rollback_before_check() -> None:
+    inbox = Inbox()
+    inbox.check("sync")
+    inbox.rollback(Rollback(None, "operator asked", "operator"))
+    inbox.crashed("web went FATAL")
+
+    assert drain(inbox) == [
+        Crashed("web went FATAL"),
+        Rollback(None, "operator asked", "operator"),
+        Check("sync"),
+    ]
+
+
+def test_newest_rollback_wins() -> None:
+    inbox = Inbox()
+    inbox.rollback(Rollback("a" * 40, "first", "operator"))
+    inbox.rollback(Rollback("b" * 40, "second", "operator"))
+
+    assert drain(inbox) == [Rollback("b" * 40, "second", "operator")]
+
+
+def test_take_returns_none_on_timeout() -> None:
+    inbox = Inbox()
+    started = time.monotonic()
+
+    assert inbox.take(0.05) is None
+
+    assert time.monotonic() - started >= 0.05
+    assert inbox.take(0) is None
+
+
+def test_a_request_wakes_a_waiter() -> None:
+    inbox = Inbox()
+    taken: list[Request | None] = []
+    waiter = threading.Thread(target=lambda: taken.append(inbox.take(WAIT)))
+    waiter.start()
+
+    inbox.check("sync")
+
+    waiter.join(WAIT)
+    assert not waiter.is_alive()
+    assert taken == [Check("sync")]
+
+
+def test_stop_wakes_a_waiter() -> None:
+    inbox = Inbox()
+    taken: list[Request | None] = []
+    waiter = threading.Thread(target=lambda: taken.append(inbox.take(60)))
+    waiter.start()
+
+    inbox.stop()
+
+    waiter.join(WAIT)
+    assert not waiter.is_alive()
+    assert taken == [None]
+    assert inbox.stopping
+
+
+def test_nothing_is_taken_once_stopping() -> None:
+    inbox = Inbox()
+    inbox.check("sync")
+    inbox.stop()
+
+    assert inbox.take(0) is None
+
+
+def test_a_burst_arriving_while_taking_is_taken_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The waiter wakes on the first request and waits for quiet before taking it, so
+    the rest of the burst joins it instead of making a second check."""
+    monkeypatch.setattr(inbox_module, "SETTLE_SECONDS", 0.5)
+    inbox = Inbox()
+    taken: list[Request | None] = []
+    waiter = threading.Thread(target=lambda: taken.append(inbox.take(WAIT)))
+    waiter.start()
+
+    for _ in range(1000):
+        inbox.check("sync")
+
+    waiter.join(WAIT)
+    assert taken == [Check("sync")]
+    assert inbox.take(0) is None
