@@ -34,6 +34,13 @@ class RepoUrl:
     def is_file(self) -> bool:
         return self.url.startswith("file://")
 
+    @property
+    def file_path(self) -> str | None:
+        """The path git opens for a file:// URL (percent-decoded, host ignored, as git does)."""
+        if not self.is_file:
+            return None
+        return unquote(urlsplit(self.url).path).rstrip("/") or "/"
+
     def redacted(self) -> str:
         if self.credentials is None:
             return self.url

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ FETCHED_REF = "refs/live-pull/fetched"
 REMOTE = "origin"
 ERROR_TAIL_LINES = 5
 SUBMODULE_KEYS = r"^submodule\..*\.(path|url)$"
+# What git tries after a file:// URL's path to find the repository (enter_repo).
+ENTER_REPO_SUFFIXES = ("/.git", "", ".git/.git", ".git")
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,9 @@ class Repository:
 
     def _remote_git(self, *args: str) -> str:
         """A command that talks to the remote: fresh credentials, failures explained."""
+        trust = _trusting_upload_pack(self.url.file_path)
         try:
-            return self._git(*args, extra_env=self.auth.environment())
+            return self._git(*trust, *args, extra_env=self.auth.environment())
         except GitError as exc:
             raise self.auth.explain(exc) from exc
 
@@ -224,6 +228,25 @@ def _verb(args: tuple[str, ...]) -> str:
     while rest and rest[0].startswith("-"):
         rest = rest[2:] if rest[0] == "-c" else rest[1:]
     return rest[0] if rest else "command"
+
+
+def _trusting_upload_pack(path: str | None) -> list[str]:
+    """Options that let git read a file:// remote another user owns (a bind mount).
+
+    git refuses such a repository ("dubious ownership") unless safe.directory names
+    it in protected configuration (system, global or command line). For a local
+    remote, git clears GIT_CONFIG_PARAMETERS and GIT_CONFIG_COUNT before it starts
+    upload-pack, so the setting travels in the upload-pack command itself, which
+    git runs through the shell. Trusted: exactly the paths git tries for the URL's
+    path, never `*`. None (not a file:// remote): no options.
+    """
+    if path is None:
+        return []
+    command = ["git"]
+    for suffix in ENTER_REPO_SUFFIXES:
+        command += ["-c", f"safe.directory={path.rstrip('/') + suffix}"]
+    command.append("upload-pack")
+    return ["-c", f"remote.{REMOTE}.uploadpack={shlex.join(command)}"]
 
 
 def _candidates(ref: str) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import git
+import pytest
 import requests
 
 from entrypoint.sample import APP, SampleRepo, app_files
@@ -177,3 +178,17 @@ def test_old_releases_are_collected(sample: SampleRepo, agent_factory: Factory) 
     agent.wait_status(state="running", updates=3)
     releases = sorted(p.name for p in (agent.home / "releases").iterdir())
     assert releases == sorted(shas[-2:])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+def test_file_remote_owned_by_another_user(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    # A bind-mounted repository whose files belong to another uid than the agent's.
+    for item in [sample.remote, *sample.remote.rglob("*")]:
+        os.lchown(item, 12345, 12345)
+    empty_home = tmp_path / "empty-home"  # no global git configuration to lean on
+    empty_home.mkdir()
+    agent = agent_factory(sample.url, HOME=str(empty_home))
+    agent.wait_serving(first_sha(sample))
+    assert "dubious ownership" not in agent.output()
