@@ -98,3 +98,11 @@ class RevisionRefused(RevisionError):
     def __init__(self, sha: str, reason: str) -> None:
         self.sha = sha
         super().__init__(f"refused {sha[:12]}: {reason}")
+
+
+class LocalGitError(GitError):
+    """git failed on this machine, not at the remote: the local repository or its disk."""
+
+
+class GitDiskError(LocalGitError, LocalFault):
+    """git could not write: the disk is full, read-only, over quota or failing."""

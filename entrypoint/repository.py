@@ -2,6 +2,9 @@
 
 Made by init + fetch, shallow by default. It is a cache of the remote: when it
 is damaged in any way it is thrown away and rebuilt, never repaired by hand.
+Only damage calls for that: a failure is a LocalGitError when it happened on this
+machine, a plain GitError when the remote (network, credentials, refs) failed, and
+healthy() says, without the network, whether the repository itself is damaged.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import git
 
 from entrypoint.auth import GitAuth
 from entrypoint.credentials import RepoUrl
-from entrypoint.errors import GitError, RefNotFound
+from entrypoint.errors import GitDiskError, GitError, LocalGitError, RefNotFound
 from entrypoint.submodules import Submodule, cache_name, parse_gitmodules, resolve_url
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,37 @@ ERROR_TAIL_LINES = 5
 SUBMODULE_KEYS = r"^submodule\..*\.(path|url)$"
 # What git tries after a file:// URL's path to find the repository (enter_repo).
 ENTER_REPO_SUFFIXES = ("/.git", "", ".git/.git", ".git")
+# stderr words (lowercase) of a failure on this machine, whatever the command.
+DISK_FAILURES = (
+    "no space left on device",
+    "disk quota exceeded",
+    "read-only file system",
+    "input/output error",
+)
+LOCAL_FAILURES = (
+    "unable to write",
+    "unable to create",
+    "insufficient permission",
+    "cannot lock ref",
+    "reference broken",
+)
+# stderr words of a damaged repository, trusted from commands that read only it.
+DAMAGE = (
+    "corrupt",
+    "inflate",
+    "bad object",
+    "unable to read",
+    "failed to unpack",
+    "does not match index",
+    "cannot be accessed",
+    "not a git repository",
+    "bad config",
+    "invalid object",
+    "is empty",
+    "reference broken",
+    "broken ref",
+)
+READS = frozenset({"rev-parse", "update-ref", "cat-file", "ls-tree", "read-tree", "checkout-index"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,7 @@ class Repository:
         self.auth = auth
         self._env = _git_environment(url)
         self._repo: git.Repo | None = None
+        self._damage: str | None = None  # what a read found broken since the last rebuild
 
     # -- the local repository -------------------------------------------------
 
@@ -74,14 +109,36 @@ class Repository:
         self._git("remote", "set-url", REMOTE, self.url.url)
 
     def healthy(self) -> bool:
-        """Can git read this repository's own files (config, HEAD)?"""
+        """Is the repository itself sound? Local and cheap: no network, no full check.
+
+        Its files (HEAD, objects/, refs/, config with the remote) are readable, the
+        fetched revision's commit is present, and no command has found an object
+        corrupt or missing since the last rebuild. A failed fetch leaves it healthy.
+        """
+        if self._damage is not None:
+            log.warning("repository damaged error=%s", self._damage)
+            return False
         try:
             self._repo = git.Repo(self.path)
             self._git("rev-parse", "--git-dir")
             self._git("config", "--get", f"remote.{REMOTE}.url")
-        except Exception:  # whatever is wrong, a cache is rebuilt, not mended
+            self._check_fetched()
+        except Exception as exc:  # whatever is wrong, a cache is rebuilt, not mended
+            log.warning("repository damaged error=%s", exc)
             return False
         return True
+
+    def _check_fetched(self) -> None:
+        """The fetched ref, when there is one, names a commit that is here."""
+        if self._has_fetched_ref():
+            self._git("rev-parse", "--verify", "--quiet", f"{FETCHED_REF}^{{commit}}")
+
+    def _has_fetched_ref(self) -> bool:
+        """Whether the ref is there at all, even broken (git skips broken refs)."""
+        if (self.path / FETCHED_REF).exists():
+            return True
+        packed = self.path / "packed-refs"
+        return packed.is_file() and f" {FETCHED_REF}\n" in packed.read_text(errors="replace")
 
     def rebuild(self) -> None:
         if self.path.is_symlink() or self.path.is_file():
@@ -89,6 +146,7 @@ class Repository:
         elif self.path.exists():
             shutil.rmtree(self.path)
         self._repo = git.Repo.init(self.path, bare=True)
+        self._damage = None
         self._git("config", "gc.autoDetach", "false")
         self._git("remote", "add", REMOTE, self.url.url)
 
@@ -203,23 +261,42 @@ class Repository:
         """A command that talks to the remote: fresh credentials, failures explained."""
         trust = _trusting_upload_pack(self.url.file_path)
         try:
-            return self._git(*trust, *args, extra_env=self.auth.environment())
+            return self._git(*trust, *args, extra_env=self.auth.environment(), remote=True)
+        except LocalGitError:
+            raise
         except GitError as exc:
             raise self.auth.explain(exc) from exc
 
-    def _git(self, *args: str, extra_env: dict[str, str] | None = None) -> str:
+    def _git(
+        self, *args: str, extra_env: dict[str, str] | None = None, remote: bool = False
+    ) -> str:
         if self._repo is None:
-            raise GitError("repository is not open")
+            raise LocalGitError("repository is not open")
         env = {**self._env, **(extra_env or {})}
         try:
             output = self._repo.git.execute(
                 ["git", *args], kill_after_timeout=self.timeout, env=env, stdout_as_string=True
             )
         except git.GitCommandError as exc:
-            raise GitError(f"git {_verb(args)} failed: {_stderr_tail(exc)}") from exc
+            raise self._failure(args, _stderr_tail(exc), remote) from exc
         except (OSError, git.GitError) as exc:
-            raise GitError(f"git {_verb(args)} failed: {exc}") from exc
+            raise self._failure(args, str(exc), remote=False) from exc
         return str(output)
+
+    def _failure(self, args: tuple[str, ...], detail: str, remote: bool) -> GitError:
+        """The error for a failed command: where it failed, and any damage it found."""
+        verb = _verb(args)
+        message = f"git {verb} failed: {detail}"
+        here = " | ".join(
+            part for part in detail.lower().split(" | ") if not part.startswith("remote:")
+        )
+        if any(words in here for words in DISK_FAILURES):
+            return GitDiskError(message)
+        if verb in READS and any(words in here for words in DAMAGE):
+            self._damage = message
+        if not remote or any(words in here for words in LOCAL_FAILURES):
+            return LocalGitError(message)
+        return GitError(message)
 
 
 def _verb(args: tuple[str, ...]) -> str:

@@ -1,4 +1,5 @@
-"""The local repository on real git: remotes other users own."""
+"""The local repository on real git: remotes other users own, and telling damage
+(rebuild) from a remote's failure (keep the repository, back off)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import git
@@ -13,7 +15,9 @@ import pytest
 
 from entrypoint.auth import AuthSettings, GitAuth
 from entrypoint.credentials import parse_repo_url
-from entrypoint.repository import Repository, _trusting_upload_pack
+from entrypoint.demo import free_port
+from entrypoint.errors import GitDiskError, GitError, LocalGitError
+from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository, _trusting_upload_pack
 from entrypoint.sample import SampleRepo, create_sample_repo
 
 OTHER_UID = 12345
@@ -87,3 +91,116 @@ def test_only_the_remotes_own_paths_are_trusted() -> None:
         "/srv/my app.git.git",
     ]
     assert argv[0] == "git" and argv[-1] == "upload-pack"
+
+
+# -- healthy(): a remote's failure is not damage ------------------------------------
+
+
+def test_healthy_after_the_remote_vanished(sample: SampleRepo, tmp_path: Path) -> None:
+    repo, sha = fetched(tmp_path / "home", sample)
+    shutil.move(sample.remote, tmp_path / "moved.git")
+    for attempt in (lambda: repo.resolve("main"), lambda: repo.fetch(RemoteRevision(sha, None))):
+        with pytest.raises(GitError) as caught:
+            attempt()
+        assert not isinstance(caught.value, LocalGitError), caught.value
+    assert repo.healthy()
+    assert repository(tmp_path / "home", sample.url).healthy()  # a fresh look agrees
+
+
+def test_healthy_when_nothing_listens(sample: SampleRepo, tmp_path: Path) -> None:
+    fetched(tmp_path / "home", sample)
+    repo = repository(tmp_path / "home", f"http://127.0.0.1:{free_port()}/app.git")
+    repo.open()  # same repository, the remote moved
+    with pytest.raises(GitError) as caught:
+        repo.fetch(RemoteRevision("0" * 40, "refs/heads/main"))
+    assert not isinstance(caught.value, LocalGitError), caught.value
+    assert repo.healthy()
+
+
+# -- healthy(): damage ------------------------------------------------------------------
+
+
+def object_file(repo: Repository, sha: str) -> Path:
+    path = repo.path / "objects" / sha[:2] / sha[2:]
+    assert path.is_file(), "expected a loose object (small fetches are unpacked)"
+    return path
+
+
+def truncate(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: text.index("[remote") + 5])
+
+
+DAMAGE: dict[str, Callable[[Repository, str], None]] = {
+    "objects removed": lambda repo, sha: shutil.rmtree(repo.path / "objects"),
+    "HEAD garbage": lambda repo, sha: (repo.path / "HEAD").write_text("garbage\n"),
+    "config truncated": lambda repo, sha: truncate(repo.path / "config"),
+    "config emptied": lambda repo, sha: (repo.path / "config").write_text(""),
+    "fetched ref garbage": lambda repo, sha: (repo.path / FETCHED_REF).write_text("garbage\n"),
+    "fetched commit missing": lambda repo, sha: object_file(repo, sha).unlink(),
+    "fetched commit corrupt": lambda repo, sha: object_file(repo, sha).write_bytes(b"x" * 64),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_unhealthy_when_damaged(damage: str, sample: SampleRepo, tmp_path: Path) -> None:
+    repo, sha = fetched(tmp_path / "home", sample)
+    assert repo.healthy()
+    DAMAGE[damage](repo, sha)
+    assert not repo.healthy()
+    assert not repository(tmp_path / "home", sample.url).healthy()
+    repo.rebuild()
+    assert repo.fetch(repo.resolve("main")) == sha
+    assert repo.healthy()
+
+
+def test_a_corrupt_pack_found_by_a_read_is_damage(sample: SampleRepo, tmp_path: Path) -> None:
+    repo, sha = fetched(tmp_path / "home", sample)
+    subprocess.run(["git", "repack", "-a", "-d", "-q"], cwd=repo.path, check=True, timeout=30)
+    (pack,) = (repo.path / "objects" / "pack").glob("*.pack")
+    data = bytearray(pack.read_bytes())
+    middle = 12 + (len(data) - 32) // 2  # past the header, before the trailer
+    data[middle : middle + 8] = b"\xff" * 8
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    (tmp_path / "release").mkdir()
+    with pytest.raises(LocalGitError) as caught:
+        repo.export(sha, tmp_path / "release")
+    assert "corrupt" in str(caught.value)
+    assert not repo.healthy()  # a cheap check cannot see it; the failed read did
+    repo.rebuild()
+    assert repo.fetch(repo.resolve("main")) == sha and repo.healthy()
+
+
+# -- a full disk: local, not damage ---------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+        capture_output=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace')}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True, timeout=30)
+
+
+@needs_root
+def test_disk_full_is_a_local_error_not_damage(
+    sample: SampleRepo, small_disk: Path, tmp_path: Path
+) -> None:
+    big = os.urandom(2 * 1024 * 1024).hex()  # incompressible, larger than the disk
+    sha = sample.commit({"big.txt": big}, "too big for the disk")
+    repo = repository(small_disk / "home", sample.url)
+    repo.open()
+    with pytest.raises(GitDiskError) as caught:
+        repo.fetch(RemoteRevision(sha, "refs/heads/main"))
+    assert "No space left on device" in str(caught.value)
+    assert repo.healthy()
