@@ -329,3 +329,115 @@ class World:
 
     def saved_state(self) -> bytes:
         return self.state_file.path.read_bytes()
+
+
+# -- the updater, for the control loop -----------------------------------------------------
+
+WAIT = 5.0  # bound on waiting for the loop thread; never reached when things work
+
+
+@dataclass
+class CheckCall:
+    trigger: str
+    retry_failed: bool
+    error: Exception | None  # what this check raised (decided when it was called)
+
+
+class ScriptedUpdater:
+    """What ControlLoop calls on the Updater, each call scripted and recorded.
+
+    Checks raise, in order, the errors in `script` (None: success), then `error`
+    forever. `hold()` makes the next checks block until `release()`: the loop is busy.
+    """
+
+    def __init__(self, *script: Exception | None) -> None:
+        self.script = list(script)
+        self.error: Exception | None = None
+        self.checks: list[CheckCall] = []
+        self.on_disk: str | None = None  # last_good_on_disk()
+        self.go_live_error: Exception | None = None
+        self.target_error: Exception | None = None
+        self.rollback_error: Exception | None = None
+        self.went_live: list[str] = []
+        self.targets: list[str | None] = []  # rollback_target calls: a rollback began
+        self.rollbacks: list[tuple[str, str]] = []
+        self.running: str | None = None
+        self.opened = 0
+        self._changed = threading.Condition()
+        self._gate = threading.Event()
+        self._gate.set()
+
+    # -- scripting ------------------------------------------------------------------
+
+    def fail_with(self, error: Exception | None) -> int:
+        """Checks from now on raise `error` (None: succeed); returns the checks so far."""
+        with self._changed:
+            self.script.clear()
+            self.error = error
+            return len(self.checks)
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def wait_checks(self, count: int) -> list[CheckCall]:
+        """Block until `count` checks have started (bounded); the loop handled all before."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.checks) >= count, WAIT):
+                raise AssertionError(f"{len(self.checks)} checks, waited for {count}")
+            return list(self.checks)
+
+    def wait_rollback_handled(self, count: int = 1) -> None:
+        """Block until the loop has handled its `count`th rollback request: it asked for
+        the target, and a check started after that (bounded)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.targets) >= count, WAIT):
+                raise AssertionError(f"{len(self.targets)} rollbacks began, waited for {count}")
+            checks = len(self.checks)
+        self.wait_checks(checks + 1)
+
+    # -- what the loop calls --------------------------------------------------------------
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def last_good_on_disk(self) -> str | None:
+        return self.on_disk
+
+    def prepare(self, sha: str) -> str:
+        return sha
+
+    def go_live(self, revision: str) -> None:
+        self.went_live.append(revision)
+        if self.go_live_error is not None:
+            raise self.go_live_error
+        self.running = revision
+
+    def check(self, *, trigger: str = "poll", retry_failed: bool = False) -> bool:
+        with self._changed:
+            error = self.script.pop(0) if self.script else self.error
+            self.checks.append(CheckCall(trigger, retry_failed, error))
+            self._changed.notify_all()
+        self._gate.wait(WAIT)
+        if error is not None:
+            raise error
+        return False
+
+    def rollback_target(self, wanted: str | None) -> str:
+        with self._changed:
+            self.targets.append(wanted)
+            self._changed.notify_all()
+        if self.target_error is not None:
+            raise self.target_error
+        return wanted or "a" * 40
+
+    def rollback(self, target: str, reason: str) -> None:
+        self.rollbacks.append((target, reason))
+        if self.rollback_error is not None:
+            raise self.rollback_error
+        self.running = target
+
+    def resting_state(self) -> str:
+        return "running" if self.running is not None else "waiting"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ def world(tmp_path: Path) -> World:
     return World(tmp_path / "home")
 
 
-def saved(world: World) -> dict[str, object]:
+def saved(world: World) -> dict[str, Any]:
     return dict(json.loads(world.saved_state()))
 
 
@@ -97,7 +98,7 @@ def test_web_failing_to_start_is_recorded_and_the_old_revision_restored(world: W
         world.updater.check()
 
     assert_serving(world, a)  # restored, and still running
-    assert b in saved(world)["failed"]  # type: ignore[operator]
+    assert b in saved(world)["failed"]
     status = world.status()
     assert status["error_kind"] == "rejected"
     assert b[:12] in status["last_error"]
@@ -125,7 +126,7 @@ def test_failed_revision_is_skipped_until_the_ref_moves(world: World) -> None:
     c = world.commit()
     assert world.updater.check() is True
     assert_serving(world, c)
-    assert world.status()["failed_revisions"] == {b: saved(world)["failed"][b]}  # type: ignore[index]
+    assert world.status()["failed_revisions"] == {b: saved(world)["failed"][b]}
 
 
 def test_failed_revision_is_retried_when_asked(world: World) -> None:
@@ -155,7 +156,7 @@ def test_failed_restore_is_still_recorded_as_failed(world: World) -> None:
     with pytest.raises(RevisionError, match=f"restoring {a[:12]} failed too"):
         world.updater.check()
 
-    assert b in saved(world)["failed"]  # type: ignore[operator]
+    assert b in saved(world)["failed"]
     assert world.status()["error_kind"] == "rejected"
     assert not world.board.ready()  # nothing serves
     applied, fetched = world.supervisor.count("apply"), world.repo.count("fetch")
