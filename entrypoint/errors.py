@@ -4,7 +4,9 @@ Errors are sorted by what the control loop does with them:
 
     LivePullError
     ├── TransientError          back off, retry; the serving revision stays
-    │   ├── GitError            the remote or the local repository (RefNotFound, ...)
+    │   ├── GitError            the remote failed (network, credentials, RefNotFound)
+    │   │   └── LocalGitError   ... or git failed here (a damaged repository is rebuilt)
+    │   │       └── GitDiskError    git could not write (also a LocalFault)
     │   ├── SupervisorError     supervisord refused or did not answer
     │   └── LocalFault          LIVE_PULL_HOME is full, read-only or failing
     ├── RevisionError           this revision is rejected: recorded as failed and

@@ -21,6 +21,7 @@ from entrypoint.errors import (
     AppFailed,
     FatalError,
     LivePullError,
+    LocalFault,
     RevisionError,
     RevisionRefused,
     StartupFailed,
@@ -239,7 +240,7 @@ class ControlLoop:
 
     @staticmethod
     def _describe(exc: BaseException) -> str:
-        if is_local_fault(exc):
+        if is_local_fault(exc) or isinstance(exc, LocalFault):
             return f"LIVE_PULL_HOME cannot be written: {exc}"
         if isinstance(exc, LivePullError):
             return str(exc)
