@@ -129,3 +129,29 @@ def test_a_burst_arriving_while_taking_is_taken_as_one(monkeypatch: pytest.Monke
     waiter.join(WAIT)
     assert taken == [Check("sync")]
     assert inbox.take(0) is None
+
+
+def test_stop_while_a_burst_settles_takes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop asked for while the waiter lets a burst settle ends the wait with None: the
+    loop must not start a check (git, an install, a switch) once the agent is stopping."""
+    monkeypatch.setattr(inbox_module, "SETTLE_SECONDS", 60.0)  # bounded by SETTLE_MAX
+    settling = threading.Event()
+    settle = Inbox._settle
+
+    def announced_settle(self: Inbox) -> None:
+        settling.set()
+        settle(self)
+
+    monkeypatch.setattr(Inbox, "_settle", announced_settle)
+    inbox = Inbox()
+    inbox.check("sync")
+    taken: list[Request | None] = []
+    waiter = threading.Thread(target=lambda: taken.append(inbox.take(WAIT)))
+    waiter.start()
+    assert settling.wait(WAIT)
+
+    inbox.stop()
+
+    waiter.join(WAIT)
+    assert not waiter.is_alive()
+    assert taken == [None]

@@ -382,3 +382,25 @@ def test_a_burst_of_syncs_while_busy_is_at_most_two_checks(
     assert [c.trigger for c in updater.checks] == ["start", "sync", "sync"]
     assert checks == updater.checks
     assert harness.inbox._check is None  # nothing left over for a third
+
+
+def test_no_check_starts_once_stopping(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync asked for just before the agent stops: the stop wins, no check begins."""
+    monkeypatch.setattr(inbox_module, "SETTLE_SECONDS", 60.0)  # bounded by SETTLE_MAX
+    settling = threading.Event()
+    settle = Inbox._settle
+
+    def announced_settle(self: Inbox) -> None:
+        settling.set()
+        settle(self)
+
+    monkeypatch.setattr(Inbox, "_settle", announced_settle)
+    updater = ScriptedUpdater(None)
+    harness = run(updater, LIVE_PULL_POLL_INTERVAL="0")
+    updater.wait_checks(1)
+
+    harness.inbox.check("sync")
+    assert settling.wait(WAIT)
+    harness.stop()
+
+    assert [c.trigger for c in updater.checks] == ["start"]

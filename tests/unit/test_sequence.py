@@ -280,6 +280,20 @@ def test_procfile_without_web_is_rejected(world: World) -> None:
     assert_serving(world, a)
 
 
+def test_app_dir_missing_from_the_revision_is_rejected(tmp_path: Path) -> None:
+    world = World(tmp_path / "home", LIVE_PULL_APP_DIR="app")
+    a = world.commit({"app/Procfile": WEB_PROCFILE})
+    world.updater.check()
+    assert world.supervisor.programs["web"].directory == world.releases.path(a) / "app"
+    b = world.commit({"Procfile": WEB_PROCFILE})  # the app moved out of app/
+
+    with pytest.raises(RevisionError, match="LIVE_PULL_APP_DIR 'app' is not in the revision"):
+        world.updater.check()
+
+    assert b in world.updater.state.failed
+    assert_serving(world, a)
+
+
 def test_release_step_failure_rejects_the_revision(world: World) -> None:
     a = world.commit()
     world.updater.check()

@@ -271,3 +271,35 @@ def test_supervisord_answering_again_resets_the_limit(world: World, clock: Clock
     clock.advance(UNANSWERED_LIMIT)
 
     watchdog.tick()  # a fresh spell of silence, within the limit
+
+
+def test_after_a_rollback_the_restored_revision_is_watched_afresh(
+    world: World, clock: Clock
+) -> None:
+    """The crash-loop path end to end: the watchdog asks, the updater rolls back (as the
+    control loop does with a Crashed request), and the app is up and counted afresh."""
+    a = world.updater.running
+    b = world.commit()
+    world.updater.check()
+    inbox = Inbox()
+    watchdog = make_watchdog(world, inbox, rollback_on_crash=True)
+    watchdog.tick()
+    for _ in range(3):
+        world.supervisor.restart("web")
+        watchdog.tick()
+    request = inbox.take(0)
+    assert isinstance(request, Crashed)
+
+    world.updater.rollback(world.updater.rollback_target(None), request.reason)
+    watchdog.tick()
+
+    assert world.supervisor.revision_of("web") == a
+    assert b in world.updater.state.failed
+    status = world.status()
+    assert status["app_down"] is None
+    assert status["error_kind"] is None
+    assert world.board.ready()
+    for _ in range(2):
+        world.supervisor.restart("web")
+        watchdog.tick()  # two exits of the restored revision: under the limit
+    assert world.board.ready()
