@@ -181,6 +181,7 @@ class FakeSupervisor:
     infos: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, ...]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    refused: set[str] = field(default_factory=set)  # revisions apply() faults on
     running_supervisord: bool = True
     answering: bool = True
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
@@ -192,8 +193,13 @@ class FakeSupervisor:
         """From now on, `program` goes FATAL when started on `revision` (None: any)."""
         self.failures.append(Failure(program, revision))
 
+    def refuse(self, revision: str) -> None:
+        """From now on, apply() of programs on `revision` gets an XML-RPC fault."""
+        self.refused.add(revision)
+
     def heal(self) -> None:
         self.failures.clear()
+        self.refused.clear()
 
     def restart(self, name: str) -> int:
         """The program exited and supervisord started it again: a new pid."""
@@ -226,6 +232,9 @@ class FakeSupervisor:
         self._answer()
         with self._lock:
             self.calls.append(("apply", *sorted(p.name for p in programs)))
+            for spec in programs:
+                if spec.environment.get("LIVE_PULL_REVISION") in self.refused:
+                    raise SupervisorError(f"supervisord refused: BAD_NAME: {spec.name}")
             wanted = {spec.name: spec for spec in programs}
             for name in [n for n in self.programs if n not in wanted]:
                 del self.programs[name]

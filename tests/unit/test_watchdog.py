@@ -9,7 +9,7 @@ import pytest
 
 from entrypoint import inbox as inbox_module
 from entrypoint import watchdog as watchdog_module
-from entrypoint.errors import AppFailed, SupervisorError
+from entrypoint.errors import AppFailed, RevisionError, SupervisorError
 from entrypoint.inbox import Crashed, Inbox
 from entrypoint.watchdog import UNANSWERED_LIMIT, CrashCounter, Watchdog
 from tests.unit.standins import World
@@ -303,3 +303,25 @@ def test_after_a_rollback_the_restored_revision_is_watched_afresh(
         world.supervisor.restart("web")
         watchdog.tick()  # two exits of the restored revision: under the limit
     assert world.board.ready()
+
+
+def test_a_failed_restore_is_the_app_down(world: World, clock: Clock) -> None:
+    """The old revision (clock + web) could not be restored after the new one (web only)
+    failed: supervisord runs the new one's FATAL web and no `clock`. The watchdog calls
+    the app down (AppFailed, exit 3); it must not break on the program it cannot see."""
+    a = world.commit({"Procfile": "clock: python clock.py\n" + "web: python web.py\n"})
+    world.updater.check()
+    b = world.commit()
+    world.supervisor.fail("web", revision=b)
+    world.supervisor.refuse(a)
+    with pytest.raises(RevisionError, match="failed too"):
+        world.updater.check()
+    assert world.updater.running == a  # what the watchdog watches: clock and web
+    assert set(world.supervisor.states()) == {"web"}
+    watchdog = make_watchdog(world, Inbox())
+
+    with pytest.raises(AppFailed, match="web"):
+        watchdog.tick()
+
+    assert world.status()["app_down"] is not None
+    assert not world.board.ready()
