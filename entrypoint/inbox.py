@@ -78,10 +78,9 @@ class Inbox:
                 if remaining <= 0:
                     return None
                 self._changed.wait(remaining)
-            if self.stopping:
-                return None
-            self._settle()
-            return self._pop()
+            if not self.stopping:
+                self._settle()
+            return None if self.stopping else self._pop()
 
     def _pending(self) -> bool:
         return any((self._crashed, self._rollback, self._check))

@@ -135,6 +135,7 @@ class Updater:
             app_dir = self.settings.app_dir
             raise RevisionError(f"LIVE_PULL_APP_DIR {app_dir!r} is not in the revision")
         processes = load_processes(app_path, self.settings.command, self.settings.release_command)
+        self._keeps_serving(processes)
         self._step("installing", 2 * self.settings.install_timeout)
         environment = self.environments.ensure(app_path)
         self.board.update(
@@ -142,6 +143,14 @@ class Updater:
             last_install_seconds=self.environments.last_install_seconds,
         )
         return Revision(sha, processes, environment)
+
+    def _keeps_serving(self, processes: Processes) -> None:
+        """A worker-only app is fine; a revision that drops `web` while `web` serves
+        would take the site down, so it is refused."""
+        running = self.running_revision
+        serving_web = running is not None and WEB in running.processes.programs
+        if serving_web and WEB not in processes.programs:
+            raise RevisionError("no web entry, while the running revision serves web")
 
     # -- the steps ------------------------------------------------------------------
 

@@ -144,7 +144,7 @@ class Watchdog:
             return name, why, exits
         fatal = first_fatal(states, watched)
         if fatal is not None:
-            name = next(n for n in sorted(watched) if states[n].get("statename") == "FATAL")
+            name = next(n for n in sorted(watched) if states.get(n, {}).get("statename") == "FATAL")
             return name, fatal, self.counter.totals.get(name, 0)
         return None
 
