@@ -294,6 +294,53 @@ class Prober:
         assert self.failures == [], f"the app stopped serving {self.sha[:12]}: {self.failures}"
 
 
+class Sampler:
+    """Samples /status and /readyz in the background, for facts that last seconds."""
+
+    def __init__(self, agent: Agent, every: float = 0.1) -> None:
+        self.agent = agent
+        self.every = every
+        self.samples: list[tuple[dict[str, Any], int | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            status = self.agent.status()
+            if status:
+                self.samples.append((status, self.agent.readyz()))
+            self._stop.wait(self.every)
+
+    def seen(self, predicate: Callable[[dict[str, Any], int | None], Any]) -> bool:
+        return any(predicate(status, ready) for status, ready in list(self.samples))
+
+
+def listening_pid(port: int) -> int:
+    """The process listening on 127.0.0.1:`port` (found through /proc)."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            inode = fields[9]
+    assert inode is not None, f"nothing listens on port {port}"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return int(proc.name)
+    raise AssertionError(f"no process holds the socket of port {port}")
+
+
 # -- a shared agent per family ----------------------------------------------------------
 
 
