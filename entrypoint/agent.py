@@ -20,6 +20,7 @@ from entrypoint.environments import Environments, InstallOptions
 from entrypoint.inbox import Inbox, Rollback
 from entrypoint.installers import pick_installer
 from entrypoint.loop import ControlLoop
+from entrypoint.processes import home_id, tag_children
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
@@ -54,7 +55,9 @@ class Agent:
         )
         self.releases = Releases(home, settings.app_dir, settings.shared_paths)
         timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
-        self.supervisor = Supervisor(home / "run", timings)
+        process_home = home_id(home)
+        tag_children(process_home)
+        self.supervisor = Supervisor(home / "run", timings, process_home)
         self.updater = Updater(
             settings,
             self.repo,

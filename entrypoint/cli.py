@@ -16,7 +16,8 @@ import requests
 from entrypoint import __version__
 from entrypoint.config import Settings, load_settings, scrub_environ, status_url
 from entrypoint.errors import AppFailed, ConfigError, LivePullError, StartupFailed
-from entrypoint.logs import configure_logging
+from entrypoint.homelock import HomeLock
+from entrypoint.logs import append_to_output_files, configure_logging
 
 log = logging.getLogger("entrypoint")
 
@@ -100,11 +101,16 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level, _secrets_to_mask(settings))
-    scrub_environ(settings)
+    append_to_output_files()
+    lock = HomeLock(settings.home)
     try:
+        lock.acquire()  # before anything in the home is read or written
+        scrub_environ(settings)
         return Agent(settings).run()
     except OSError as exc:
         raise LivePullError(str(exc)) from exc
+    finally:
+        lock.release()
 
 
 def _secrets_to_mask(settings: Settings) -> list[str]:

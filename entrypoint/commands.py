@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from entrypoint.errors import CommandFailed
+from entrypoint.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def run_logged(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent(),  # killed with the agent, even by SIGKILL
         text=True,
         errors="replace",
     )

@@ -32,7 +32,7 @@ from entrypoint.verify import VerifySettings
 
 PREFIX = "LIVE_PULL_"
 # Variables live-pull sets for the app itself; seeing them is not a typo.
-APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_ENV"})
+APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_ENV", "LIVE_PULL_PROCESS"})
 # Variables whose value may hold a secret: never echoed, never passed to the app.
 SECRET_VARIABLES = frozenset(
     {"REPO_URL", "LIVE_PULL_GIT_TOKEN", "LIVE_PULL_GIT_PASSWORD", "LIVE_PULL_WEBHOOK_SECRET"}

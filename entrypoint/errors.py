@@ -108,3 +108,7 @@ class LocalGitError(GitError):
 
 class GitDiskError(LocalGitError, LocalFault):
     """git could not write: the disk is full, read-only, over quota or failing."""
+
+
+class AnotherAgent(FatalError):
+    """Another agent holds this LIVE_PULL_HOME's lock; exit 1 and touch nothing."""

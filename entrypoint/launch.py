@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from entrypoint.supervisor_config import is_simple_command
+from entrypoint.processes import TAG_VARIABLE, tag
+from entrypoint.supervisor_config import shell_line
 
 SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 
@@ -22,9 +23,10 @@ def main() -> None:
     assignment = json.loads((Path(os.environ[SLOTS_VARIABLE]) / f"{slot}.json").read_text())
     os.chdir(assignment["cwd"])
     os.environ.update(assignment["env"])
-    command = assignment["command"]
-    line = f"exec {command}" if is_simple_command(command) else command
-    os.execv("/bin/sh", ["/bin/sh", "-c", line])
+    # The group's tag names the group; each slot's processes carry the slot's name.
+    home = os.environ[TAG_VARIABLE].rsplit(":", 1)[0]
+    os.environ[TAG_VARIABLE] = tag(home, slot)
+    os.execv("/bin/sh", ["/bin/sh", "-c", shell_line(assignment["command"])])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
+import stat
 import sys
 from collections.abc import Iterable
 
@@ -35,3 +39,15 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     root.setLevel(level)
     # GitPython logs every command at DEBUG; ours already say what matters.
     logging.getLogger("git").setLevel(max(logging.INFO, logging.getLevelName(level)))
+
+
+def append_to_output_files() -> None:
+    """When stdout or stderr is a regular file (`live-pull run > agent.log`), put it in
+    append mode. supervisord opens /dev/fd/1 anew, in append mode, for the app's
+    output; writes through the inherited descriptor (ours, supervisord's own lines)
+    would otherwise land at their own offset, over the app's lines."""
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_APPEND)

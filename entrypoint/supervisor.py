@@ -8,7 +8,6 @@ is never restarted or sent SIGHUP.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -28,6 +27,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_private
+from entrypoint.processes import alive, die_with_parent, end_tagged
 from entrypoint.supervisor_config import (
     ProgramSpec,
     SharedSocket,
@@ -46,9 +46,11 @@ UNIX_PATH_MAX = 107 - 12
 
 
 class Supervisor:
-    def __init__(self, run_dir: Path, timings: Timings) -> None:
+    def __init__(self, run_dir: Path, timings: Timings, home: str) -> None:
+        """`home`: the home id its processes are tagged with (see processes.py)."""
         self.run_dir = run_dir
         self.timings = timings
+        self.home = home
         self.conf = run_dir / "supervisord.conf"
         self.programs_file = run_dir / "programs.conf"
         self.socket = _socket_path(run_dir)
@@ -60,19 +62,30 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start supervisord with no programs and wait until it answers."""
+        """Start supervisord with no programs and wait until it answers.
+
+        The caller holds the home's lock, so a supervisord of this home still running
+        belongs to a dead agent: it is stopped (and whatever it or the dead agent
+        started) before the socket path is reused. Unlinking the socket of a
+        supervisord that is still running would let it, as it exits, unlink ours.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        pidfile = self.run_dir / "supervisord.pid"
+        self._end_leftovers(pidfile)
         self.socket.unlink(missing_ok=True)
         self.programs_file.write_text("")
-        pidfile = self.run_dir / "supervisord.pid"
         write_private(
             self.conf, render_main(self.socket, pidfile, self.programs_file, self._password)
         )
         argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.conf)]
-        # Its own session: a terminal's Ctrl-C reaches the agent, which stops
-        # the app in order. Must be called from the main thread (see _die_with_parent).
+        # Its own session: a terminal's Ctrl-C reaches the agent, which stops the app
+        # in order. Must be called from the main thread (see die_with_parent): it
+        # gets SIGTERM, and stops the app, if the agent dies without stopping it.
         self._process = subprocess.Popen(
-            argv, start_new_session=True, preexec_fn=_die_with_parent(), stdin=subprocess.DEVNULL
+            argv,
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -105,15 +118,31 @@ class Supervisor:
             process.wait()
         for pid in self._known_pids:
             end_group(pid, deadline)
+        end_tagged(self.home, None, deadline)  # what left its group, and one-off commands
         if self.socket.parent != self.run_dir:  # the short-path fallback
             shutil.rmtree(self.socket.parent, ignore_errors=True)
+
+    def _end_leftovers(self, pidfile: Path) -> None:
+        """A dead agent's supervisord, its apps and its one-off commands."""
+        stop_wait = self.timings.stop_timeout + 5
+        pid = _leftover_supervisord(pidfile, self.conf)
+        if pid is not None:
+            log.warning("stopping the supervisord a previous agent left pid=%d", pid)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            if not _wait_gone(pid, time.monotonic() + stop_wait):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, time.monotonic() + 5)
+        end_tagged(self.home, None, time.monotonic() + self.timings.stop_timeout)
 
     # -- programs -------------------------------------------------------------------
 
     def apply(self, programs: list[ProgramSpec], shared: SharedSocket | None = None) -> None:
         """Make supervisord run exactly `programs`; changed ones are restarted."""
         with self._lock:
-            self.programs_file.write_text(render_programs(programs, self.timings, shared))
+            rendered = render_programs(programs, self.timings, shared, self.home)
+            self.programs_file.write_text(rendered)
             result = self._call(lambda rpc: rpc.supervisor.reloadConfig())
             added, changed, removed = result[0]
             for name in [*removed, *changed]:
@@ -132,15 +161,19 @@ class Supervisor:
         self._call(lambda rpc: rpc.supervisor.removeProcessGroup(name))
         for pid in pids:
             end_group(pid, deadline)
+        end_tagged(self.home, name, deadline)
 
     def start_process(self, group: str, name: str) -> None:
         """Start one process (a slot); its state is then awaited with wait_running."""
         self._call(lambda rpc: rpc.supervisor.startProcess(f"{group}:{name}", False))
 
     def stop_process(self, group: str, name: str) -> None:
-        """Stop one process: SIGTERM to its group, SIGKILL after stopwaitsecs."""
+        """Stop one process: SIGTERM to its group, SIGKILL after stopwaitsecs; then
+        whatever of it left the group."""
+        deadline = time.monotonic() + self.timings.stop_timeout
         with contextlib.suppress(SupervisorError):  # already stopped, or FATAL
             self._call(lambda rpc: rpc.supervisor.stopProcess(f"{group}:{name}", True))
+        end_tagged(self.home, name, deadline)
 
     def states(self) -> dict[str, dict[str, Any]]:
         infos = self._call(lambda rpc: rpc.supervisor.getAllProcessInfo())
@@ -220,19 +253,22 @@ def _socket_path(run_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="live-pull-")) / SOCKET_NAME
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """Ask the kernel to SIGTERM supervisord if the agent dies without stopping it.
-
-    PR_SET_PDEATHSIG fires when the forking *thread* exits, so supervisord must
-    be started from the main thread.
-    """
-    if not sys.platform.startswith("linux"):
+def _leftover_supervisord(pidfile: Path, conf: Path) -> int | None:
+    """The pid in the pidfile, if that process is a supervisord run on this very
+    configuration (a reused pid is never taken for it)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
         return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    prctl = libc.prctl
-    pr_set_pdeathsig = 1
+    named = any(b"supervisord" in part for part in cmdline)
+    return pid if named and str(conf).encode() in cmdline else None
 
-    def set_death_signal() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
 
-    return set_death_signal
+def _wait_gone(pid: int, deadline: float) -> bool:
+    """Wait for a process that is not our child to exit (or turn zombie)."""
+    while alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL)
+    return True

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from entrypoint.processes import TAG_VARIABLE, tag
+
 SHELL_OPERATORS = (";", "&", "|", "<", ">", "(", ")", "`", "\n", "$(")
 
 
@@ -78,28 +80,38 @@ files = {_escape(str(programs_file))}
 
 
 def render_programs(
-    programs: list[ProgramSpec], timings: Timings, shared: SharedSocket | None = None
+    programs: list[ProgramSpec],
+    timings: Timings,
+    shared: SharedSocket | None = None,
+    home: str = "",
 ) -> str:
-    parts = [_render_program(program, timings) for program in programs]
+    """`home` (the home id) tags every process with LIVE_PULL_PROCESS (see processes.py)."""
+    parts = [_render_program(_tagged(program, home), timings) for program in programs]
     if shared is not None:
-        parts.append(_render_shared(shared, timings))
+        parts.append(_render_shared(shared, timings, home))
     return "\n".join(parts)
 
 
-def _render_shared(shared: SharedSocket, timings: Timings) -> str:
+def _tagged(program: ProgramSpec, home: str) -> ProgramSpec:
+    environment = {**program.environment, TAG_VARIABLE: tag(home, program.name)}
+    return ProgramSpec(program.name, program.command, program.directory, environment)
+
+
+def _render_shared(shared: SharedSocket, timings: Timings, home: str) -> str:
     """Two slots behind one socket that supervisord holds while either runs.
 
     The configuration is the same for every revision (the launcher reads which
     revision a slot runs), so updates never reload the group or close the socket.
     """
     command = shlex.join([sys.executable, "-m", "entrypoint.launch"])
+    environment = f'LIVE_PULL_SLOTS="{shared.slots_dir}",{TAG_VARIABLE}="{tag(home, shared.name)}"'
     return f"""\
 [fcgi-program:{shared.name}]
 socket={shared.listen}
 command={_escape(command)}
 process_name=%(program_name)s_%(process_num)s
 numprocs=2
-environment=LIVE_PULL_SLOTS="{_escape(str(shared.slots_dir))}"
+environment={_escape(environment)}
 autostart=false
 {_lifecycle(timings, shared.drain_seconds)}"""
 
@@ -109,11 +121,17 @@ def is_simple_command(command: str) -> bool:
     return not any(token in command for token in SHELL_OPERATORS)
 
 
+def shell_line(command: str) -> str:
+    """The line /bin/sh runs: a simple command is exec'd, so the app itself is the
+    process supervisord watches and signals (unless the command already says exec)."""
+    if not is_simple_command(command) or command.split(maxsplit=1)[0] == "exec":
+        return command
+    return f"exec {command}"
+
+
 def _render_program(program: ProgramSpec, timings: Timings) -> str:
-    # Procfile commands are shell lines ($PORT, &&, ;). A simple command is
-    # exec'd, so the app itself is the process supervisord watches and signals.
-    line = f"exec {program.command}" if is_simple_command(program.command) else program.command
-    command = shlex.join(["/bin/sh", "-c", line])
+    # Procfile commands are shell lines ($PORT, &&, ;).
+    command = shlex.join(["/bin/sh", "-c", shell_line(program.command)])
     environment = ",".join(f'{key}="{value}"' for key, value in program.environment.items())
     return f"""\
 [program:{program.name}]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 import requests
 
 from entrypoint.demo import free_port
+from entrypoint.processes import end_tagged, home_id
 from entrypoint.sample import SampleRepo, create_sample_repo
 from tests.git_http import GitHttpServer
 from tests.wheels import build_wheel
@@ -160,17 +160,20 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     yield make
     for agent in started:
         if agent.process is not None and agent.process.poll() is None:
-            agent.process.kill()
-            agent.process.wait()
-            _kill_leftover_apps(agent.home)
+            agent.process.terminate()  # a clean stop ends the app and supervisord
+            try:
+                agent.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                agent.process.kill()
+                agent.process.wait()
+        _end_what_the_agent_left(agent.home)
 
 
-def _kill_leftover_apps(home: Path) -> None:
-    """A killed agent's supervisord dies with it; its apps are stopped here too."""
-    pidfile = home / "run" / "supervisord.pid"
-    if pidfile.exists():
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+def _end_what_the_agent_left(home: Path) -> None:
+    """A test may SIGKILL its agent: then its supervisord (SIGTERM by parent-death
+    signal) stops on its own; anything else the agent started for this home carries
+    the home's tag and is ended here (see entrypoint.processes)."""
+    end_tagged(home_id(home), None, time.monotonic() + 10)
 
 
 @pytest.fixture(scope="session")
