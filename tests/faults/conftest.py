@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -114,6 +115,23 @@ def _describe(pids: list[int]) -> str:
 class Agent(AgentProcess):
     """The agent as a real process, with probes and facts the fault tests read."""
 
+    combined: Path | None = None  # one file for stdout and stderr, as `> file 2>&1`
+
+    def start(self) -> Agent:
+        if self.combined is None:
+            super().start()
+            return self
+        with open(self.combined, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "entrypoint", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+            )
+        self.stdout_path = self.stderr_path = self.combined
+        return self
+
     def code(self, path: str) -> int | None:
         try:
             return requests.get(self.status_url(path), timeout=5).status_code
@@ -183,7 +201,14 @@ class Launcher:
         self.tag = uuid.uuid4().hex
         self.agents: list[Agent] = []
 
-    def agent(self, url: str, home: Path, start: bool = True, **extra: str) -> Agent:
+    def agent(
+        self,
+        url: str,
+        home: Path,
+        start: bool = True,
+        combined: Path | None = None,
+        **extra: str,
+    ) -> Agent:
         env = {
             **os.environ,
             "REPO_URL": url,
@@ -194,11 +219,10 @@ class Launcher:
             **FAST,
             **extra,
         }
-        for name in [k for k, v in env.items() if v is None]:
-            env.pop(name)
         agent = Agent(home, env, self.logs)
+        agent.combined = combined
         self.agents.append(agent)
-        return agent.start() if start else agent  # type: ignore[return-value]
+        return agent.start() if start else agent
 
     def close(self) -> None:
         for agent in self.agents:
