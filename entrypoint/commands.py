@@ -15,6 +15,7 @@ from pathlib import Path
 
 from entrypoint.errors import CommandFailed
 from entrypoint.processes import die_with_parent
+from entrypoint.shell import shell_line
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def run_release_step(
     log.info("running release step cwd=%s", cwd)
     try:
         run_logged(
-            ["/bin/sh", "-c", command],
+            ["/bin/sh", "-c", shell_line(command)],  # exec'd: the step gets the death signal
             cwd=cwd,
             env=env,
             timeout=timeout,

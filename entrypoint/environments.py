@@ -38,6 +38,7 @@ from entrypoint.lockfiles import (
     requirement_lines,
     uv_pins,
 )
+from entrypoint.shell import shell_line
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class Environments:
     def _install_argv(self, spec: DependencySpec, env: Path) -> list[str]:
         extra = list(self.options.extra_args)
         if spec.kind is SpecKind.COMMAND:
-            return ["/bin/sh", "-c", self.options.command or ""]
+            return ["/bin/sh", "-c", shell_line(self.options.command or "")]
         if spec.kind is SpecKind.UV_LOCK and self.installer.uv_path is not None:
             # Exact sync from the lock; the app's own code runs from the release.
             uv = self.installer.uv_path

@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 
 from entrypoint.errors import AppFailed
-from entrypoint.supervisor_config import is_simple_command
+from entrypoint.shell import shell_line
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,8 @@ def probe_before_joining(
     """Run the web command on a private socket, check `path`, stop it."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     port = listener.getsockname()[1]
-    line = f"exec {command}" if is_simple_command(command) else command
     process = subprocess.Popen(
-        ["/bin/sh", "-c", line],
+        ["/bin/sh", "-c", shell_line(command)],
         cwd=cwd,
         env={**os.environ, **env},
         stdin=listener.fileno(),

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from entrypoint.processes import TAG_VARIABLE, tag
-from entrypoint.supervisor_config import shell_line
+from entrypoint.shell import shell_line
 
 SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 

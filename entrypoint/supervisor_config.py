@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from entrypoint.processes import TAG_VARIABLE, tag
-
-SHELL_OPERATORS = (";", "&", "|", "<", ">", "(", ")", "`", "\n", "$(")
+from entrypoint.shell import shell_line
 
 
 @dataclass(frozen=True)
@@ -114,19 +113,6 @@ numprocs=2
 environment={_escape(environment)}
 autostart=false
 {_lifecycle(timings, shared.drain_seconds)}"""
-
-
-def is_simple_command(command: str) -> bool:
-    """True when the line is one command the shell can exec (no lists, pipes, groups)."""
-    return not any(token in command for token in SHELL_OPERATORS)
-
-
-def shell_line(command: str) -> str:
-    """The line /bin/sh runs: a simple command is exec'd, so the app itself is the
-    process supervisord watches and signals (unless the command already says exec)."""
-    if not is_simple_command(command) or command.split(maxsplit=1)[0] == "exec":
-        return command
-    return f"exec {command}"
 
 
 def _render_program(program: ProgramSpec, timings: Timings) -> str:
