@@ -143,7 +143,6 @@ class ControlLoop:
 
     def _serve_from_disk(self) -> bool:
         try:
-            self.updater.open()
             sha = self.updater.last_good_on_disk()
             if sha is None:
                 return False
@@ -163,7 +162,6 @@ class ControlLoop:
         while not self.inbox.stopping:
             self.board.liveness.beat()
             try:
-                self.updater.open()
                 self.updater.check(retry_failed=True, trigger="start")
                 self._settled()
                 return True
@@ -183,8 +181,16 @@ class ControlLoop:
                     ) from exc
                 delay = min(backoff.next_delay(), remaining)
                 log.warning("first fetch failed, retrying in %.1fs error=%s", delay, exc)
-                self.inbox.take(delay)  # a sync request retries at once
+                self._wait_for_retry(delay)
         return False
+
+    def _wait_for_retry(self, seconds: float) -> None:
+        """Wait, beating, until the retry is due or a request (a sync) asks for it now."""
+        deadline = time.monotonic() + seconds
+        while not self.inbox.stopping and time.monotonic() < deadline:
+            self.board.liveness.beat()
+            if self.inbox.take(min(TICK, max(0.0, deadline - time.monotonic()))) is not None:
+                return
 
     # -- rollbacks ------------------------------------------------------------------------
 

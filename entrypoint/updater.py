@@ -106,6 +106,7 @@ class Updater:
         back off; a revision that cannot run is recorded as failed instead.
         """
         log.debug("checking the remote trigger=%s", trigger)
+        self.open()
         remote = self._ask_remote()  # 1. one round trip, no objects
         if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
             return False
