@@ -37,9 +37,11 @@ class HomeLock:
                 f"another live-pull agent (pid {holder or 'unknown'}) owns "
                 f"LIVE_PULL_HOME={self.home}; only one agent may run per home"
             ) from None
-        # Only the holder writes the pid, so a second agent never blanks it.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Only the holder writes the pid, so a second agent never blanks it; written
+        # before the old tail is cut, so a reader never finds the file empty.
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
         self._fd = fd
 
     def release(self) -> None:
@@ -51,6 +53,6 @@ class HomeLock:
 
 def _read_pid(fd: int) -> int | None:
     try:
-        return int(os.pread(fd, 32, 0).decode().strip())
+        return int(os.pread(fd, 32, 0).decode().split("\n", 1)[0])
     except (OSError, ValueError):
         return None

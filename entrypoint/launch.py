@@ -21,10 +21,11 @@ SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 def main() -> None:
     slot = os.environ["SUPERVISOR_PROCESS_NAME"]
     assignment = json.loads((Path(os.environ[SLOTS_VARIABLE]) / f"{slot}.json").read_text())
+    # The group's tag (from supervisord) names the group; each slot's processes carry
+    # the slot's name. Read before the revision's environment, which may hold another.
+    home = os.environ[TAG_VARIABLE].rsplit(":", 1)[0]
     os.chdir(assignment["cwd"])
     os.environ.update(assignment["env"])
-    # The group's tag names the group; each slot's processes carry the slot's name.
-    home = os.environ[TAG_VARIABLE].rsplit(":", 1)[0]
     os.environ[TAG_VARIABLE] = tag(home, slot)
     os.execv("/bin/sh", ["/bin/sh", "-c", shell_line(assignment["command"])])
 

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,25 +39,29 @@ def tag(home: str, name: str) -> str:
     return f"{home}:{name}"
 
 
-def find_tagged(home: str, name: str | None = None) -> list[int]:
-    """Pids whose environment carries this home's tag (for `name` only, if given)."""
-    wanted = f"{TAG_VARIABLE}={tag(home, name)}" if name else f"{TAG_VARIABLE}={home}:"
+def find_tagged(
+    home: str, names: Collection[str] | None = None, *, spare_ours: bool = False
+) -> list[int]:
+    """Pids whose environment carries this home's tag (for these names only, if given).
+
+    Never this process; with `spare_ours`, none of its descendants either: at start-up
+    they are this agent's own, while a dead agent's have all been reparented.
+    """
+    prefix = f"{TAG_VARIABLE}={home}:".encode()
+    wanted = None if names is None else {prefix + name.encode() for name in names}
+    ours = _descendants(os.getpid()) if spare_ours else {os.getpid()}
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            for variable in (entry / "environ").read_bytes().split(b"\0"):
-                text = variable.decode(errors="replace")
-                if text == wanted or (name is None and text.startswith(wanted)):
-                    found.append(int(entry.name))
-                    break
+    for pid in _pids():
+        if pid not in ours and _tagged(pid, prefix, wanted):
+            found.append(pid)
     return found
 
 
-def end_tagged(home: str, name: str | None, deadline: float) -> int:
+def end_tagged(
+    home: str, names: Collection[str] | None, deadline: float, *, spare_ours: bool = False
+) -> int:
     """SIGTERM what carries the tag, SIGKILL what is left at `deadline`; return the count."""
-    pids = find_tagged(home, name)
+    pids = find_tagged(home, names, spare_ours=spare_ours)
     _signal_all(pids, signal.SIGTERM)
     left = pids
     while left and time.monotonic() < deadline:
@@ -65,8 +69,18 @@ def end_tagged(home: str, name: str | None, deadline: float) -> int:
         left = [pid for pid in left if alive(pid)]
     if left:
         _signal_all(left, signal.SIGKILL)
-        log.warning("killed leftover processes name=%s count=%d", name or "*", len(left))
+        shown = ",".join(sorted(names)) if names is not None else "*"
+        log.warning("killed processes that outlived their stop names=%s count=%d", shown, len(left))
     return len(pids)
+
+
+def end_leftovers(home: str, deadline: float) -> int:
+    """At start-up, with the home's lock held: end every process of this home that a
+    dead agent left (its apps, what they spawned, its one-off commands' children)."""
+    count = end_tagged(home, None, deadline, spare_ours=True)
+    if count:
+        log.warning("ended processes a previous agent left count=%d", count)
+    return count
 
 
 def tag_children(home: str) -> None:
@@ -82,9 +96,12 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
 
     def set_death_signal() -> None:
         prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # the parent died before prctl: the kernel won't tell
+            os.kill(os.getpid(), sig)
 
     return set_death_signal
 
@@ -96,6 +113,37 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _tagged(pid: int, prefix: bytes, wanted: set[bytes] | None) -> bool:
+    """Processes we may not read (another user's) are skipped: we did not start them."""
+    try:
+        variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if wanted is None:
+        return any(variable.startswith(prefix) for variable in variables)
+    return any(variable in wanted for variable in variables)
+
+
+def _descendants(root: int) -> set[int]:
+    """`root` and every process below it, from each process's parent in /proc."""
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(pid)
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _signal_all(pids: list[int], sig: int) -> None:

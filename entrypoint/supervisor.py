@@ -27,7 +27,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_private
-from entrypoint.processes import alive, die_with_parent, end_tagged
+from entrypoint.processes import alive, die_with_parent, end_leftovers, end_tagged
 from entrypoint.supervisor_config import (
     ProgramSpec,
     SharedSocket,
@@ -134,7 +134,7 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, time.monotonic() + 5)
-        end_tagged(self.home, None, time.monotonic() + self.timings.stop_timeout)
+        end_leftovers(self.home, time.monotonic() + self.timings.stop_timeout)
 
     # -- programs -------------------------------------------------------------------
 
@@ -154,14 +154,18 @@ class Supervisor:
         self._call(lambda rpc: rpc.supervisor.addProcessGroup(name))
 
     def _remove_group(self, name: str) -> None:
-        pids = [info["pid"] for info in self.states().values() if info["group"] == name]
+        members = [info for info in self.states().values() if info["group"] == name]
+        pids = [info["pid"] for info in members]
+        # The group's processes are tagged with their own names (the slots of an
+        # fcgi-program: web_0, web_1), or the group's.
+        names = {name, *(info["name"] for info in members)}
         deadline = time.monotonic() + self.timings.stop_timeout
         with contextlib.suppress(SupervisorError):
             self._call(lambda rpc: rpc.supervisor.stopProcessGroup(name, True))
         self._call(lambda rpc: rpc.supervisor.removeProcessGroup(name))
         for pid in pids:
             end_group(pid, deadline)
-        end_tagged(self.home, name, deadline)
+        end_tagged(self.home, names, deadline)
 
     def start_process(self, group: str, name: str) -> None:
         """Start one process (a slot); its state is then awaited with wait_running."""
@@ -173,7 +177,7 @@ class Supervisor:
         deadline = time.monotonic() + self.timings.stop_timeout
         with contextlib.suppress(SupervisorError):  # already stopped, or FATAL
             self._call(lambda rpc: rpc.supervisor.stopProcess(f"{group}:{name}", True))
-        end_tagged(self.home, name, deadline)
+        end_tagged(self.home, [name], deadline)
 
     def states(self) -> dict[str, dict[str, Any]]:
         infos = self._call(lambda rpc: rpc.supervisor.getAllProcessInfo())

@@ -3,19 +3,25 @@ commands die with the agent, and the app's output lands beside the agent's."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import git
+import pytest
 
 from entrypoint.demo import free_port
-from entrypoint.processes import alive, find_tagged, home_id
+from entrypoint.errors import AnotherAgent
+from entrypoint.homelock import HomeLock
+from entrypoint.processes import TAG_VARIABLE, alive, find_tagged, home_id
 from entrypoint.sample import APP, SampleRepo
+from entrypoint.supervisor import Supervisor
+from entrypoint.supervisor_config import ProgramSpec, SharedSocket, Timings
 from tests.conftest import AgentProcess, wait_until
 
 Factory = Callable[..., AgentProcess]
@@ -141,3 +147,214 @@ def _env(sample: SampleRepo, tmp_path: Path) -> dict[str, str]:
         "LIVE_PULL_STATUS_PORT": str(free_port()),
         "PORT": str(free_port()),
     }
+
+
+# -- the same guarantees one layer down: Supervisor, HomeLock and run_logged on their own --
+
+TIMINGS = Timings(start_seconds=1, start_retries=1, stop_timeout=3)
+# `sleep <marker>` in a session of its own, then the program's own long sleep.
+ESCAPING = "setsid sh -c 'sleep {marker} & exit 0'; exec sleep 1000"
+# The program's own process ignores SIGTERM: stopping it takes the whole stop timeout.
+STUBBORN = "exec python3 -c 'import signal, time; signal.signal(15, 1); time.sleep(1000)'"
+
+
+@pytest.fixture
+def supervisors(tmp_path: Path) -> Iterator[Callable[[Path], Supervisor]]:
+    """Started Supervisors on homes under tmp_path; every one is stopped at the end."""
+    made: list[Supervisor] = []
+
+    def make(home: Path) -> Supervisor:
+        supervisor = Supervisor(home / "run", TIMINGS, home_id(home))
+        made.append(supervisor)
+        supervisor.start()
+        return supervisor
+
+    yield make
+    for supervisor in made:
+        supervisor.stop()
+
+
+def program(name: str, command: str, home: Path) -> ProgramSpec:
+    return ProgramSpec(name, command, home, {})
+
+
+def test_a_removed_group_takes_its_escaped_children_and_no_other_homes(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    mine, other = supervisors(tmp_path / "mine"), supervisors(tmp_path / "other")
+    mine.apply([program("worker", ESCAPING.format(marker="4712.1"), tmp_path)])
+    other.apply([program("worker", ESCAPING.format(marker="4712.2"), tmp_path)])
+    mine.wait_running(["worker"])
+    other.wait_running(["worker"])
+    wait_until(lambda: pids_running("4712.1") and pids_running("4712.2"), 10, "escapees")
+    mine.apply([])
+    assert not pids_running("4712.1")
+    assert pids_running("4712.2"), "another home's process was ended"
+    other.stop()
+    assert not pids_running("4712.2")
+
+
+def test_a_stopped_slot_takes_its_escaped_children(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    supervisor = supervisors(tmp_path / "home")
+    shared = SharedSocket(f"tcp://127.0.0.1:{free_port()}", tmp_path / "slots", 2.0)
+    shared.slots_dir.mkdir()
+    for slot, marker in (("web_0", "4712.3"), ("web_1", "4712.4")):
+        assignment = {"cwd": str(tmp_path), "env": {}, "command": ESCAPING.format(marker=marker)}
+        (shared.slots_dir / f"{slot}.json").write_text(json.dumps(assignment))
+    supervisor.apply([], shared)
+    supervisor.start_process("web", "web_0")
+    supervisor.start_process("web", "web_1")
+    supervisor.wait_running(["web_0", "web_1"])
+    wait_until(lambda: pids_running("4712.3") and pids_running("4712.4"), 10, "escapees")
+    [escapee] = pids_running("4712.3")
+    assert f"{TAG_VARIABLE}={home_id(tmp_path / 'home')}:web_0" in environ(escapee)
+    supervisor.stop_process("web", "web_0")
+    assert not pids_running("4712.3")
+    assert pids_running("4712.4")
+    supervisor.apply([])  # the whole fcgi group goes
+    assert not pids_running("4712.4")
+
+
+def test_a_dead_agents_supervisord_is_stopped_before_its_socket_is_reused(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    """Its supervisord is still stopping a stubborn app when the next one starts; as it
+    exits it must not take the new supervisord's socket with it."""
+    home = tmp_path / "home"
+    old_agent = subprocess.Popen(
+        [sys.executable, "-c", OLD_AGENT, str(home), STUBBORN], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert old_agent.stdout is not None
+        # supervisord's own lines come first: the agent's is the bare pid.
+        old_supervisord = int(next(ln for ln in old_agent.stdout if ln.strip().isdigit()))
+    finally:
+        old_agent.kill()
+        old_agent.wait()
+    supervisor = supervisors(home)
+    assert not alive(old_supervisord)
+    assert supervisor.states() == {}
+    time.sleep(1)
+    assert supervisor.states() == {}
+
+
+def test_a_pid_reused_by_another_process_is_never_signalled(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    stranger = subprocess.Popen(["sleep", "1000"])
+    try:
+        (tmp_path / "home" / "run").mkdir(parents=True)
+        (tmp_path / "home" / "run" / "supervisord.pid").write_text(f"{stranger.pid}\n")
+        supervisors(tmp_path / "home")
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_start_up_ends_a_dead_agents_one_off_commands_but_not_its_own(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, TAG_VARIABLE: f"{home_id(home)}:oneoff"}
+    leftover = ["setsid", "sh", "-c", "sleep 4712.5 & exit 0"]
+    subprocess.run(leftover, env=env, check=True, timeout=10)
+    mine = subprocess.Popen(["sleep", "4712.6"], env=env)
+    try:
+        wait_until(lambda: pids_running("4712.5"), 10, "the leftover")
+        supervisors(home)
+        assert not pids_running("4712.5")
+        assert mine.poll() is None, "the agent's own child was ended"
+    finally:
+        mine.kill()
+        mine.wait()
+
+
+def test_one_off_commands_die_with_the_agent(tmp_path: Path) -> None:
+    """The command itself gets the parent-death signal (its own children are ended by
+    the next agent's start-up, see above)."""
+    runner = subprocess.Popen([sys.executable, "-c", RUN_LOGGED, str(tmp_path)])
+    try:
+        wait_until(lambda: pids_running("4712.7"), 10, "the one-off command running")
+    finally:
+        runner.kill()
+        runner.wait()
+    wait_until(lambda: not pids_running("4712.7"), 10, "the one-off command ended")
+
+
+def test_one_agent_per_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(home)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    try:
+        before = sorted(str(path) for path in home.rglob("*"))
+        content = (home / "lock").read_text()
+        with pytest.raises(AnotherAgent) as raised:
+            HomeLock(home).acquire()
+        assert str(raised.value) == (
+            f"another live-pull agent (pid {holder.pid}) owns LIVE_PULL_HOME={home}; "
+            "only one agent may run per home"
+        )
+        assert sorted(str(path) for path in home.rglob("*")) == before
+        assert (home / "lock").read_text() == content == f"{holder.pid}\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    try:  # the holder's child outlives it and does not keep the lock
+        assert alive(child)
+        lock = HomeLock(home)
+        lock.acquire()
+        assert (home / "lock").read_text() == f"{os.getpid()}\n"
+        lock.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def environ(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+
+
+OLD_AGENT = """\
+import sys, time
+from pathlib import Path
+from entrypoint.processes import home_id
+from entrypoint.supervisor import Supervisor
+from entrypoint.supervisor_config import ProgramSpec, Timings
+
+home = Path(sys.argv[1])
+supervisor = Supervisor(home / "run", Timings(1, 1, 3), home_id(home))
+supervisor.start()
+supervisor.apply([ProgramSpec("stubborn", sys.argv[2], home, {})])
+supervisor.wait_running(["stubborn"])
+print((home / "run" / "supervisord.pid").read_text().strip(), flush=True)
+time.sleep(1000)
+"""
+
+RUN_LOGGED = """\
+import sys, threading
+from pathlib import Path
+from entrypoint.commands import run_logged
+
+cwd = Path(sys.argv[1])
+run_logged(
+    ["sleep", "4712.7"],
+    cwd=cwd, env={"PATH": "/usr/bin:/bin"}, timeout=100,
+    stop=threading.Event(), on_line=print,
+)
+"""
+
+HOLD_LOCK = """\
+import subprocess, sys, time
+from pathlib import Path
+from entrypoint.homelock import HomeLock
+
+HomeLock(Path(sys.argv[1])).acquire()
+child = subprocess.Popen(["sleep", "1000"], close_fds=False)
+print(child.pid, flush=True)
+time.sleep(1000)
+"""
