@@ -58,11 +58,17 @@ def find_tagged(
 
 
 def end_tagged(
-    home: str, names: Collection[str] | None, deadline: float, *, spare_ours: bool = False
+    home: str,
+    names: Collection[str] | None,
+    deadline: float,
+    *,
+    spare_ours: bool = False,
+    termed: Collection[int] = (),
 ) -> int:
-    """SIGTERM what carries the tag, SIGKILL what is left at `deadline`; return the count."""
+    """SIGTERM what carries the tag (but `termed`, which already had it), SIGKILL what is
+    left at `deadline`; return the count."""
     pids = find_tagged(home, names, spare_ours=spare_ours)
-    _signal_all(pids, signal.SIGTERM)
+    _signal_all([pid for pid in pids if pid not in termed], signal.SIGTERM)
     left = pids
     while left and time.monotonic() < deadline:
         time.sleep(POLL)
@@ -72,6 +78,14 @@ def end_tagged(
         shown = ",".join(sorted(names)) if names is not None else "*"
         log.warning("killed processes that outlived their stop names=%s count=%d", shown, len(left))
     return len(pids)
+
+
+def terminate_escapees(home: str, names: Collection[str] | None, groups: set[int]) -> list[int]:
+    """SIGTERM the tagged processes outside `groups` (the process groups supervisord is
+    about to stop), so they get the same grace as their program; return them."""
+    pids = [pid for pid in find_tagged(home, names) if _pgid(pid) not in groups]
+    _signal_all(pids, signal.SIGTERM)
+    return pids
 
 
 def end_leftovers(home: str, deadline: float) -> int:
@@ -128,6 +142,13 @@ def _tagged(pid: int, prefix: bytes, wanted: set[bytes] | None) -> bool:
     if wanted is None:
         return any(variable.startswith(prefix) for variable in variables)
     return any(variable in wanted for variable in variables)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _descendants(root: int) -> set[int]:

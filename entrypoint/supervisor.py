@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,13 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_private
-from entrypoint.processes import alive, die_with_parent, end_leftovers, end_tagged
+from entrypoint.processes import (
+    alive,
+    die_with_parent,
+    end_leftovers,
+    end_tagged,
+    terminate_escapees,
+)
 from entrypoint.supervisor_config import (
     ProgramSpec,
     SharedSocket,
@@ -103,12 +109,27 @@ class Supervisor:
         return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
-        """Stop the app gracefully (whole process groups), then supervisord."""
+        """Stop the app gracefully (whole process groups), then supervisord; then what is
+        left of this home: escaped children, one-off commands, and the app of a
+        supervisord that died on its own."""
         process = self._process
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        self._remember_pids()
         deadline = time.monotonic() + self.timings.stop_timeout
+        termed: list[int] = []
+        if process.poll() is None:
+            termed = self._terminate_escapees(None, also={process.pid})
+            self._stop_supervisord(process)
+        else:  # it died on its own: its programs never got their SIGTERM
+            end_tagged(self.home, None, deadline)
+        for pid in self._known_pids:
+            end_group(pid, deadline)
+        # What left its group, and one-off commands.
+        end_tagged(self.home, None, deadline, termed=termed)
+        if self.socket.parent != self.run_dir:  # the short-path fallback
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
+
+    def _stop_supervisord(self, process: subprocess.Popen[bytes]) -> None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=self.timings.stop_timeout + 3)
@@ -116,11 +137,6 @@ class Supervisor:
             log.warning("supervisord did not stop in time, killing it")
             process.kill()
             process.wait()
-        for pid in self._known_pids:
-            end_group(pid, deadline)
-        end_tagged(self.home, None, deadline)  # what left its group, and one-off commands
-        if self.socket.parent != self.run_dir:  # the short-path fallback
-            shutil.rmtree(self.socket.parent, ignore_errors=True)
 
     def _end_leftovers(self, pidfile: Path) -> None:
         """A dead agent's supervisord, its apps and its one-off commands."""
@@ -160,12 +176,13 @@ class Supervisor:
         # fcgi-program: web_0, web_1), or the group's.
         names = {name, *(info["name"] for info in members)}
         deadline = time.monotonic() + self.timings.stop_timeout
+        termed = self._terminate_escapees(names)
         with contextlib.suppress(SupervisorError):
             self._call(lambda rpc: rpc.supervisor.stopProcessGroup(name, True))
         self._call(lambda rpc: rpc.supervisor.removeProcessGroup(name))
         for pid in pids:
             end_group(pid, deadline)
-        end_tagged(self.home, names, deadline)
+        end_tagged(self.home, names, deadline, termed=termed)
 
     def start_process(self, group: str, name: str) -> None:
         """Start one process (a slot); its state is then awaited with wait_running."""
@@ -175,9 +192,10 @@ class Supervisor:
         """Stop one process: SIGTERM to its group, SIGKILL after stopwaitsecs; then
         whatever of it left the group."""
         deadline = time.monotonic() + self.timings.stop_timeout
+        termed = self._terminate_escapees([name])
         with contextlib.suppress(SupervisorError):  # already stopped, or FATAL
             self._call(lambda rpc: rpc.supervisor.stopProcess(f"{group}:{name}", True))
-        end_tagged(self.home, [name], deadline)
+        end_tagged(self.home, [name], deadline, termed=termed)
 
     def states(self) -> dict[str, dict[str, Any]]:
         infos = self._call(lambda rpc: rpc.supervisor.getAllProcessInfo())
@@ -214,10 +232,27 @@ class Supervisor:
         except (OSError, xmlrpc.client.ProtocolError) as exc:
             raise SupervisorError(f"supervisord unreachable: {exc}") from exc
 
+    def _terminate_escapees(
+        self, names: Collection[str] | None, also: Collection[int] = ()
+    ) -> list[int]:
+        """SIGTERM, as their programs are stopped, the processes that left the programs'
+        process groups (setsid, double fork), which stopasgroup no longer reaches; they
+        are killed at the same deadline. Every running program leads its own group."""
+        try:
+            states = self.states()
+        except SupervisorError:
+            return []  # stop() ends what is left by the tag alone
+        self._remember_pids(states)
+        groups = {info["pid"] for info in states.values() if info["pid"]} | set(also)
+        return terminate_escapees(self.home, names, groups)
+
     def _remember_pids(self, states: dict[str, dict[str, Any]] | None = None) -> None:
+        """The latest running pids (process groups), for stop() should supervisord no
+        longer answer then. Only the latest: an older pid may belong to a stranger by
+        now, and what an old program left carries the tag anyway."""
         with contextlib.suppress(SupervisorError):
             states = states if states is not None else self.states()
-            self._known_pids |= {info["pid"] for info in states.values() if info["pid"]}
+            self._known_pids = {info["pid"] for info in states.values() if info["pid"]}
 
 
 def end_group(pgid: int, deadline: float) -> None:

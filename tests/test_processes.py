@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -178,6 +179,16 @@ def program(name: str, command: str, home: Path) -> ProgramSpec:
     return ProgramSpec(name, command, home, {})
 
 
+def shared_web(tmp_path: Path, commands: dict[str, str]) -> SharedSocket:
+    """The `web` fcgi-program, its slots assigned `commands` run in tmp_path."""
+    shared = SharedSocket(f"tcp://127.0.0.1:{free_port()}", tmp_path / "slots", 2.0)
+    shared.slots_dir.mkdir(exist_ok=True)
+    for slot, command in commands.items():
+        assignment = {"cwd": str(tmp_path), "env": {}, "command": command}
+        (shared.slots_dir / f"{slot}.json").write_text(json.dumps(assignment))
+    return shared
+
+
 def test_a_removed_group_takes_its_escaped_children_and_no_other_homes(
     tmp_path: Path, supervisors: Callable[[Path], Supervisor]
 ) -> None:
@@ -198,12 +209,11 @@ def test_a_stopped_slot_takes_its_escaped_children(
     tmp_path: Path, supervisors: Callable[[Path], Supervisor]
 ) -> None:
     supervisor = supervisors(tmp_path / "home")
-    shared = SharedSocket(f"tcp://127.0.0.1:{free_port()}", tmp_path / "slots", 2.0)
-    shared.slots_dir.mkdir()
-    for slot, marker in (("web_0", "4712.3"), ("web_1", "4712.4")):
-        assignment = {"cwd": str(tmp_path), "env": {}, "command": ESCAPING.format(marker=marker)}
-        (shared.slots_dir / f"{slot}.json").write_text(json.dumps(assignment))
-    supervisor.apply([], shared)
+    commands = {
+        "web_0": ESCAPING.format(marker="4712.3"),
+        "web_1": ESCAPING.format(marker="4712.4"),
+    }
+    supervisor.apply([], shared_web(tmp_path, commands))
     supervisor.start_process("web", "web_0")
     supervisor.start_process("web", "web_1")
     supervisor.wait_running(["web_0", "web_1"])
@@ -215,6 +225,41 @@ def test_a_stopped_slot_takes_its_escaped_children(
     assert pids_running("4712.4")
     supervisor.apply([])  # the whole fcgi group goes
     assert not pids_running("4712.4")
+
+
+def test_escaped_children_get_the_same_grace_as_their_program(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    """The program's own process ignores SIGTERM, so its stop takes the whole timeout;
+    its escaped child still gets SIGTERM when the program does, not a SIGKILL after."""
+    supervisor = supervisors(tmp_path / "home")
+    graceful = "trap 'touch termed-$0; exit 0' TERM; while :; do sleep 0.1; done"
+    command = f"setsid sh -c {shlex.quote(graceful)} {{}} & {STUBBORN}"
+    worker = program("worker", command.format("worker"), tmp_path)
+    supervisor.apply([worker], shared_web(tmp_path, {"web_0": command.format("web_0")}))
+    supervisor.start_process("web", "web_0")
+    supervisor.wait_running(["worker", "web_0"])
+    supervisor.stop_process("web", "web_0")
+    assert (tmp_path / "termed-web_0").exists()
+    supervisor.apply([])
+    assert (tmp_path / "termed-worker").exists()
+
+
+def test_stop_ends_the_app_of_a_supervisord_that_died(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    supervisor = supervisors(tmp_path / "home")
+    supervisor.apply([program("worker", ESCAPING.format(marker="4712.8"), tmp_path)])
+    supervisor.wait_running(["worker"])
+    worker = supervisor.states()["worker"]["pid"]
+    wait_until(lambda: pids_running("4712.8"), 10, "the escapee")
+    assert supervisor._process is not None
+    supervisor._process.kill()
+    supervisor._process.wait()
+    assert alive(worker), "the app outlives its supervisord"
+    supervisor.stop()
+    assert not alive(worker)
+    assert not pids_running("4712.8")
 
 
 def test_a_dead_agents_supervisord_is_stopped_before_its_socket_is_reused(
