@@ -47,14 +47,8 @@ def find_tagged(
     Never this process; with `spare_ours`, none of its descendants either: at start-up
     they are this agent's own, while a dead agent's have all been reparented.
     """
-    prefix = f"{TAG_VARIABLE}={home}:".encode()
-    wanted = None if names is None else {prefix + name.encode() for name in names}
     ours = _descendants(os.getpid()) if spare_ours else {os.getpid()}
-    found = []
-    for pid in _pids():
-        if pid not in ours and _tagged(pid, prefix, wanted):
-            found.append(pid)
-    return found
+    return _still_tagged([pid for pid in _pids() if pid not in ours], home, names)
 
 
 def end_tagged(
@@ -73,6 +67,7 @@ def end_tagged(
     while left and time.monotonic() < deadline:
         time.sleep(POLL)
         left = [pid for pid in left if alive(pid)]
+    left = _still_tagged(left, home, names)  # a pid freed and taken meanwhile is spared
     if left:
         _signal_all(left, signal.SIGKILL)
         shown = ",".join(sorted(names)) if names is not None else "*"
@@ -131,6 +126,12 @@ def alive(pid: int) -> bool:
 
 def _pids() -> list[int]:
     return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _still_tagged(pids: list[int], home: str, names: Collection[str] | None) -> list[int]:
+    prefix = f"{TAG_VARIABLE}={home}:".encode()
+    wanted = None if names is None else {prefix + name.encode() for name in names}
+    return [pid for pid in pids if _tagged(pid, prefix, wanted)]
 
 
 def _tagged(pid: int, prefix: bytes, wanted: set[bytes] | None) -> bool:
