@@ -14,10 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,9 +21,10 @@ import pytest
 from entrypoint.sample import SampleRepo, app_files, create_sample_repo
 from tests.conftest import wait_until
 from tests.faults.conftest import (
+    LONG_WORK_SECONDS,
     Agent,
-    FaultyRemote,
     Launcher,
+    SlowWorld,
     app_with,
     head,
     marker,
@@ -37,103 +34,10 @@ from tests.faults.conftest import (
     wait_gone,
 )
 
-# Longer than any heartbeat window the agent may use while idle (60 s).
-LONG_WORK_SECONDS = 65.0
 
-
-# -- long work: a first install and a fetch that hang past the heartbeat window ----------
-
-
-@dataclass
-class Watched:
-    """An agent doing long work, its /healthz and /readyz sampled every half second."""
-
-    agent: Agent
-    launcher: Launcher
-    since: float = 0.0
-    samples: list[tuple[float, int | None, int | None]] = field(default_factory=list)
-
-    def sample(self) -> None:
-        self.samples.append((time.monotonic(), self.agent.healthz(), self.agent.readyz()))
-
-    def wait_long_work(self) -> list[tuple[float, int | None, int | None]]:
-        """Wait until the work has lasted LONG_WORK_SECONDS; return its samples."""
-        wait_until(
-            lambda: time.monotonic() - self.since > LONG_WORK_SECONDS,
-            LONG_WORK_SECONDS + 30,
-            "the long work to outlast the heartbeat window",
-        )
-        return [s for s in list(self.samples) if s[0] >= self.since]
-
-
-@dataclass
-class SlowWorld:
-    install: Watched
-    fetch: Watched
-    install_gate: Path
-    install_marker: str
-    remote: FaultyRemote
-    sample_b: str
-    sample_a: str
-    install_sample: str
-
-
-@pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowWorld]:
-    root = tmp_path_factory.mktemp("slow")
-    install_launcher = Launcher(root / "install-logs")
-    fetch_launcher = Launcher(root / "fetch-logs")
-    stop = threading.Event()
-    try:
-        # A first install that sleeps until told otherwise.
-        gate, sleeping = root / "slow-install", marker()
-        gate.write_text("")
-        command = (
-            f'if [ -e {gate} ]; then touch "$LIVE_PULL_ENV/started"; sleep {sleeping}; fi; '
-            'echo installed > "$LIVE_PULL_ENV/done"'
-        )
-        installed = create_sample_repo(root / "install-remote")
-        install_sha = installed.commit({"package-lock.json": "v1"}, "an install command")
-        install = Watched(
-            install_launcher.agent(
-                installed.url,
-                root / "install-home",
-                LIVE_PULL_INSTALL_COMMAND=command,
-                LIVE_PULL_LOCKFILE="package-lock.json",
-            ),
-            install_launcher,
-        )
-        # A running agent whose next fetch hangs for longer than the heartbeat window.
-        with FaultyRemote(root / "fetch-remote") as remote:
-            fetched = create_sample_repo(root / "fetch-remote")
-            first = head(fetched)
-            agent = fetch_launcher.agent(
-                remote.url(fetched.remote.name), root / "fetch-home", LIVE_PULL_GIT_TIMEOUT="120"
-            )
-            fetch = Watched(agent, fetch_launcher)
-            agent.wait_serving(first)
-            remote.set("hang_fetch")
-            second = fetched.commit(app_files("never fetched"), "hangs")
-            wait_until(lambda: remote.count("fetch") >= 1, what="the fetch hanging")
-            fetch.since = time.monotonic()
-            wait_until(lambda: pids_with(sleeping), what="the install under way")
-            install.since = time.monotonic()
-
-            def sample_both() -> None:
-                while not stop.wait(0.5):
-                    for watched in (install, fetch):
-                        if watched.agent.alive():
-                            watched.sample()
-
-            threading.Thread(target=sample_both, daemon=True).start()
-            yield SlowWorld(install, fetch, gate, sleeping, remote, second, first, install_sha)
-    finally:
-        stop.set()
-        install_launcher.close()
-        fetch_launcher.close()
-
-
-def test_healthz_200_through_a_long_first_install(slow: SlowWorld) -> None:
+@pytest.mark.long_work
+def test_healthz_200_through_a_long_first_install(slow_world: SlowWorld) -> None:
+    slow = slow_world.ready()
     samples = slow.install.wait_long_work()
     assert len(samples) >= LONG_WORK_SECONDS  # about two a second
     assert {health for _, health, _ in samples} == {200}
@@ -141,7 +45,9 @@ def test_healthz_200_through_a_long_first_install(slow: SlowWorld) -> None:
     assert pids_with(slow.install_marker), "the install ended early"
 
 
-def test_healthz_200_through_a_hanging_fetch(slow: SlowWorld) -> None:
+@pytest.mark.long_work
+def test_healthz_200_through_a_hanging_fetch(slow_world: SlowWorld) -> None:
+    slow = slow_world.ready()
     samples = slow.fetch.wait_long_work()
     assert len(samples) >= LONG_WORK_SECONDS
     assert {health for _, health, _ in samples} == {200}
@@ -149,7 +55,9 @@ def test_healthz_200_through_a_hanging_fetch(slow: SlowWorld) -> None:
     assert slow.fetch.agent.serves(slow.sample_a)
 
 
-def test_sigterm_during_an_install(slow: SlowWorld) -> None:
+@pytest.mark.long_work
+def test_sigterm_during_an_install(slow_world: SlowWorld) -> None:
+    slow = slow_world.ready()
     agent = slow.install.agent
     venvs = agent.home / "venvs"
     wait_until(lambda: pids_with(slow.install_marker), what="the install under way")
@@ -167,7 +75,9 @@ def test_sigterm_during_an_install(slow: SlowWorld) -> None:
     assert (venvs / str(status["deps_digest"]) / "done").read_text() == "installed\n"
 
 
-def test_sigterm_during_a_hanging_fetch(slow: SlowWorld) -> None:
+@pytest.mark.long_work
+def test_sigterm_during_a_hanging_fetch(slow_world: SlowWorld) -> None:
+    slow = slow_world.ready()
     agent = slow.fetch.agent
     assert agent.alive()
     code, _ = agent.stop(signal.SIGTERM, timeout=30)

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.faults.conftest import (
     FaultyRemote,
     Launcher,
     Prober,
+    listening_pid,
 )
 
 GIT_TIMEOUT = "3"
@@ -364,3 +366,40 @@ def test_webhook_storm(storm: tuple[Agent, FaultyRemote, SampleRepo]) -> None:
     requests.post(agent.status_url("/sync"), timeout=10)
     agent.wait_serving(newer)
     assert agent.readyz() == 200
+
+
+def _argv_holding(secret: str) -> list[str]:
+    """Every process whose argv contains `secret`, read now (not after git exited)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if secret.encode() in argv:
+                found.append(argv.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def test_credentials_never_in_argv_while_git_runs(launcher: Launcher, tmp_path: Path) -> None:
+    token = f"tok{uuid.uuid4().hex}"
+    sample = create_sample_repo(tmp_path / "remote", message="private")
+    with FaultyRemote(tmp_path / "remote") as remote:
+        url = remote.url(sample.remote.name).replace("http://", f"http://deploy:{token}@")
+        agent = launcher.agent(url, tmp_path / "home")
+        agent.wait_serving(git.Repo(sample.work).head.commit.hexsha)
+        # The check and the fetch, each caught while git waits on the remote.
+        remote.set("hold")
+        wait_until(lambda: remote.held >= 1, what="a check held at the remote")
+        assert _argv_holding(token) == []
+        newer = sample.commit(app_files("private, newer"), "newer")
+        remote.set("hang_fetch")
+        wait_until(lambda: remote.count("fetch") >= 1, what="a fetch hanging at the remote")
+        assert _argv_holding(token) == []
+        remote.set("up")
+        agent.wait_serving(newer)
+    assert token not in json.dumps(agent.status())
+    assert token not in agent.output()
+    app_environment = Path(f"/proc/{listening_pid(agent.port)}/environ").read_bytes()
+    assert token.encode() not in app_environment
