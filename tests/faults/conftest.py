@@ -9,6 +9,7 @@ inherit it; double-forked ones included). It never reads a pid from a file.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import shutil
@@ -166,12 +167,21 @@ class Agent(AgentProcess):
             )
         )
 
-    def wait_error(self, timeout: float = WAIT, **expected: Any) -> dict[str, Any]:
-        """Wait until /status shows a last_error (and the expected facts)."""
+    def wait_error(
+        self, timeout: float = WAIT, after: dict[str, Any] | None = None, **expected: Any
+    ) -> dict[str, Any]:
+        """Wait until /status shows a last_error (and the expected facts); with `after`
+        (a status taken before the fault), an error other than the one shown then."""
+        old = (after or {}).get("last_error"), (after or {}).get("last_error_at")
 
         def shown() -> dict[str, Any] | None:
             status = self.status()
-            ok = status.get("last_error") and all(status.get(k) == v for k, v in expected.items())
+            new = status.get("last_error"), status.get("last_error_at")
+            ok = (
+                status.get("last_error")
+                and (after is None or new != old)
+                and all(status.get(k) == v for k, v in expected.items())
+            )
             return status if ok else None
 
         return dict(
@@ -809,8 +819,9 @@ def disk_full(home: Path) -> Iterator[None]:
 
 # -- long work: a first install and a fetch that hang past the heartbeat window -------------
 
-# Longer than any heartbeat window the agent may use while idle (60 s).
-LONG_WORK_SECONDS = 65.0
+# Well past any heartbeat window the agent may use while idle (60 s).
+LONG_WORK_SECONDS = 75.0
+HEARTBEAT_WINDOW = 60.0
 HERE = Path(__file__).parent
 
 
@@ -857,7 +868,11 @@ class Watched:
             LONG_WORK_SECONDS + 30,
             "the long work to outlast the heartbeat window",
         )
-        return [s for s in list(self.samples) if s[0] >= self.since]
+        samples = [s for s in list(self.samples) if s[0] >= self.since]
+        times = [self.since] + [t for t, _, _ in samples]
+        assert max(b - a for a, b in itertools.pairwise(times)) < 10, "sampling gap"
+        assert times[-1] - self.since > HEARTBEAT_WINDOW + 5, "nothing sampled past the window"
+        return samples
 
 
 class SlowWorld:

@@ -21,7 +21,6 @@ import pytest
 from entrypoint.sample import SampleRepo, app_files, create_sample_repo
 from tests.conftest import wait_until
 from tests.faults.conftest import (
-    LONG_WORK_SECONDS,
     Agent,
     Launcher,
     SlowWorld,
@@ -39,7 +38,6 @@ from tests.faults.conftest import (
 def test_healthz_200_through_a_long_first_install(slow_world: SlowWorld) -> None:
     slow = slow_world.ready()
     samples = slow.install.wait_long_work()
-    assert len(samples) >= LONG_WORK_SECONDS  # about two a second
     assert {health for _, health, _ in samples} == {200}
     assert {ready for _, _, ready in samples} == {503}  # nothing serves yet
     assert pids_with(slow.install_marker), "the install ended early"
@@ -49,7 +47,6 @@ def test_healthz_200_through_a_long_first_install(slow_world: SlowWorld) -> None
 def test_healthz_200_through_a_hanging_fetch(slow_world: SlowWorld) -> None:
     slow = slow_world.ready()
     samples = slow.fetch.wait_long_work()
-    assert len(samples) >= LONG_WORK_SECONDS
     assert {health for _, health, _ in samples} == {200}
     assert {ready for _, _, ready in samples} == {200}  # the old revision serves
     assert slow.fetch.agent.serves(slow.sample_a)

@@ -257,7 +257,8 @@ def test_releases_damaged_while_running(
 
 
 def test_releases_directory_replaced_by_a_file(family: Family, agent: Agent) -> None:
-    running = _running(agent)
+    before = agent.status()
+    running = str(before["revision"])
     releases = agent.home / "releases"
     aside = agent.home / "releases.aside"
     releases.rename(aside)
@@ -265,7 +266,7 @@ def test_releases_directory_replaced_by_a_file(family: Family, agent: Agent) -> 
     try:
         with Prober(agent, running) as probe:
             pending = family.good("while releases/ is a file")
-            status = agent.wait_error()
+            status = agent.wait_error(after=before)
             # The loop survives it: it checks again, and says it is alive.
             wait_until(lambda: agent.checks() >= int(status.get("checks") or 0) + 1)
             assert agent.healthz() == 200
@@ -283,10 +284,11 @@ def test_releases_directory_replaced_by_a_file(family: Family, agent: Agent) -> 
 
 
 def test_home_read_only_while_running(family: Family, agent: Agent) -> None:
-    running = _running(agent)
+    before = agent.status()
+    running = str(before["revision"])
     with read_only(agent.home), Prober(agent, running) as probe:
         pending = family.good("while read-only")
-        status = agent.wait_error()
+        status = agent.wait_error(after=before)
         assert "read-only" in str(status["last_error"]).lower()
         assert agent.healthz() == 200
         assert agent.readyz() == 200
@@ -300,10 +302,11 @@ def test_home_read_only_while_running(family: Family, agent: Agent) -> None:
 def test_home_full_while_running(family: Family, agent: Agent) -> None:
     if not os.path.ismount(agent.home):
         pytest.skip("no tmpfs could be mounted here (needs root): cannot fill the disk")
-    running = _running(agent)
+    before = agent.status()
+    running = str(before["revision"])
     with disk_full(agent.home), Prober(agent, running) as probe:
         pending = family.good("while the disk is full")
-        status = agent.wait_error()
+        status = agent.wait_error(after=before)
         assert "no space" in str(status["last_error"]).lower()
         assert agent.healthz() == 200
         assert agent.readyz() == 200

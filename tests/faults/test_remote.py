@@ -63,11 +63,12 @@ def _fault_then_recover(
 ) -> dict[str, object]:
     """Switch the fault on, check the app serves and the error shows, switch it off,
     check the commit pushed meanwhile goes live by itself."""
-    running = str(agent.status()["revision"])
+    before = agent.status()
+    running = str(before["revision"])
     with Prober(agent, running) as probe:
         faulty.set(mode)
         pending = family.good(f"pushed while {mode}")
-        status = agent.wait_error(error_kind="transient")
+        status = agent.wait_error(after=before, error_kind="transient")
         if mode not in HANGS:  # the loop goes on checking, backing off
             wait_until(lambda: agent.checks() >= int(status.get("checks") or 0) + 1)
         assert agent.healthz() == 200
@@ -118,11 +119,12 @@ def test_fetch_hangs_after_refs_are_advertised(
 
 
 def test_ref_deleted_on_the_remote(family: Family, agent: Agent) -> None:
-    running = str(agent.status()["revision"])
+    before = agent.status()
+    running = str(before["revision"])
     bare = git.Repo(family.sample.remote)
     with Prober(agent, running) as probe:
         bare.git.update_ref("-d", "refs/heads/main")
-        status = agent.wait_error()
+        status = agent.wait_error(after=before)
         assert agent.readyz() == 200
         assert agent.healthz() == 200
     probe.assert_served()
@@ -167,7 +169,8 @@ def test_default_branch_of_the_remote_changes(family: Family, agent: Agent) -> N
 
 
 def test_remote_path_replaced_by_a_non_repository(family: Family, agent: Agent) -> None:
-    running = str(agent.status()["revision"])
+    before = agent.status()
+    running = str(before["revision"])
     remote = family.sample.remote
     aside = remote.with_name("aside.git")
     with Prober(agent, running) as probe:
@@ -175,7 +178,7 @@ def test_remote_path_replaced_by_a_non_repository(family: Family, agent: Agent) 
         try:
             remote.mkdir()
             (remote / "index.html").write_text("<html>not a repository</html>\n")
-            agent.wait_error()
+            agent.wait_error(after=before)
             assert agent.readyz() == 200
         finally:
             shutil.rmtree(remote)
@@ -187,13 +190,14 @@ def test_remote_path_replaced_by_a_non_repository(family: Family, agent: Agent) 
 
 
 def test_remote_repository_gone(family: Family, agent: Agent) -> None:
-    running = str(agent.status()["revision"])
+    before = agent.status()
+    running = str(before["revision"])
     remote = family.sample.remote
     aside = remote.with_name("gone.git")
     with Prober(agent, running) as probe:
         remote.rename(aside)
         try:
-            status = agent.wait_error(error_kind="transient")
+            status = agent.wait_error(after=before, error_kind="transient")
             assert agent.healthz() == 200
         finally:
             aside.rename(remote)
