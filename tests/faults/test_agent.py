@@ -20,18 +20,10 @@ import pytest
 
 from entrypoint.sample import SampleRepo, app_files, create_sample_repo
 from tests.conftest import wait_until
-from tests.faults.conftest import (
-    Agent,
-    Launcher,
-    SlowWorld,
-    app_with,
-    head,
-    marker,
-    pids_tagged,
-    pids_with,
-    remote_away,
-    wait_gone,
-)
+from tests.faults.agents import Agent, Launcher, app_with, head
+from tests.faults.longwork import SlowWorld
+from tests.faults.processes import marker, pids_tagged, pids_with, wait_gone
+from tests.faults.remote import remote_away
 
 
 @pytest.mark.long_work

@@ -16,20 +16,8 @@ import pytest
 
 from entrypoint.sample import APP, create_sample_repo
 from tests.conftest import wait_until
-from tests.faults.conftest import (
-    Agent,
-    Family,
-    Launcher,
-    Prober,
-    Sampler,
-    app_with,
-    head,
-    listening_pid,
-    marker,
-    pid_alive,
-    pids_with,
-    wait_gone,
-)
+from tests.faults.agents import Agent, Family, Launcher, Prober, Sampler, app_with, head
+from tests.faults.processes import listening_pid, marker, pid_alive, pids_with, wait_gone
 
 
 @pytest.fixture(scope="module")

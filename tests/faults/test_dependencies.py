@@ -19,16 +19,9 @@ import pytest
 from entrypoint.installers import pick_installer
 from entrypoint.sample import APP, create_sample_repo
 from tests.conftest import wait_until
-from tests.faults.conftest import (
-    Agent,
-    Family,
-    FaultyRemote,
-    Launcher,
-    Prober,
-    marker,
-    pids_with,
-    wait_gone,
-)
+from tests.faults.agents import Agent, Family, Launcher, Prober
+from tests.faults.processes import marker, pids_with, wait_gone
+from tests.faults.remote import FaultyRemote
 
 
 def deps_app(label: str) -> str:

@@ -17,16 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_until
-from tests.faults.conftest import (
-    Agent,
-    Family,
-    Launcher,
-    Mounts,
-    Prober,
-    disk_full,
-    read_only,
-    remote_away,
-)
+from tests.faults.agents import Agent, Family, Launcher, Prober
+from tests.faults.disk import Mounts, disk_full, read_only
+from tests.faults.remote import remote_away
 
 SHARED = "data/db.sqlite"
 

@@ -15,16 +15,8 @@ import pytest
 
 from entrypoint.sample import APP, create_sample_repo
 from tests.conftest import wait_until
-from tests.faults.conftest import (
-    Agent,
-    Family,
-    Launcher,
-    Prober,
-    head,
-    marker,
-    pids_with,
-    wait_gone,
-)
+from tests.faults.agents import Agent, Family, Launcher, Prober, head
+from tests.faults.processes import marker, pids_with, wait_gone
 
 RELEASE_TIMEOUT = "3"
 

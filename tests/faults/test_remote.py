@@ -20,14 +20,9 @@ import requests
 
 from entrypoint.sample import SampleRepo, app_files, create_sample_repo
 from tests.conftest import wait_until
-from tests.faults.conftest import (
-    Agent,
-    Family,
-    FaultyRemote,
-    Launcher,
-    Prober,
-    listening_pid,
-)
+from tests.faults.agents import Agent, Family, Launcher, Prober
+from tests.faults.processes import listening_pid
+from tests.faults.remote import FaultyRemote
 
 GIT_TIMEOUT = "3"
 HANGS = ("blackhole", "hang_fetch")
