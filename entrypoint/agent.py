@@ -35,6 +35,7 @@ from entrypoint.webhook import Webhook
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0
+LOOP_JOIN_SECONDS = 1.0
 
 
 class Agent:
@@ -166,9 +167,9 @@ class Agent:
         self.request_stop()
         self.board.serving(False)
         self.board.update(state="stopping")
-        # The loop's one-off commands die on the stop event; a git command in flight
-        # is not waited for beyond the stop timeout.
-        self.loop.join(self.settings.stop_timeout)
+        # The loop's one-off commands die on the stop event, and go_live starts nothing
+        # once it is set; the app's stop timeout is not spent waiting for a git command.
+        self.loop.join(LOOP_JOIN_SECONDS)
         log.info("stopping app and supervisord")
         self.supervisor.stop()
         self.status.stop()

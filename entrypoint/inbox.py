@@ -34,6 +34,7 @@ class Crashed:
     """The watchdog found the running revision down (FATAL, or a crash loop)."""
 
     reason: str
+    revision: str | None  # the one that was down: stale once another runs
 
 
 Request = Check | Rollback | Crashed
@@ -59,9 +60,9 @@ class Inbox:
             self._rollback = request
             self._touch()
 
-    def crashed(self, reason: str) -> None:
+    def crashed(self, reason: str, revision: str | None) -> None:
         with self._changed:
-            self._crashed = Crashed(reason)
+            self._crashed = Crashed(reason, revision)
             self._touch()
 
     def stop(self) -> None:

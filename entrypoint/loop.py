@@ -130,6 +130,9 @@ class ControlLoop:
         elif isinstance(request, Rollback):
             self._roll_back(request)
         elif isinstance(request, Crashed):
+            if request.revision != self.updater.running:
+                log.info("the revision found down no longer runs, nothing to roll back")
+                return
             self._roll_back_after_crash(request.reason)
 
     # -- the first revision ---------------------------------------------------------------
@@ -198,7 +201,7 @@ class ControlLoop:
         target = request.target or "previous"
         self.board.update(rollback={"to": target, "status": "pending", "error": None})
         try:
-            target = self.updater.rollback_target(request.target)
+            target = self._rollback_target(request)
             self.board.update(rollback={"to": target, "status": "pending", "error": None})
             self.updater.rollback(target, request.reason)
         except Exception as exc:
@@ -207,13 +210,19 @@ class ControlLoop:
             raise
         self.board.update(rollback={"to": target, "status": "done", "error": None})
 
+    def _rollback_target(self, request: Rollback) -> str:
+        if request.trigger == "crash":
+            return self.updater.crash_rollback_target()
+        return self.updater.rollback_target(request.target)
+
     def _roll_back_after_crash(self, reason: str) -> None:
-        """LIVE_PULL_ROLLBACK_ON_CRASH: the previous release, or exit if none can serve."""
+        """LIVE_PULL_ROLLBACK_ON_CRASH: the newest retained release that never failed, or
+        exit if there is none or it cannot serve (never back and forth between two)."""
         log.error("the app cannot stay up, rolling back error=%s", reason)
         try:
             self._roll_back(Rollback(None, f"crashed in steady state: {reason}", "crash"))
-        except LivePullError as exc:
-            raise AppFailed(f"{reason}; rollback failed: {exc}") from exc
+        except Exception as exc:
+            raise AppFailed(f"{reason}; rollback failed: {self._describe(exc)}") from exc
 
     # -- reporting ------------------------------------------------------------------------
 

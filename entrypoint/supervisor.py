@@ -20,10 +20,12 @@ import threading
 import time
 import xmlrpc.client
 from collections.abc import Callable, Collection, Iterable
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
+from xml.parsers.expat import ExpatError
 
-from supervisor.xmlrpc import SupervisorTransport
+from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_private
@@ -47,8 +49,29 @@ log = logging.getLogger(__name__)
 POLL = 0.2
 SOCKET_NAME = "supervisor.sock"
 RPC_USER = "live-pull"
+RPC_SLACK = 30.0
 # sun_path holds 107 bytes; supervisord binds "<path>.<pid>" first, then renames.
 UNIX_PATH_MAX = 107 - 12
+
+
+class _TimedUnixConnection(UnixStreamHTTPConnection):  # type: ignore[misc]
+    """supervisor's unix-socket connection, with a timeout on its socket."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self.timeout)
+
+
+def _transport(password: str, socket_path: Path, timeout: float) -> SupervisorTransport:
+    transport = SupervisorTransport(RPC_USER, password, f"unix://{socket_path}")
+
+    def connection() -> _TimedUnixConnection:
+        made = _TimedUnixConnection("localhost", timeout=timeout)
+        made.socketfile = str(socket_path)
+        return made
+
+    transport._get_connection = connection
+    return transport
 
 
 class Supervisor:
@@ -223,14 +246,19 @@ class Supervisor:
     def _call(self, method: Callable[[Any], Any]) -> Any:
         # A fresh proxy per call: SupervisorTransport keeps one connection and
         # is not safe to share between the poller and the watchdog.
-        transport = SupervisorTransport(RPC_USER, self._password, f"unix://{self.socket}")
+        transport = _transport(self._password, self.socket, self._rpc_timeout())
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
         try:
             return method(proxy)
         except xmlrpc.client.Fault as exc:
             raise SupervisorError(f"supervisord refused: {exc.faultString}") from exc
-        except (OSError, xmlrpc.client.ProtocolError) as exc:
-            raise SupervisorError(f"supervisord unreachable: {exc}") from exc
+        except (OSError, xmlrpc.client.ProtocolError, HTTPException, ExpatError) as exc:
+            raise SupervisorError(f"supervisord unreachable: {exc!r}") from exc
+
+    def _rpc_timeout(self) -> float:
+        """Longer than any call that waits for a stop (stopwaitsecs), so only a wedged
+        supervisord times out; then the caller gets a SupervisorError, not a hang."""
+        return self.timings.stop_timeout + RPC_SLACK
 
     def _terminate_escapees(
         self, names: Collection[str] | None, also: Collection[int] = ()

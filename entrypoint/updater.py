@@ -17,7 +17,6 @@ from entrypoint.environments import Environment, Environments
 from entrypoint.errors import (
     AppFailed,
     GitError,
-    LivePullError,
     RevisionError,
     RevisionRefused,
     SupervisorError,
@@ -246,7 +245,9 @@ class Updater:
         previous = self.running_revision
         names = ",".join(revision.processes.programs)
         log.info("starting revision sha=%s programs=%s", short(revision.sha), names)
-        self._step("switching", self._switch_budget())
+        if self.stop.is_set():
+            raise RevisionError("the agent is stopping")
+        self._step("switching", self._switch_budget(previous, revision))
         with self.switching:
             self.generation += 1
             try:
@@ -255,7 +256,7 @@ class Updater:
                     return
                 self.board.serving(False)
                 self._run(revision)
-            except (AppFailed, SupervisorError) as exc:
+            except Exception as exc:  # whatever it was, the previous one must serve again
                 failure = f"revision {short(revision.sha)} failed to start: {exc}"
                 if previous is not None and not self._rolls_over(revision):
                     failure += self._restore(previous)
@@ -270,16 +271,20 @@ class Updater:
         log.error("revision failed to start, restoring sha=%s", short(previous.sha))
         try:
             self._run(previous)
-        except LivePullError as exc:
+        except Exception as exc:
             log.error("restoring the previous revision failed error=%s", exc)
             return f"; restoring {short(previous.sha)} failed too: {exc}"
         return ""
 
-    def _switch_budget(self) -> float:
-        """Start (with retries), health check, drain: twice over for a restore."""
+    def _switch_budget(self, previous: Revision | None, revision: Revision) -> float:
+        """Start (with retries), health check, each program's stop, drain: twice over
+        for a restore."""
         s = self.settings
         starting = (s.start_retries + 1) * (s.start_seconds + s.start_retries + 1) + 10
-        return 2 * (starting + s.healthcheck_timeout + s.stop_timeout) + s.drain_seconds
+        programs = len(revision.processes.programs)
+        programs += len(previous.processes.programs) if previous is not None else 0
+        stopping = programs * s.stop_timeout
+        return 2 * (starting + s.healthcheck_timeout + stopping) + s.drain_seconds
 
     def _step(self, name: str, budget: float) -> None:
         """A long step starts: /status shows it, /healthz allows it its budget."""
@@ -345,9 +350,13 @@ class Updater:
         self._serve(revision)
 
     def _serve(self, revision: Revision) -> None:
-        """The revision is proven: it is the running one, `current` names it."""
-        self.releases.activate(revision.sha)
+        """The revision is proven: it is the running one, `current` names it (a `current`
+        that cannot be written, on a full disk, costs a restart its head start only)."""
         self.running_revision = revision
+        try:
+            self.releases.activate(revision.sha)
+        except OSError as exc:
+            log.warning("current not switched sha=%s error=%s", short(revision.sha), exc)
         digest = revision.environment.digest if revision.environment else None
         self.board.update(
             revision=revision.sha, deps_digest=digest, app_down=None, retained=self._retained()
@@ -383,6 +392,12 @@ class Updater:
     def rollback_target(self, wanted: str | None) -> str:
         """The retained release to roll back to (see pick_rollback_target)."""
         return pick_rollback_target(self._retained(), wanted)
+
+    def crash_rollback_target(self) -> str:
+        """The newest retained release not recorded as failed (a crash rollback must not
+        bring back a revision that crashed before)."""
+        healthy = [sha for sha in self._retained() if sha not in self.state.failed]
+        return pick_rollback_target(healthy, None)
 
     def _retained(self) -> list[str]:
         """Releases on disk one can roll back to, oldest first (the running one excluded)."""

@@ -87,6 +87,8 @@ class Watchdog:
         self._generation = -1
         self._reported = False
         self._unanswered_since: float | None = None
+        self._running: str | None = None
+        self._not_running_since: dict[str, float] = {}
 
     def tick(self) -> None:
         """One look; raises AppFailed when the app cannot be kept up."""
@@ -114,8 +116,10 @@ class Watchdog:
             if self.updater.generation != self._generation:
                 self._generation = self.updater.generation
                 self.counter.forget_processes()
+                self._not_running_since.clear()
                 self._reported = False
             watched = self.updater.active_programs()
+            self._running = self.updater.running
             states = self._states()
         finally:
             self.updater.switching.release()
@@ -146,6 +150,22 @@ class Watchdog:
         if fatal is not None:
             name = next(n for n in sorted(watched) if states.get(n, {}).get("statename") == "FATAL")
             return name, fatal, self.counter.totals.get(name, 0)
+        return self._stuck_down(states, watched)
+
+    def _stuck_down(
+        self, states: dict[str, dict[str, Any]], watched: set[str]
+    ) -> tuple[str, str, int] | None:
+        """A program missing or not RUNNING for a whole crash-loop window is down too
+        (a restore that failed half-way leaves one stopped, never FATAL)."""
+        now = time.monotonic()
+        for name in sorted(watched):
+            if states.get(name, {}).get("statename") == "RUNNING":
+                self._not_running_since.pop(name, None)
+                continue
+            since = self._not_running_since.setdefault(name, now)
+            if now - since > self.counter.window:
+                why = f"program {name} not running for {now - since:.0f}s"
+                return name, why, self.counter.totals.get(name, 0)
         return None
 
     def _down(self, program: str, why: str, restarts: int) -> None:
@@ -159,4 +179,4 @@ class Watchdog:
         self.board.error(why, "app")
         if not self.rollback_on_crash:
             raise AppFailed(why)
-        self.inbox.crashed(why)
+        self.inbox.crashed(why, self._running)

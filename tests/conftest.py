@@ -173,7 +173,8 @@ def _end_what_the_agent_left(home: Path) -> None:
     """A test may SIGKILL its agent: then its supervisord (SIGTERM by parent-death
     signal) stops on its own; anything else the agent started for this home carries
     the home's tag and is ended here (see entrypoint.processes)."""
-    end_tagged(home_id(home), None, time.monotonic() + 10)
+    if home.is_dir():
+        end_tagged(home_id(home), None, time.monotonic() + 10)
 
 
 @pytest.fixture(scope="session")

@@ -442,6 +442,9 @@ class ScriptedUpdater:
             raise self.target_error
         return wanted or "a" * 40
 
+    def crash_rollback_target(self) -> str:
+        return self.rollback_target(None)
+
     def rollback(self, target: str, reason: str) -> None:
         self.rollbacks.append((target, reason))
         if self.rollback_error is not None:

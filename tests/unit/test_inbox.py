@@ -52,10 +52,10 @@ def test_crashed_before_rollback_before_check() -> None:
     inbox = Inbox()
     inbox.check("sync")
     inbox.rollback(Rollback(None, "operator asked", "operator"))
-    inbox.crashed("web went FATAL")
+    inbox.crashed("web went FATAL", "b" * 40)
 
     assert drain(inbox) == [
-        Crashed("web went FATAL"),
+        Crashed("web went FATAL", "b" * 40),
         Rollback(None, "operator asked", "operator"),
         Check("sync"),
     ]

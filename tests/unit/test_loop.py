@@ -327,7 +327,7 @@ def test_crash_rolls_back_to_the_previous_release(run: Run) -> None:
     harness = run(updater)
     updater.wait_checks(1)
 
-    harness.inbox.crashed("program web went FATAL")
+    harness.inbox.crashed("program web went FATAL", updater.running)
     updater.wait_rollback_handled()
 
     assert updater.rollbacks == [("a" * 40, "crashed in steady state: program web went FATAL")]
@@ -341,7 +341,7 @@ def test_crash_with_no_rollback_possible_is_fatal(run: Run) -> None:
     harness = run(updater)
     updater.wait_checks(1)
 
-    harness.inbox.crashed("program web went FATAL")
+    harness.inbox.crashed("program web went FATAL", updater.running)
 
     failure = harness.ended_with()
     assert isinstance(failure, AppFailed)
