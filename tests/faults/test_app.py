@@ -264,6 +264,6 @@ def test_crash_loop_with_rollback_goes_back(launcher: Launcher, tmp_path: Path) 
     assert sampler.seen(lambda s, ready: s.get("app_down") and ready == 503)
     agent.wait_status(revision=good, ready=True, app_down=None)
     checks = agent.checks()
-    wait_until(lambda: agent.checks() >= checks + 3, what="three more checks")
+    wait_until(lambda: agent.checks() >= checks + 2, what="two more checks")
     assert agent.serves(good)  # the crashing revision is not brought back by polling
     assert agent.alive()

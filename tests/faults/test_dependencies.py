@@ -71,7 +71,7 @@ def family(
         good=files,
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         LIVE_PULL_INSTALL_ARGS=f"--no-index --find-links {wheelhouse}",
-        LIVE_PULL_INSTALL_TIMEOUT="10",
+        LIVE_PULL_INSTALL_TIMEOUT="6",
     )
 
 
@@ -106,7 +106,7 @@ def test_package_missing_from_the_index(
     bad = _refused_install(family, agent, "tinypkg==1.0\nnosuchpkg==1.0\n", "nosuchpkg")
     # Skipped until the ref moves: no installer runs for it on later checks.
     installs, checks = installs_run(log), agent.checks()
-    wait_until(lambda: agent.checks() >= checks + 3, what="three more checks")
+    wait_until(lambda: agent.checks() >= checks + 2, what="two more checks")
     assert installs_run(log) == installs
     assert bad in agent.failed()
     fixed = family.good("fixed pins")
