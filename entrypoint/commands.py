@@ -4,23 +4,27 @@ killed as a whole process group on timeout or when the agent stops."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from entrypoint.errors import CommandFailed
-from entrypoint.processes import die_with_parent
+from entrypoint.processes import ONEOFF, TAG_VARIABLE, die_with_parent, tag
 from entrypoint.shell import shell_line
 
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 20
 QUIET_SECONDS = 10.0
+END_WAIT = 5.0
 
 
 def run_logged(
@@ -39,14 +43,14 @@ def run_logged(
     prints nothing still shows in the log that work goes on.
     """
     process = subprocess.Popen(
-        argv,
+        [sys.executable, "-m", "entrypoint.oneoff", *argv],  # see entrypoint/oneoff.py
         cwd=cwd,
-        env=env,
+        env=_tagged_uniquely(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=die_with_parent(),  # killed with the agent, even by SIGKILL
+        preexec_fn=die_with_parent(signal.SIGTERM),  # the wrapper ends it with the agent
         text=True,
         errors="replace",
     )
@@ -57,6 +61,12 @@ def run_logged(
     reader.join(timeout=5)
     if code != 0:
         raise CommandFailed(code, list(tail))
+
+
+def _tagged_uniquely(env: dict[str, str]) -> dict[str, str]:
+    """This command's own tag (`<home>:oneoff-<id>`), so its wrapper ends exactly it."""
+    base = env.get(TAG_VARIABLE) or tag("untagged", ONEOFF)
+    return {**env, TAG_VARIABLE: f"{base}-{uuid.uuid4().hex[:8]}"}
 
 
 def run_release_step(
@@ -108,7 +118,19 @@ def _wait(
             next_quiet += QUIET_SECONDS
         if stop.is_set() or time.monotonic() > deadline:
             reason = "agent stopping" if stop.is_set() else f"timed out after {timeout:g}s"
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            _end(process)
             tail.append(f"killed: {reason}")
             return -signal.SIGKILL
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    """SIGTERM the wrapper, which ends everything of the command; SIGKILL the group if
+    the wrapper itself does not go."""
+    with contextlib.suppress(OSError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=END_WAIT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from entrypoint.commands import run_logged
 from entrypoint.depspec import DependencySpec, SpecKind, detect, digest
 from entrypoint.errors import CommandFailed, InstallError
-from entrypoint.files import write_atomic
+from entrypoint.files import remove_path, write_atomic
 from entrypoint.installers import Installer
 from entrypoint.lockfiles import (
     Pin,
@@ -117,7 +117,8 @@ class Environments:
         for child in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             if child.name not in keep:
                 log.info("removing unused environment name=%s", child.name)
-                shutil.rmtree(child, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    remove_path(child)
 
     # -- building ----------------------------------------------------------------------
 

@@ -32,11 +32,7 @@ PR_SET_PDEATHSIG = 1
 
 
 def home_id(home: Path) -> str:
-    """The path and the directory's identity: two containers that share a pid namespace
-    but each have their own volume at the same path get different ids."""
-    info = home.stat()
-    key = f"{home.resolve()}:{info.st_dev}:{info.st_ino}"
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    return hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
 
 
 def tag(home: str, name: str) -> str:

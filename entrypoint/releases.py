@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from entrypoint.errors import RevisionError, is_local_fault
+from entrypoint.files import remove_path
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Releases:
             kept = self.shared_root / relative
             if not kept.exists() and not kept.is_symlink():
                 _seed(kept, in_release, is_dir=entry.endswith("/"))
-            _remove(in_release)
+            remove_path(in_release)
             in_release.parent.mkdir(parents=True, exist_ok=True)
             in_release.symlink_to(kept)
 
@@ -116,10 +117,3 @@ def _seed(kept: Path, in_release: Path, *, is_dir: bool) -> None:
         shutil.move(in_release, kept)
     elif is_dir:
         kept.mkdir(parents=True, exist_ok=True)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)

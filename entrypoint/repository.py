@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import git
 from entrypoint.auth import GitAuth
 from entrypoint.credentials import RepoUrl
 from entrypoint.errors import GitDiskError, GitError, LocalGitError, RefNotFound
+from entrypoint.files import remove_path
 from entrypoint.submodules import Submodule, cache_name, parse_gitmodules, resolve_url
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,7 @@ class Repository:
         return packed.is_file() and f" {FETCHED_REF}\n" in packed.read_text(errors="replace")
 
     def rebuild(self) -> None:
-        if self.path.is_symlink() or self.path.is_file():
-            self.path.unlink()
-        elif self.path.exists():
-            shutil.rmtree(self.path)
+        remove_path(self.path)
         self._repo = git.Repo.init(self.path, bare=True)
         self._damage = None
         self._git("config", "gc.autoDetach", "false")

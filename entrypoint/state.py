@@ -18,7 +18,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from entrypoint.files import write_atomic
+from entrypoint.files import remove_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ class StateFile:
         """Replace state.json atomically. An OSError (read-only, disk full, path taken by a
         directory) propagates with state.json as its filename; no partial file is left."""
         try:
+            if self.path.is_dir() and not self.path.is_symlink():
+                remove_path(self.path)  # in the way of the file, and holds nothing of ours
             write_atomic(self.path, json.dumps(asdict(state), indent=2) + "\n")
         except OSError as exc:
             raise OSError(exc.errno, f"cannot write state: {exc.strerror}", str(self.path)) from exc

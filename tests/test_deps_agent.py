@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.installers import pick_installer
+from entrypoint.processes import alive
 from entrypoint.sample import APP, SampleRepo
 from tests.conftest import AgentProcess, wait_until
 
@@ -150,7 +151,8 @@ def test_install_killed_midway_is_never_reused(
     wait_until(lambda: "install running elapsed=" in agent.output(), 30, "progress line")
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait_exit()
-    os.killpg(_session_of(started[0]), signal.SIGKILL)
+    # The install dies with the agent (its wrapper ends everything it started).
+    wait_until(lambda: not _install_running(), 20, f"the install of {started[0]} ended")
     assert [p.name for p in venvs.iterdir() if not p.name.startswith(".tmp-")] == []
     slow.unlink()
     again = agent_factory(sample.url, home=agent.home, **env)
@@ -160,17 +162,17 @@ def test_install_killed_midway_is_never_reused(
     assert [p.name for p in venvs.iterdir()] == [status["deps_digest"]]
 
 
-def _session_of(marker: Path) -> int:
-    """The process group of the sleeping install command (it outlives a killed agent)."""
+def _install_running() -> bool:
+    """Is the sleeping install command still alive (and not a zombie)?"""
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"sleep\x00120" in cmdline:
-                return os.getpgid(int(proc.name))
-    raise AssertionError(f"no install process found for {marker}")
+            if cmdline.startswith(b"sleep\x00120\x00") and alive(int(proc.name)):
+                return True
+    return False
 
 
 def test_install_command_for_non_python_apps(sample: SampleRepo, agent_factory: Factory) -> None:
