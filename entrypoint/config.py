@@ -153,6 +153,13 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("LIVE_PULL_ALLOWED_SIGNERS_FILE")
     )
     gpg_keyring: Path | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_GPG_KEYRING"))
+    app_user: str | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_APP_USER"))
+    allow_http_credentials: bool = Field(
+        False, validation_alias=AliasChoices("LIVE_PULL_ALLOW_HTTP_CREDENTIALS")
+    )
+    max_revision_mb: float = Field(
+        2048.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_MAX_REVISION_MB")
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("LIVE_PULL_LOG_LEVEL")
     )
