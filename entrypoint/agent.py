@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
+from entrypoint import identity
 from entrypoint.auth import GitAuth
 from entrypoint.board import StatusBoard
 from entrypoint.config import Settings
 from entrypoint.environments import Environments, InstallOptions
+from entrypoint.errors import ConfigError
+from entrypoint.identity import Identity
 from entrypoint.inbox import Inbox, Rollback
 from entrypoint.installers import pick_installer
 from entrypoint.loop import ControlLoop
-from entrypoint.processes import home_id, tag_children
+from entrypoint.processes import home_id, read_app_processes_as, tag_children
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
@@ -38,6 +43,10 @@ WATCH_INTERVAL = 1.0
 LOOP_JOIN_SECONDS = 1.0
 
 
+def _interpreter() -> Path:
+    return Path(sys.executable).resolve().parent
+
+
 class Agent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -46,6 +55,7 @@ class Agent:
         self.inbox = Inbox()
         home = settings.home
         home.mkdir(parents=True, exist_ok=True)
+        run_as = self._separate(settings)
         self.board = StatusBoard(settings.repo_url.redacted(), settings.ref_label)
         self.repo = Repository(
             home / "repo",
@@ -58,7 +68,7 @@ class Agent:
         timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
         process_home = home_id(home)
         tag_children(process_home)
-        self.supervisor = Supervisor(home / "run", timings, process_home)
+        self.supervisor = Supervisor(home / "run", timings, process_home, run_as)
         self.updater = Updater(
             settings,
             self.repo,
@@ -78,9 +88,11 @@ class Agent:
                     settings.install_timeout,
                 ),
                 self.stop,
+                run_as,
             ),
             Verifier(settings.verify, home),
             self._shared_socket(),
+            run_as,
         )
         self.loop = ControlLoop(settings, self.updater, self.board, self.inbox)
         self.watchdog = Watchdog(
@@ -132,6 +144,35 @@ class Agent:
             Rollback(target, f"rolled back by operator to {target[:12]}", "operator")
         )
         return target
+
+    @staticmethod
+    def _separate(settings: Settings) -> Identity:
+        """Who code from the repository runs as; said once, at start, when that is the
+        agent itself. The home is the agent's; the app may only pass through it."""
+        run_as = identity.resolve(settings.app_user)
+        notice = identity.notice(settings.app_user, run_as)
+        if notice is not None:
+            log.warning("%s", notice)
+        if run_as.app is None:
+            return run_as
+        settings.home.chmod(0o755)
+        # The app user runs the agent's interpreter too (the wrapper of one-off commands,
+        # the slot launcher), and must pass through to its releases and environments.
+        for what, path in (("LIVE_PULL_HOME", settings.home), ("python", _interpreter())):
+            blocked = run_as.blocked_on_the_way(path)
+            if blocked is not None:
+                raise ConfigError(
+                    f"LIVE_PULL_APP_USER: user {run_as.app.name} cannot reach {what} {path}"
+                    f" ({blocked} is not searchable by it)"
+                )
+        run_as.private_dir(settings.home / "repo")
+        read_app_processes_as(run_as.app.uid, run_as.app.gid)
+        log.info(
+            "privilege separation on: code from the repository runs as user=%s uid=%d",
+            run_as.app.name,
+            run_as.app.uid,
+        )
+        return run_as
 
     def request_stop(self) -> None:
         self.stop.set()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from entrypoint.errors import CommandFailed
+from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.processes import ONEOFF, TAG_VARIABLE, die_with_parent, tag
 from entrypoint.shell import shell_line
 
@@ -36,8 +37,12 @@ def run_logged(
     stop: threading.Event,
     on_line: Callable[[str], None],
     on_quiet: Callable[[], None] | None = None,
+    run_as: Identity = AS_AGENT,
 ) -> None:
     """Run argv, passing each output line to on_line; raise CommandFailed with the tail.
+
+    `run_as`: code from the repository (installers, the release step) runs as the app
+    user, wrapper included, so the wrapper can read its command's processes in /proc.
 
     on_quiet is called every QUIET_SECONDS the command runs, so a long download that
     prints nothing still shows in the log that work goes on.
@@ -53,6 +58,7 @@ def run_logged(
         preexec_fn=die_with_parent(signal.SIGTERM),  # the wrapper ends it with the agent
         text=True,
         errors="replace",
+        **run_as.popen_kwargs(),
     )
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     reader = threading.Thread(target=_pump, args=(process, tail, on_line), daemon=True)
@@ -70,7 +76,13 @@ def _tagged_uniquely(env: dict[str, str]) -> dict[str, str]:
 
 
 def run_release_step(
-    command: str, cwd: Path, env: dict[str, str], *, timeout: float, stop: threading.Event
+    command: str,
+    cwd: Path,
+    env: dict[str, str],
+    *,
+    timeout: float,
+    stop: threading.Event,
+    run_as: Identity = AS_AGENT,
 ) -> None:
     """The Procfile `release` step (migrations), run by the shell in the new release."""
     log.info("running release step cwd=%s", cwd)
@@ -82,6 +94,7 @@ def run_release_step(
             timeout=timeout,
             stop=stop,
             on_line=lambda line: log.info("release: %s", line),
+            run_as=run_as,
         )
     except CommandFailed as exc:
         raise exc.as_revision_error("release step") from exc

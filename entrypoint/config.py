@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from entrypoint import identity
 from entrypoint.auth import AUTH_KINDS, AuthSettings, Secret
 from entrypoint.credentials import REDACTED, RepoUrl, parse_repo_url
 from entrypoint.errors import ConfigError
@@ -33,6 +34,8 @@ from entrypoint.verify import VerifySettings
 PREFIX = "LIVE_PULL_"
 # Variables live-pull sets for the app itself; seeing them is not a typo.
 APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_ENV", "LIVE_PULL_PROCESS"})
+# Settings the app keeps seeing (REPO_URL with its credentials removed).
+APP_KEEPS = frozenset({"REPO_URL", "REPO_REF", "PORT"})
 # Variables whose value may hold a secret: never echoed, never passed to the app.
 SECRET_VARIABLES = frozenset(
     {"REPO_URL", "LIVE_PULL_GIT_TOKEN", "LIVE_PULL_GIT_PASSWORD", "LIVE_PULL_WEBHOOK_SECRET"}
@@ -251,6 +254,14 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         return ",".join(_relative_inside(part, allow_empty=False) for part in value.split(","))
+
+    @field_validator("app_user")
+    @classmethod
+    def _existing_user(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        identity.lookup(value.strip())
+        return value.strip()
 
     @field_validator("install_args", mode="before")
     @classmethod
@@ -501,13 +512,14 @@ def _one_line(exc: ValidationError) -> str:
 
 
 def scrub_environ(settings: Settings, environ: MutableMapping[str, str] | None = None) -> None:
-    """Remove secrets from this process's environment, so no child inherits them.
+    """Remove live-pull's settings from this process's environment, so no child
+    inherits them: secrets, and the `*_FILE` paths that lead to them.
 
-    git, supervisord and the app are all started after this; the app still sees
-    REPO_URL, without its credentials.
+    git, supervisord, installers and the app are all started after this; the app
+    still sees REPO_URL (without its credentials), REPO_REF and PORT.
     """
     environ = os.environ if environ is None else environ
-    for name in SECRET_VARIABLES:
+    for name in _ALIASES - APP_KEEPS:
         environ.pop(name, None)
     environ["REPO_URL"] = settings.repo_url.url
 

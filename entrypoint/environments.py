@@ -29,6 +29,7 @@ from entrypoint.commands import run_logged
 from entrypoint.depspec import DependencySpec, SpecKind, detect, digest
 from entrypoint.errors import CommandFailed, InstallError
 from entrypoint.files import remove_path, write_atomic
+from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.installers import Installer
 from entrypoint.lockfiles import (
     Pin,
@@ -78,8 +79,10 @@ class Environments:
         installer: Installer,
         options: InstallOptions,
         stop: threading.Event,
+        run_as: Identity = AS_AGENT,
     ) -> None:
         self.root = root
+        self.run_as = run_as
         self.cache = cache
         self.installer = installer
         self.options = options
@@ -133,15 +136,19 @@ class Environments:
             self.installer.identity,
             environment.digest,
         )
+        self._prepare_build(staging)
         try:
             self._run(self.installer.create_env(staging), spec, staging, started)
             self._run(self._install_argv(spec, staging), spec, staging, started)
+            # From here on the app user can no longer change what later releases reuse.
+            self.run_as.take_back(staging)
             _retarget(staging, final)
             _write_manifest(staging, environment.digest)
             _swap_in(staging, final)
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            for leftover in (staging, _home_of(staging)):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
         self.installs += 1
         self.last_install_seconds = round(time.monotonic() - started, 2)
         log.info(
@@ -149,6 +156,17 @@ class Environments:
             environment.digest,
             self.last_install_seconds,
         )
+
+    def _prepare_build(self, staging: Path) -> None:
+        """The installer runs as the app user: it may write the build, its HOME (beside
+        the build, removed with it) and the cache."""
+        staging.mkdir(mode=0o755)
+        _home_of(staging).mkdir(mode=0o700)
+        for path in (staging, _home_of(staging)):
+            self.run_as.hand_over(path)
+        for cache in self.installer.cache_env(self.cache).values():
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            self.run_as.hand_over(Path(cache))
 
     def _install_argv(self, spec: DependencySpec, env: Path) -> list[str]:
         extra = list(self.options.extra_args)
@@ -162,10 +180,13 @@ class Environments:
             return [*self.installer.pip_install(env), "-r", str(spec.main_file), *extra]
         pinned = env / PINNED
         if spec.kind is SpecKind.PYPROJECT:
-            pinned.write_text("".join(f"{dep}\n" for dep in project_dependencies(spec.main_file)))
+            # Atomic: never through a link the app user may have put in its build.
+            write_atomic(
+                pinned, "".join(f"{dep}\n" for dep in project_dependencies(spec.main_file))
+            )
             return [*self.installer.pip_install(env), "-r", str(pinned), *extra]
         pins = _pins(spec)
-        pinned.write_text(requirement_lines(pins))
+        write_atomic(pinned, requirement_lines(pins))
         exact = [
             "--no-deps",
             *(["--require-hashes"] if pins and all(p.hashes for p in pins) else []),
@@ -183,6 +204,7 @@ class Environments:
                 stop=self.stop,
                 on_line=progress.line,
                 on_quiet=progress.still_running,
+                run_as=self.run_as,
             )
         except CommandFailed as exc:
             raise InstallError(f"install failed ({self.installer.name}) {exc}") from exc
@@ -196,6 +218,8 @@ class Environments:
             "UV_PROJECT_ENVIRONMENT": str(env),
             "UV_PYTHON_DOWNLOADS": "never",  # build on this interpreter, never fetch another
             "PIP_NO_INPUT": "1",
+            "HOME": str(_home_of(env)),
+            "TMPDIR": str(_home_of(env)),
         }
         variables.update(Environment("", env).variables(os.environ.get("PATH", os.defpath)))
         return variables
@@ -274,6 +298,12 @@ def _recorded(env: Path) -> list[str]:
             tops = {row[0].split("/")[0] for row in csv.reader(rows) if row}
         found.update(str(site / top) for top in tops if top not in ("", "..", "__pycache__"))
     return sorted(found)
+
+
+def _home_of(staging: Path) -> Path:
+    """The installer's HOME and TMPDIR; its name starts like an interrupted build's,
+    so garbage collection removes it if the agent dies mid-install."""
+    return staging.with_name(f"{staging.name}-home")
 
 
 def _swap_in(staging: Path, final: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 
 from entrypoint.errors import AppFailed
+from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.shell import shell_line
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,14 @@ def wait_healthy(url: str, timeout: float, alive: Callable[[], bool] = lambda: T
 
 
 def probe_before_joining(
-    cwd: Path, env: dict[str, str], command: str, path: str, timeout: float
+    cwd: Path,
+    env: dict[str, str],
+    command: str,
+    path: str,
+    timeout: float,
+    run_as: Identity = AS_AGENT,
 ) -> None:
-    """Run the web command on a private socket, check `path`, stop it."""
+    """Run the web command on a private socket (as the app user), check `path`, stop it."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     port = listener.getsockname()[1]
     process = subprocess.Popen(
@@ -56,6 +62,7 @@ def probe_before_joining(
         env={**os.environ, **env},
         stdin=listener.fileno(),
         start_new_session=True,
+        **run_as.popen_kwargs(),
     )
     listener.close()
     log.info("health check of the new revision on a private socket path=%s", path)

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -29,6 +30,7 @@ TAG_VARIABLE = "LIVE_PULL_PROCESS"
 ONEOFF = "oneoff"
 POLL = 0.1
 PR_SET_PDEATHSIG = 1
+TAG_READ_TIMEOUT = 10.0
 
 
 def home_id(home: Path) -> str:
@@ -131,18 +133,93 @@ def _pids() -> list[int]:
 def _still_tagged(pids: list[int], home: str, names: Collection[str] | None) -> list[int]:
     prefix = f"{TAG_VARIABLE}={home}:".encode()
     wanted = None if names is None else {prefix + name.encode() for name in names}
-    return [pid for pid in pids if _tagged(pid, prefix, wanted)]
+    tags = _tags(pids)
+    return [pid for pid in pids if _matches(tags.get(pid), prefix, wanted)]
 
 
-def _tagged(pid: int, prefix: bytes, wanted: set[bytes] | None) -> bool:
-    """Processes we may not read (another user's) are skipped: we did not start them."""
-    try:
-        variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
+def _matches(tag_line: bytes | None, prefix: bytes, wanted: set[bytes] | None) -> bool:
+    if tag_line is None:
         return False
-    if wanted is None:
-        return any(variable.startswith(prefix) for variable in variables)
-    return any(variable in wanted for variable in variables)
+    return tag_line.startswith(prefix) if wanted is None else tag_line in wanted
+
+
+def _tags(pids: list[int]) -> dict[int, bytes]:
+    """Each pid's `LIVE_PULL_PROCESS=...` line. Processes we may not read are skipped
+    (another user's: we did not start them), except the app user's, when the agent
+    lacks the right to read them (no CAP_SYS_PTRACE): those are read as that user."""
+    found: dict[int, bytes] = {}
+    denied: list[int] = []
+    for pid in pids:
+        try:
+            found[pid] = _tag_line(Path(f"/proc/{pid}/environ").read_bytes())
+        except PermissionError:
+            denied.append(pid)
+        except OSError:
+            continue
+    if denied and _app_user is not None:
+        found.update(_tags_as(_app_user, [pid for pid in denied if _owner(pid) == _app_user[0]]))
+    return {pid: line for pid, line in found.items() if line}
+
+
+def _tag_line(environ: bytes) -> bytes:
+    marker = f"{TAG_VARIABLE}=".encode()
+    return next((item for item in environ.split(b"\0") if item.startswith(marker)), b"")
+
+
+# -- the app user's processes, read as the app user ----------------------------------
+
+_app_user: tuple[int, int] | None = None
+
+
+def read_app_processes_as(uid: int, gid: int) -> None:
+    """The agent and the app run as different users: tags of processes owned by
+    `uid` are read by a helper running as that uid (see _tags)."""
+    global _app_user
+    _app_user = (uid, gid)
+
+
+def _tags_as(user: tuple[int, int], pids: list[int]) -> dict[int, bytes]:
+    """Ask `python -m entrypoint.processes PID...` running as `user`. What it says is
+    trusted only for processes that user owns (the caller filtered them)."""
+    if not pids:
+        return {}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "entrypoint.processes", *map(str, pids)],
+            user=user[0],
+            group=user[1],
+            extra_groups=[],
+            env={"PATH": os.defpath},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=TAG_READ_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not read the app user's processes error=%s", exc)
+        return {}
+    found: dict[int, bytes] = {}
+    for line in result.stdout.splitlines():
+        pid, _, tag_line = line.partition(b" ")
+        if pid.isdigit() and int(pid) in pids:
+            found[int(pid)] = tag_line
+    return found
+
+
+def _owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _print_tags(pids: list[str]) -> None:
+    """The helper's side: `PID LIVE_PULL_PROCESS=...` for each readable, tagged pid."""
+    for pid in filter(str.isdigit, pids):
+        with contextlib.suppress(OSError):
+            line = _tag_line(Path(f"/proc/{pid}/environ").read_bytes())
+            if line:
+                sys.stdout.buffer.write(pid.encode() + b" " + line + b"\n")
 
 
 def _pgid(pid: int) -> int | None:
@@ -172,3 +249,7 @@ def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
+
+
+if __name__ == "__main__":
+    _print_tags(sys.argv[1:])

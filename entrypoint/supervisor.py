@@ -29,6 +29,7 @@ from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_private
+from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.processes import (
     alive,
     die_with_parent,
@@ -75,9 +76,13 @@ def _transport(password: str, socket_path: Path, timeout: float) -> SupervisorTr
 
 
 class Supervisor:
-    def __init__(self, run_dir: Path, timings: Timings, home: str) -> None:
-        """`home`: the home id its processes are tagged with (see processes.py)."""
+    def __init__(
+        self, run_dir: Path, timings: Timings, home: str, run_as: Identity = AS_AGENT
+    ) -> None:
+        """`home`: the home id its processes are tagged with (see processes.py);
+        `run_as`: who the app's programs run as (supervisord itself stays the agent's)."""
         self.run_dir = run_dir
+        self.run_as = run_as
         self.timings = timings
         self.home = home
         self.conf = run_dir / "supervisord.conf"
@@ -180,7 +185,8 @@ class Supervisor:
     def apply(self, programs: list[ProgramSpec], shared: SharedSocket | None = None) -> None:
         """Make supervisord run exactly `programs`; changed ones are restarted."""
         with self._lock:
-            rendered = render_programs(programs, self.timings, shared, self.home)
+            user = self.run_as.supervisor_user()
+            rendered = render_programs(programs, self.timings, shared, self.home, user)
             self.programs_file.write_text(rendered)
             result = self._call(lambda rpc: rpc.supervisor.reloadConfig())
             added, changed, removed = result[0]

@@ -83,12 +83,19 @@ def render_programs(
     timings: Timings,
     shared: SharedSocket | None = None,
     home: str = "",
+    user: str | None = None,
 ) -> str:
-    """`home` (the home id) tags every process with LIVE_PULL_PROCESS (see processes.py)."""
+    """`home` (the home id) tags every process with LIVE_PULL_PROCESS (see processes.py);
+    `user`: the app user every program runs as (see identity.py)."""
     parts = [_render_program(_tagged(program, home), timings) for program in programs]
     if shared is not None:
         parts.append(_render_shared(shared, timings, home))
-    return "\n".join(parts)
+    return "\n".join(_as_user(part, user) for part in parts)
+
+
+def _as_user(section: str, user: str | None) -> str:
+    """supervisord switches to `user` before it executes the program's command."""
+    return section if user is None else f"{section}user={_escape(user)}\n"
 
 
 def _tagged(program: ProgramSpec, home: str) -> ProgramSpec:

@@ -22,6 +22,7 @@ from entrypoint.errors import (
     SupervisorError,
 )
 from entrypoint.health import probe_before_joining, wait_healthy
+from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
 from entrypoint.procfile import WEB, Processes, load_processes
 from entrypoint.releases import Releases
 from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository
@@ -62,8 +63,11 @@ class Updater:
         environments: Environments,
         verifier: Verifier,
         shared: SharedSocket | None = None,
+        run_as: Identity = AS_AGENT,
     ) -> None:
         self.settings = settings
+        self.run_as = run_as  # who code from the repository runs as (identity.py)
+        self.scratch = ScratchDirs(settings.home / "scratch", run_as)
         self.repo = repo
         self.releases = releases
         self.supervisor = supervisor
@@ -136,6 +140,7 @@ class Updater:
             raise RevisionError(f"LIVE_PULL_APP_DIR {app_dir!r} is not in the revision")
         processes = load_processes(app_path, self.settings.command, self.settings.release_command)
         self._keeps_serving(processes)
+        self.run_as.hand_over(self.releases.path(sha))  # collectstatic & co. write in place
         self._step("installing", 2 * self.settings.install_timeout)
         environment = self.environments.ensure(app_path)
         self.board.update(
@@ -235,6 +240,7 @@ class Updater:
             self.app_environment(revision),
             timeout=self.settings.release_timeout,
             stop=self.stop,
+            run_as=self.run_as,
         )
 
     def go_live(self, revision: Revision) -> None:
@@ -314,7 +320,8 @@ class Updater:
         variables = self._revision_variables(revision)
         path = self.settings.healthcheck_path
         if path is not None:
-            probe_before_joining(cwd, variables, command, path, self.settings.healthcheck_timeout)
+            timeout = self.settings.healthcheck_timeout
+            probe_before_joining(cwd, variables, command, path, timeout, self.run_as)
         slot = self.slots.start(cwd, variables, command)
         try:
             self.supervisor.apply(self._programs(revision), self.shared)
@@ -378,7 +385,11 @@ class Updater:
 
     def _revision_variables(self, revision: Revision) -> dict[str, str]:
         """What live-pull adds to the app's environment for this revision."""
-        variables = {"PORT": str(self.settings.port), "LIVE_PULL_REVISION": revision.sha}
+        variables = {
+            "PORT": str(self.settings.port),
+            "LIVE_PULL_REVISION": revision.sha,
+            **self.scratch.variables(revision.sha),
+        }
         if revision.environment is not None:
             variables.update(revision.environment.variables(os.environ.get("PATH", os.defpath)))
         return variables
@@ -438,6 +449,10 @@ class Updater:
         self.state.forget_all_but(retained)
         self.state_file.save(self.state)
         self.releases.collect(retained)
+        self.scratch.collect(set(retained))
+        for sha in retained:  # the app writes only the release it runs
+            if sha != self.running and self.releases.exists(sha):
+                self.run_as.take_back(self.releases.path(sha))
         in_use = {self.state.environments.get(sha) for sha in retained}
         running = self.running_revision
         if running is not None and running.environment is not None:
