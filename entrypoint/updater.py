@@ -140,7 +140,9 @@ class Updater:
             raise RevisionError(f"LIVE_PULL_APP_DIR {app_dir!r} is not in the revision")
         processes = load_processes(app_path, self.settings.command, self.settings.release_command)
         self._keeps_serving(processes)
-        self.run_as.hand_over(self.releases.path(sha))  # collectstatic & co. write in place
+        # The app writes its release (collectstatic & co. run in place) and shared data.
+        self.run_as.hand_over(self.releases.path(sha))
+        self.run_as.hand_over(self.releases.shared_root)
         self._step("installing", 2 * self.settings.install_timeout)
         environment = self.environments.ensure(app_path)
         self.board.update(
@@ -358,8 +360,14 @@ class Updater:
 
     def _serve(self, revision: Revision) -> None:
         """The revision is proven: it is the running one, `current` names it (a `current`
-        that cannot be written, on a full disk, costs a restart its head start only)."""
-        self.running_revision = revision
+        that cannot be written, on a full disk, costs a restart its head start only).
+
+        The release left stops being the app's before `current` moves: from then on the
+        app writes only the release it runs (a draining old web can still read its own).
+        """
+        left, self.running_revision = self.running_revision, revision
+        if left is not None and left.sha != revision.sha:
+            self._take_back(left.sha)
         try:
             self.releases.activate(revision.sha)
         except OSError as exc:
@@ -451,16 +459,21 @@ class Updater:
         self.releases.collect(retained)
         self.scratch.collect(set(retained))
         for sha in retained:  # the app writes only the release it runs
-            if sha != self.running and self.releases.exists(sha):
-                self.run_as.take_back(self.releases.path(sha))
+            self._take_back(sha)
         in_use = {self.state.environments.get(sha) for sha in retained}
         running = self.running_revision
         if running is not None and running.environment is not None:
             in_use.add(running.environment.digest)
         self.environments.collect({digest for digest in in_use if digest})
 
+    def _take_back(self, sha: str) -> None:
+        """A release the app no longer runs becomes the agent's (the app reads it only)."""
+        if sha != self.running and self.releases.exists(sha):
+            self.run_as.take_back(self.releases.path(sha))
+
     def _record_failure(self, sha: str, reason: str) -> None:
         log.error("revision failed sha=%s reason=%s", short(sha), reason)
+        self._take_back(sha)
         self.state.record_failed(sha, reason)
         self.state_file.save(self.state)
         self.board.error(reason, "rejected")

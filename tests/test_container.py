@@ -5,6 +5,7 @@ Skipped, with the reason printed, where no container engine is available.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,6 +29,9 @@ IMAGE = "localhost/live-pull:test"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CONTAINER_UID = 10001
 BOOT = 120.0
+# The capabilities the README documents for the agent (Kubernetes securityContext):
+# every container here runs with these alone, so the list is proven sufficient.
+AGENT_CAPABILITIES = ("--cap-drop=all", "--cap-add=CHOWN,DAC_OVERRIDE,FOWNER,KILL,SETGID,SETUID")
 
 pytestmark = pytest.mark.skipif(
     shutil.which("podman") is None or os.geteuid() != 0,
@@ -125,7 +129,9 @@ class Container:
         return result.stdout + result.stderr
 
     def serving(self, sha: str, timeout: float = BOOT) -> str:
-        return str(
+        """The app answers from `sha`, and the agent has proven it (its programs stayed
+        up their start seconds): only then is it ready."""
+        text = str(
             wait_until(
                 lambda: (
                     (text := fetch_text(self.url())) and f"revision {sha[:12]}" in text and text
@@ -134,6 +140,12 @@ class Container:
                 lambda: f"{self.name} serving {sha[:12]}\n{self.logs()[-3000:]}",
             )
         )
+        wait_until(
+            lambda: self.status().get("revision") == sha and self.status().get("ready"),
+            timeout,
+            lambda: f"{self.name} ready on {sha[:12]}: {self.status()}",
+        )
+        return text
 
 
 RunContainer = Callable[..., Container]
@@ -144,7 +156,13 @@ def run_container(image: str) -> Iterator[RunContainer]:
     made: list[Container] = []
     volumes: set[str] = set()
 
-    def run(remote: Remote, *extra: str, volume: str | None = None, **env: str) -> Container:
+    def run(
+        remote: Remote,
+        *extra: str,
+        volume: str | None = None,
+        volume_options: str = "",
+        **env: str,
+    ) -> Container:
         volume = volume or f"lp-test-{uuid.uuid4().hex[:8]}"
         volumes.add(volume)
         container = Container(f"lp-test-{uuid.uuid4().hex[:8]}", free_port(), free_port(), volume)
@@ -163,7 +181,9 @@ def run_container(image: str) -> Iterator[RunContainer]:
             "--network",
             "host",
             "-v",
-            f"{volume}:/var/lib/live-pull",
+            f"{volume}:/var/lib/live-pull{volume_options}",
+            "--security-opt=no-new-privileges",
+            *AGENT_CAPABILITIES,
             *remote.mounts,
             *extra,
         ]
@@ -194,7 +214,8 @@ def test_app_answers_and_follows_pushes_without_restart(
     assert "pushed from revision" in container.serving(sha)
     assert container.inspect("{{.State.StartedAt}}") == started
     assert container.inspect("{{.RestartCount}}") == "0"
-    assert container.inspect("{{.Config.User}}") == "live-pull"
+    assert container.inspect("{{.Config.User}}") == "root"  # the agent; the app is `app`
+    assert "privilege separation on" in container.logs()
     # The image's HEALTHCHECK command, run where the engine would run it.
     for probe in ("healthz", "readyz"):
         assert podman("exec", container.name, "live-pull", "probe", probe).returncode == 0
@@ -307,3 +328,163 @@ def test_kubernetes_manifest_runs_under_kube_play(image: str, tmp_path: Path) ->
         finally:
             podman("kube", "down", str(path), check=False, timeout=120)
             podman("volume", "rm", "-f", "app-state", check=False)
+
+
+# -- the app never holds the deploy's secrets ------------------------------------------
+
+TOKEN = "ghs_containerSecretToken0123456789"
+WEBHOOK_SECRET = "webhook-secret-value-42"
+# Run by the app (a Procfile program) inside the container: tries every way to a secret
+# the issue names and prints one line per attempt, then `PROBE done <revision>`.
+PROBE = r"""
+import json, os, socket, sys, pathlib, time
+home = pathlib.Path('/var/lib/live-pull')
+me = os.getuid()
+# Until this revision is proven (`current` names it), the release it replaces still runs.
+while os.path.realpath(home / 'current') != os.getcwd():
+    time.sleep(0.1)
+
+def say(*parts):
+    print('PROBE', *parts, flush=True)
+
+def attempt(kind, target, action):
+    try:
+        result = action()
+    except OSError as exc:
+        say(kind, target, 'DENIED', exc.errno)
+    else:
+        say(kind, target, 'OK', repr(result)[:2000])
+
+def read(path):
+    with open(path, 'rb') as handle:
+        return handle.read()
+
+def write(path):
+    with open(path, 'w') as handle:
+        handle.write('probe')
+    return 'written'
+
+def connect(path):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+    return 'connected'
+
+for entry in pathlib.Path('/proc').iterdir():
+    if entry.name.isdigit():
+        owner = entry.stat().st_uid
+        attempt('environ-of-uid-' + ('self' if owner == me else str(owner)), entry.name,
+                lambda: read(entry / 'environ'))
+for directory, _, files in os.walk(home):
+    for name in files:
+        attempt('read', os.path.join(directory, name), lambda: read(os.path.join(directory, name)))
+for secret in pathlib.Path('/run/secrets').iterdir():
+    attempt('secret', secret, lambda: read(secret))
+attempt('connect', 'supervisord', lambda: connect(home / 'run' / 'supervisor.sock'))
+release = pathlib.Path.cwd()
+attempt('write-own-release', release, lambda: write(release / 'probe.out'))
+attempt('write-home', os.environ['HOME'], lambda: write(pathlib.Path(os.environ['HOME']) / 'p'))
+attempt('write-state-volume', home, lambda: write(home / 'probe.out'))
+attempt('write-state', 'state.json', lambda: write(home / 'state.json'))
+attempt('write-repo', 'repo', lambda: write(home / 'repo' / 'config'))
+for other in (home / 'releases').iterdir():
+    if other != release:
+        attempt('write-other-release', other, lambda: write(other / 'probe.out'))
+for env in (home / 'venvs').iterdir():
+    attempt('write-environment', env, lambda: write(env / 'bin' / 'python'))
+say('env', json.dumps(dict(os.environ)))
+say('done', os.environ['LIVE_PULL_REVISION'])
+"""
+
+
+def _probe_lines(logs: str, sha: str) -> list[str]:
+    """The probe lines of one revision's run (the lines before its `done`)."""
+    lines = [line for line in logs.splitlines() if line.startswith("PROBE ")]
+    end = lines.index(f"PROBE done {sha}")
+    start = max(
+        (i + 1 for i, line in enumerate(lines[:end]) if line.startswith("PROBE done")), default=0
+    )
+    return lines[start:end]
+
+
+def test_the_app_cannot_reach_any_secret(image: str, tmp_path: Path, run_container) -> None:
+    """As the app (a Procfile program): every path to a secret the issue names is denied."""
+    root = tmp_path / "git"
+    root.mkdir()
+    sample = create_sample_repo(root)
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for name, value in (("token", TOKEN), ("webhook", WEBHOOK_SECRET)):
+        (secrets_dir / name).write_text(value + "\n")
+        (secrets_dir / name).chmod(0o400)  # root's, as a Kubernetes Secret with mode 0400
+    files = {
+        "probe.py": PROBE,
+        "requirements.txt": "\n",  # an environment, to try writing into
+        "Procfile": "web: python app.py\nprobe: python probe.py && sleep 3600\n",
+    }
+    first = sample.commit(files, "probe")
+    with GitHttpServer(root, credentials=("x-access-token", TOKEN)) as server:
+        remote = Remote(sample, server.url(sample.remote.name))
+        container = run_container(
+            remote,
+            "-v",
+            f"{secrets_dir}:/run/secrets:ro",
+            LIVE_PULL_GIT_TOKEN_FILE="/run/secrets/token",
+            LIVE_PULL_WEBHOOK_SECRET_FILE="/run/secrets/webhook",
+        )
+        container.serving(first)
+        # A second revision, so that an older release is on disk to try.
+        second = sample.commit({"probe.py": PROBE + "\n# second\n"}, "probe again")
+        container.serving(second)
+        logs = wait_until(
+            lambda: (text := container.logs()) and f"PROBE done {second}" in text and text,
+            BOOT,
+            lambda: container.logs()[-3000:],
+        )
+    password = podman(
+        "exec",
+        container.name,
+        "sed",
+        "-n",
+        "s/^password=//p",
+        "/var/lib/live-pull/run/supervisord.conf",
+    ).stdout.split()[0]
+    lines = _probe_lines(logs, second)
+    shown = "\n".join(lines)
+    for secret in (TOKEN, WEBHOOK_SECRET, password):
+        assert secret not in shown
+    outcome = {
+        " ".join(line.split()[1:3]): line.split()[3] for line in lines if len(line.split()) > 3
+    }
+    others = [k for k in outcome if k.startswith("environ-of-uid-") and "self" not in k]
+    assert others and all(outcome[k] == "DENIED" for k in others), shown
+    assert outcome["environ-of-uid-0 1"] == "DENIED"  # PID 1 (tini) holds the original env
+    for path in ("/run/secrets/token", "/run/secrets/webhook"):
+        assert outcome[f"secret {path}"] == "DENIED"
+    assert outcome["read /var/lib/live-pull/run/supervisord.conf"] == "DENIED"
+    assert outcome["connect supervisord"] == "DENIED"
+    assert [k for k in outcome if k.startswith("write-other-release")], shown
+    assert [k for k in outcome if k.startswith("write-environment")], shown
+    for key, result in outcome.items():
+        allowed = key.startswith(("write-own-release", "write-home"))
+        if key.startswith("write"):
+            assert result == ("OK" if allowed else "DENIED"), key
+    env = json.loads(next(line for line in lines if line.startswith("PROBE env ")).split(" ", 2)[2])
+    assert not [key for key in env if key.endswith("_FILE") or "SECRET" in key or "TOKEN" in key]
+    assert set(k for k in env if k.startswith("LIVE_PULL_")) <= {
+        "LIVE_PULL_REVISION",
+        "LIVE_PULL_ENV",
+        "LIVE_PULL_PROCESS",
+    }
+    assert env["HOME"].startswith("/var/lib/live-pull/scratch/")
+
+
+def test_one_forced_uid_runs_with_separation_off(remote: Remote, run_container) -> None:
+    """Kubernetes runAsUser / OpenShift: one non-root uid, no switching; it still runs and
+    says once what the app can reach."""
+    if remote.url.startswith("file://"):
+        pytest.skip("one remote kind is enough here")
+    container = run_container(remote, "--user", "12345:0", volume_options=":U")
+    container.serving(head(remote))
+    logs = container.logs()
+    assert logs.count("privilege separation is off") == 1
+    assert "cannot switch users" in logs
