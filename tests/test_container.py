@@ -488,3 +488,27 @@ def test_one_forced_uid_runs_with_separation_off(remote: Remote, run_container) 
     logs = container.logs()
     assert logs.count("privilege separation is off") == 1
     assert "cannot switch users" in logs
+
+
+def _running(container: Container, needle: str) -> bool:
+    listing = podman(
+        "exec", container.name, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '", check=False
+    ).stdout
+    return needle in listing
+
+
+def test_escaped_app_processes_end_with_their_program(
+    remote: Remote, run_container: RunContainer
+) -> None:
+    """The agent may not read the app user's /proc environ (no CAP_SYS_PTRACE): it has
+    the app's tags read as the app user, and still ends what escaped its group."""
+    if remote.url.startswith("file://"):
+        pytest.skip("one remote kind is enough here")
+    procfile = "web: python app.py\nbg: setsid sleep 4242 & exec sleep 3600\n"
+    first = remote.sample.commit({"Procfile": procfile}, "a program that escapes")
+    container = run_container(remote)
+    container.serving(first)
+    wait_until(lambda: _running(container, "sleep 4242"), 30, "the escaped process")
+    second = remote.sample.commit({"Procfile": "web: python app.py\n"}, "no more bg")
+    container.serving(second)
+    wait_until(lambda: not _running(container, "sleep 4242"), 30, "the escapee ended")
