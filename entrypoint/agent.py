@@ -40,6 +40,8 @@ from entrypoint.webhook import Webhook
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0
+# What in LIVE_PULL_HOME the app user may write (see Agent._separate).
+APP_OWNED = frozenset({"shared", "scratch", "cache"})
 LOOP_JOIN_SECONDS = 1.0
 
 
@@ -155,7 +157,15 @@ class Agent:
             log.warning("%s", notice)
         if run_as.app is None:
             return run_as
-        settings.home.chmod(0o755)
+        run_as.claim_home(settings.home, APP_OWNED)
+        for variable, path in settings.secret_files().items():
+            if run_as.can_read(path):
+                log.warning(
+                    "%s %s is readable by the app user %s: mount it mode 0400 (root's alone)",
+                    variable,
+                    path,
+                    run_as.app.name,
+                )
         # The app user runs the agent's interpreter too (the wrapper of one-off commands,
         # the slot launcher), and must pass through to its releases and environments.
         for what, path in (("LIVE_PULL_HOME", settings.home), ("python", _interpreter())):

@@ -273,6 +273,19 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"cannot be split into arguments: {exc}") from None
 
+    def secret_files(self) -> dict[str, Path]:
+        """The `*_FILE` settings that name a secret, by variable, where set."""
+        names = (
+            "git_token_file",
+            "git_password_file",
+            "git_username_file",
+            "ssh_key_file",
+            "github_app_private_key_file",
+            "webhook_secret_file",
+        )
+        found = {_variable_of(name): getattr(self, name) for name in names}
+        return {variable: path for variable, path in found.items() if path is not None}
+
     @property
     def auth(self) -> AuthSettings:
         return AuthSettings(

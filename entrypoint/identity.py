@@ -19,6 +19,7 @@ import logging
 import os
 import pwd
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,37 @@ class Identity:
             path.chmod(0o700)
         return path
 
+    def can_read(self, path: Path) -> bool:
+        """Whether the app user could read `path` (a secret mounted 0644, as Kubernetes
+        mounts Secrets by default, is readable by every uid)."""
+        if self.app is None:
+            return True
+        try:
+            info = path.stat()
+        except OSError:
+            return False
+        bit = self._class_bit(info, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+        return bool(info.st_mode & bit) and self.blocked_on_the_way(path.parent) is None
+
+    def claim_home(self, home: Path, app_owned: Collection[str]) -> None:
+        """At start: everything in the home is the agent's but what the app may write
+        (`app_owned`: shared data, scratch, the installers' cache). A home written by an
+        earlier single-uid agent, or by an older image whose one user is the app user
+        now, is taken back here; the release to run is handed over again when prepared."""
+        if self.app is None:
+            return
+        os.chown(home, os.geteuid(), os.getegid())
+        home.chmod(0o755)
+        for child in home.iterdir():
+            if child.name not in app_owned:
+                self.take_back(child)
+
+    def _class_bit(self, info: os.stat_result, user: int, group: int, other: int) -> int:
+        assert self.app is not None
+        if info.st_uid == self.app.uid:
+            return user
+        return group if info.st_gid == self.app.gid else other
+
     def blocked_on_the_way(self, path: Path) -> Path | None:
         """The first directory from / to `path` the app user may not pass through (it
         must reach its releases, environments and scratch under LIVE_PULL_HOME)."""
@@ -86,13 +118,7 @@ class Identity:
             return None
         for directory in [*reversed(path.parents), path]:
             info = directory.stat()
-            if info.st_uid == self.app.uid:
-                bit = stat.S_IXUSR
-            elif info.st_gid == self.app.gid:
-                bit = stat.S_IXGRP
-            else:
-                bit = stat.S_IXOTH
-            if not info.st_mode & bit:
+            if not info.st_mode & self._class_bit(info, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
                 return directory
         return None
 

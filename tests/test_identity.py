@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,9 +77,8 @@ def test_hand_over_and_take_back_never_follow_links(tmp_path: Path) -> None:
 
 
 @as_root
-def test_a_child_started_as_the_app_user_cannot_read_the_agents_files(tmp_path: Path) -> None:
-    tmp_path.chmod(0o755)
-    secret = tmp_path / "credentials"
+def test_a_child_started_as_the_app_user_cannot_read_the_agents_files(open_dir: Path) -> None:
+    secret = open_dir / "credentials"
     secret.write_text("token")
     secret.chmod(0o600)
     result = subprocess.run(
@@ -134,3 +136,41 @@ def test_the_agent_refuses_an_app_user_that_cannot_reach_its_home(tmp_path: Path
     last = result.stderr.strip().splitlines()[-1]
     assert "LIVE_PULL_APP_USER: user nobody cannot reach" in last
     assert "is not searchable by it" in last
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can pass through (pytest's own base is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="live-pull-identity-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@as_root
+def test_secret_files_the_app_could_read_are_found(open_dir: Path) -> None:
+    mounted = open_dir / "token"
+    mounted.write_text("token")
+    mounted.chmod(0o644)  # a Kubernetes Secret's default mode
+    assert APP.can_read(mounted)
+    mounted.chmod(0o400)
+    assert not APP.can_read(mounted)
+    settings = load_settings(
+        {"REPO_URL": "https://host.example/app.git", "LIVE_PULL_GIT_TOKEN_FILE": str(mounted)}
+    )
+    assert settings.secret_files() == {"LIVE_PULL_GIT_TOKEN_FILE": mounted}
+
+
+@as_root
+def test_a_home_from_a_single_uid_agent_is_taken_back(tmp_path: Path) -> None:
+    """An older image ran everything as uid 10001, which is the app user now."""
+    home = tmp_path / "home"
+    for path in ("repo/config", "venvs/abc/bin/python", "credentials", "shared/db", "scratch/x"):
+        (home / path).parent.mkdir(parents=True, exist_ok=True)
+        (home / path).write_text("x")
+    subprocess.run(["chown", "-R", f"{NOBODY.pw_uid}:{NOBODY.pw_gid}", str(home)], check=True)
+    APP.claim_home(home, {"shared", "scratch", "cache"})
+    for path in ("", "repo/config", "venvs/abc/bin/python", "credentials"):
+        assert (home / path).stat().st_uid == 0, path
+    for path in ("shared/db", "scratch/x"):
+        assert (home / path).stat().st_uid == NOBODY.pw_uid, path
