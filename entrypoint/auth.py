@@ -75,6 +75,7 @@ class AuthSettings:
     known_hosts_file: Path | None = None
     strict_host_keys: bool = True
     github_app: GitHubAppSettings | None = None
+    origin: str | None = None  # REPO_URL's scheme://host[:port], for http(s) only
 
     @property
     def kind(self) -> str:
@@ -128,13 +129,13 @@ class GitAuth:
     def environment(self) -> dict[str, str]:
         env = {"GIT_SSH_COMMAND": self._ssh_command()}
         credentials = self._http_credentials()
-        if credentials is None:
+        if credentials is None or self.settings.origin is None:
             self.credentials_file.unlink(missing_ok=True)
             return env
         text = f"username={credentials.username}\npassword={credentials.password}\n"
         if not self.credentials_file.exists() or self.credentials_file.read_text() != text:
             write_private(self.credentials_file, text)
-        env.update(credential_helper_config(self.credentials_file))
+        env.update(credential_helper_config(self.credentials_file, self.settings.origin))
         return env
 
     def explain(self, error: GitError) -> GitError:

@@ -26,7 +26,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from entrypoint import identity
 from entrypoint.auth import AUTH_KINDS, AuthSettings, Secret
-from entrypoint.credentials import REDACTED, RepoUrl, parse_repo_url
+from entrypoint.credentials import (
+    REDACTED,
+    RepoUrl,
+    credential_origin,
+    parse_repo_url,
+    plain_http_elsewhere,
+)
 from entrypoint.errors import ConfigError
 from entrypoint.github_app import GitHubAppSettings
 from entrypoint.verify import VerifySettings
@@ -297,6 +303,7 @@ class Settings(BaseSettings):
             known_hosts_file=self.ssh_known_hosts_file,
             strict_host_keys=self.ssh_strict_host_key_checking,
             github_app=self._github_app(),
+            origin=credential_origin(self.repo_url),
         )
 
     def _github_app(self) -> GitHubAppSettings | None:
@@ -441,6 +448,12 @@ def _check_auth(settings: Settings) -> None:
         raise ConfigError(f"{secret.source}: needs an https:// or http:// REPO_URL")
     if auth.ssh_key_file is not None and (is_http or settings.repo_url.is_file):
         raise ConfigError("LIVE_PULL_SSH_KEY_FILE: needs an ssh:// or user@host:path REPO_URL")
+    sends = auth.kind not in ("none", "ssh-key")
+    if sends and plain_http_elsewhere(settings.repo_url) and not settings.allow_http_credentials:
+        raise ConfigError(
+            "REPO_URL: credentials would travel unencrypted over http:// to a host that is"
+            " not this machine; use https://, or set LIVE_PULL_ALLOW_HTTP_CREDENTIALS=true"
+        )
     _check_declared_auth(settings.git_auth, auth)
 
 
@@ -529,11 +542,14 @@ def scrub_environ(settings: Settings, environ: MutableMapping[str, str] | None =
     inherits them: secrets, and the `*_FILE` paths that lead to them.
 
     git, supervisord, installers and the app are all started after this; the app
-    still sees REPO_URL (without its credentials), REPO_REF and PORT.
+    still sees REPO_URL (without its credentials), REPO_REF and PORT. GIT_* variables
+    (GIT_DIR, GIT_CONFIG_PARAMETERS, ...) would steer the agent's git: gone too.
     """
     environ = os.environ if environ is None else environ
     for name in _ALIASES - APP_KEEPS:
         environ.pop(name, None)
+    for name in [name for name in environ if name.startswith("GIT_")]:
+        environ.pop(name)  # git takes its configuration from the agent alone
     environ["REPO_URL"] = settings.repo_url.url
 
 

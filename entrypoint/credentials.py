@@ -7,6 +7,7 @@ the secret never reaches an argv, a log line, `/status` or the app.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,17 +90,43 @@ def _split_credentials(parts: SplitResult, scheme: str) -> RepoUrl:
     return RepoUrl(bare, secret)
 
 
-def credential_helper_config(path: Path) -> dict[str, str]:
-    """Environment that makes git answer credential requests from `path` alone.
+def credential_origin(url: RepoUrl) -> str | None:
+    """`scheme://host[:port]` of an http(s) REPO_URL: the one place git may send the
+    credentials to (None for other transports, which take none from a helper)."""
+    parts = urlsplit(url.url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_elsewhere(url: RepoUrl) -> bool:
+    """Credentials for this URL would cross the network unencrypted."""
+    parts = urlsplit(url.url)
+    return parts.scheme.lower() == "http" and not is_loopback(parts.hostname or "")
+
+
+def credential_helper_config(path: Path, origin: str) -> dict[str, str]:
+    """Environment that makes git answer credential requests from `path`, and only for
+    `origin` (REPO_URL's scheme, host and port): a submodule, or a redirect, to any
+    other place asks and gets nothing.
 
     Passed as GIT_CONFIG_* variables so nothing lands in the repository's config;
-    the first empty `credential.helper` drops any helper configured system-wide.
+    the first, empty `credential.helper` drops any helper configured elsewhere.
     """
     helper = f"!f() {{ test \"$1\" = get && cat '{path}'; }}; f"
     return {
         "GIT_CONFIG_COUNT": "2",
         "GIT_CONFIG_KEY_0": "credential.helper",
         "GIT_CONFIG_VALUE_0": "",
-        "GIT_CONFIG_KEY_1": "credential.helper",
+        "GIT_CONFIG_KEY_1": f"credential.{origin}.helper",
         "GIT_CONFIG_VALUE_1": helper,
     }

@@ -22,13 +22,35 @@ from entrypoint.auth import GitAuth
 from entrypoint.credentials import RepoUrl
 from entrypoint.errors import GitDiskError, GitError, LocalGitError, RefNotFound
 from entrypoint.files import remove_path
-from entrypoint.submodules import Submodule, cache_name, parse_gitmodules, resolve_url
+from entrypoint.submodules import (
+    Submodule,
+    cache_name,
+    credentials_note,
+    parse_gitmodules,
+    resolve_url,
+)
 
 log = logging.getLogger(__name__)
 
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 FETCHED_REF = "refs/live-pull/fetched"
 REMOTE = "origin"
+NO_HOME = "/nonexistent"  # only root could create it; git finds no config there
+# The only configuration the local repository may hold (see _keep_to_our_config).
+OWN_CONFIG = frozenset(
+    {
+        "core.repositoryformatversion",
+        "core.filemode",
+        "core.bare",
+        "gc.autodetach",
+        f"remote.{REMOTE}.url",
+        f"remote.{REMOTE}.fetch",
+    }
+)
+# Files git would read from the repository that live-pull never writes there.
+FOREIGN_FILES = ("info/attributes", "info/alternates", "objects/info/alternates", "commondir")
+# Every git command runs no hook at all, wherever one was put.
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
 ERROR_TAIL_LINES = 5
 SUBMODULE_KEYS = r"^submodule\..*\.(path|url)$"
 # What git tries after a file:// URL's path to find the repository (enter_repo).
@@ -106,7 +128,7 @@ class Repository:
             self.rebuild()
             return
         self._remove_stale_locks()
-        self._git("remote", "set-url", REMOTE, self.url.url)
+        self._keep_to_our_config()
 
     def healthy(self) -> bool:
         """Is the repository itself sound? Local and cheap: no network, no full check.
@@ -237,7 +259,11 @@ class Repository:
                 auth=self.auth,
             )
             cache.open()
-            cache.fetch(RemoteRevision(commit, None))
+            try:
+                cache.fetch(RemoteRevision(commit, None))
+            except GitError as exc:
+                note = credentials_note(self.url, url)
+                raise type(exc)(f"submodule {module.path}: {exc}{note}") from exc
             cache.export(commit, destination / module.path)
             log.info("submodule exported path=%s sha=%s", module.path, commit[:12])
 
@@ -254,8 +280,27 @@ class Repository:
 
     # -- plumbing ---------------------------------------------------------------
 
+    def _keep_to_our_config(self) -> None:
+        """The local repository holds our configuration and nothing else.
+
+        Where the app runs as the agent's uid it could write there: an `insteadOf`, an
+        `include`, a hook path, an fsmonitor or sshCommand would redirect or run code
+        in the agent's next fetch. Checked before every command that reaches the remote.
+        """
+        listing = self._git("config", "--local", "--list", "--name-only").split()
+        for key in sorted({key.lower() for key in listing} - OWN_CONFIG):
+            log.warning("removing configuration live-pull did not write key=%s", key)
+            self._git("config", "--local", "--unset-all", key)
+        if self._git("config", "--get", f"remote.{REMOTE}.url").strip() != self.url.url:
+            self._git("config", "--local", "--replace-all", f"remote.{REMOTE}.url", self.url.url)
+        for name in FOREIGN_FILES:
+            if (self.path / name).exists() or (self.path / name).is_symlink():
+                log.warning("removing a file live-pull did not write file=%s", name)
+                remove_path(self.path / name)
+
     def _remote_git(self, *args: str) -> str:
         """A command that talks to the remote: fresh credentials, failures explained."""
+        self._keep_to_our_config()
         trust = _trusting_upload_pack(self.url.file_path)
         try:
             return self._git(*trust, *args, extra_env=self.auth.environment(), remote=True)
@@ -272,7 +317,10 @@ class Repository:
         env = {**self._env, **(extra_env or {})}
         try:
             output = self._repo.git.execute(
-                ["git", *args], kill_after_timeout=self.timeout, env=env, stdout_as_string=True
+                ["git", *NO_HOOKS, *args],
+                kill_after_timeout=self.timeout,
+                env=env,
+                stdout_as_string=True,
             )
         except git.GitCommandError as exc:
             raise self._failure(args, _stderr_tail(exc), remote) from exc
@@ -346,8 +394,14 @@ def _stderr_tail(exc: git.GitCommandError) -> str:
 
 
 def _git_environment(url: RepoUrl) -> dict[str, str]:
-    """Never prompt, never hang, and only speak the transports we allow."""
+    """Never prompt, never hang, only speak the transports we allow, and read no
+    configuration but the repository's own (which _keep_to_our_config keeps ours):
+    no system or global file, no HOME or XDG directory the app might have written."""
     env = {
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_ATTR_NOSYSTEM": "1",
+        "HOME": NO_HOME,
+        "XDG_CONFIG_HOME": NO_HOME,
         "GIT_TERMINAL_PROMPT": "0",
         "GCM_INTERACTIVE": "never",
         "GIT_ASKPASS": "true",

@@ -10,7 +10,7 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from entrypoint.credentials import RepoUrl, parse_repo_url
+from entrypoint.credentials import RepoUrl, credential_origin, parse_repo_url
 from entrypoint.errors import RevisionError
 
 
@@ -45,7 +45,17 @@ def resolve_url(parent: RepoUrl, url: str) -> RepoUrl:
         raise RevisionError(f"submodule URL refused: {exc}") from exc
     if resolved.is_file and not parent.is_file:
         raise RevisionError("submodule URL refused: file:// only when REPO_URL is file://")
-    return RepoUrl(resolved.url, parent.credentials if resolved.credentials is None else None)
+    # Credentials in a submodule URL are dropped; REPO_URL's reach only its own origin
+    # (the credential helper is scoped to it, see credentials.credential_helper_config).
+    return RepoUrl(resolved.url)
+
+
+def credentials_note(parent: RepoUrl, url: RepoUrl) -> str:
+    """Why a submodule elsewhere may have been refused: it got no credentials."""
+    here, there = credential_origin(parent), credential_origin(url)
+    if here is None or here == there:
+        return ""
+    return f" (it gets no credentials: only {here} does)"
 
 
 def cache_name(url: str) -> str:

@@ -32,6 +32,7 @@ class GitHttpServer:
         self.root = root
         self.credentials = credentials
         self.requests: list[str] = []
+        self.authorizations: list[str] = []  # every Authorization header received
         self.argv_seen: list[str] = []  # git processes' argv, taken during requests
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -101,6 +102,8 @@ class GitHttpServer:
                 self._relay(result.stdout)
 
             def _authorized(self) -> bool:
+                if "Authorization" in self.headers:
+                    server.authorizations.append(self.headers["Authorization"])
                 if server.credentials is None:
                     return True
                 expected = base64.b64encode(":".join(server.credentials).encode()).decode()
