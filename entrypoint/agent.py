@@ -66,7 +66,12 @@ class Agent:
             timeout=settings.git_timeout,
             auth=GitAuth(settings.auth, home),
         )
-        self.releases = Releases(home, settings.app_dir, settings.shared_paths)
+        self.releases = Releases(
+            home,
+            settings.app_dir,
+            settings.shared_paths,
+            int(settings.max_revision_mb * 1024 * 1024),
+        )
         timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
         process_home = home_id(home)
         tag_children(process_home)

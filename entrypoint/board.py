@@ -88,7 +88,7 @@ class StatusBoard:
     def error(self, message: str | None, kind: str | None = None) -> None:
         """The last error and how the loop sorted it (None clears it)."""
         with self._lock:
-            self._snapshot.last_error = message
+            self._snapshot.last_error = bounded(message)
             self._snapshot.error_kind = kind if message is not None else None
             self._snapshot.last_error_at = now_iso() if message is not None else None
 
@@ -178,3 +178,15 @@ class Liveness:
                 what = f"step {self._step}" if self._step else "control loop"
                 return False, f"{what} stuck {overdue:.0f}s beyond its timeouts"
             return True, "ok"
+
+
+REASON_CHARS = 300
+
+
+def bounded(message: str | None) -> str | None:
+    """What /status shows of an error: one line, at most REASON_CHARS characters (the
+    log has it whole)."""
+    if message is None:
+        return None
+    line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
+    return line if len(line) <= REASON_CHARS else line[: REASON_CHARS - 1] + "…"

@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from entrypoint.errors import InstallError
+from entrypoint.files import OutsideRoot, read_inside, resolve_inside
 
 INCLUDE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s+|=)(?P<path>\S+)")
 
@@ -41,62 +42,82 @@ class DependencySpec:
         return self.files[0]
 
 
-def detect(app_path: Path, lockfile: str | None, command: str | None) -> DependencySpec | None:
-    """The app's dependency spec, in the documented order; None: no environment."""
+def detect(
+    app_path: Path, lockfile: str | None, command: str | None, root: Path | None = None
+) -> DependencySpec | None:
+    """The app's dependency spec, in the documented order; None: no environment.
+
+    Every file read, named or included, must resolve inside `root` (the release; the
+    app's directory by default): a revision with one that leads out is refused."""
+    inside = _Inside(root or app_path)
     if command is not None:
         named = [app_path / name.strip() for name in (lockfile or "").split(",") if name.strip()]
-        return DependencySpec(SpecKind.COMMAND, app_path, tuple(_existing(named)))
+        return DependencySpec(SpecKind.COMMAND, app_path, tuple(p for p in named if inside(p)))
     if lockfile is not None:
-        return _named(app_path, lockfile)
+        return _named(app_path, lockfile, inside)
     pyproject = app_path / "pyproject.toml"
     for lock, kind in (("uv.lock", SpecKind.UV_LOCK), ("poetry.lock", SpecKind.POETRY_LOCK)):
-        if (app_path / lock).is_file() and pyproject.is_file():
+        if inside(app_path / lock) and inside(pyproject):
             return DependencySpec(kind, app_path, (app_path / lock, pyproject))
-    if (app_path / "Pipfile.lock").is_file():
+    if inside(app_path / "Pipfile.lock"):
         return DependencySpec(SpecKind.PIPFILE_LOCK, app_path, (app_path / "Pipfile.lock",))
-    if (app_path / "requirements.txt").is_file():
-        return _requirements(app_path, app_path / "requirements.txt")
-    if pyproject.is_file():
+    if inside(app_path / "requirements.txt"):
+        return _requirements(app_path, app_path / "requirements.txt", inside)
+    if inside(pyproject):
         return DependencySpec(SpecKind.PYPROJECT, app_path, (pyproject,))
     return None
 
 
-def _named(app_path: Path, lockfile: str) -> DependencySpec:
+class _Inside:
+    """Is this dependency file there? One that leads outside `root` refuses the revision."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __call__(self, path: Path) -> bool:
+        if not os.path.lexists(path):
+            return False
+        try:
+            return resolve_inside(self.root, path).is_file()
+        except OutsideRoot as exc:
+            raise InstallError(f"dependency file refused: {exc}") from exc
+
+
+def _named(app_path: Path, lockfile: str, inside: _Inside) -> DependencySpec:
     path = app_path / lockfile
-    if not path.is_file():
+    if not inside(path):
         raise InstallError(f"LIVE_PULL_LOCKFILE {lockfile!r} is not in the revision")
     name = path.name
     pyproject = path.parent / "pyproject.toml"
     if name in ("uv.lock", "poetry.lock"):
         kind = SpecKind.UV_LOCK if name == "uv.lock" else SpecKind.POETRY_LOCK
-        return DependencySpec(kind, path.parent, (path, *_existing([pyproject])))
+        existing = [pyproject] if inside(pyproject) else []
+        return DependencySpec(kind, path.parent, (path, *existing))
     if name == "Pipfile.lock":
         return DependencySpec(SpecKind.PIPFILE_LOCK, path.parent, (path,))
     if name == "pyproject.toml":
         return DependencySpec(SpecKind.PYPROJECT, path.parent, (path,))
-    return _requirements(app_path, path)  # any other name is read as a requirements file
+    return _requirements(app_path, path, inside)  # any other name: a requirements file
 
 
-def _requirements(app_path: Path, root: Path) -> DependencySpec:
-    """A requirements file and everything it includes with -r / -c, recursively."""
+def _requirements(app_path: Path, top: Path, inside: _Inside) -> DependencySpec:
+    """A requirements file and everything it includes with -r / -c, recursively (the
+    installer is handed the checked, resolved path)."""
     seen: list[Path] = []
-    pending = [root]
+    pending = [top]
     while pending:
-        path = pending.pop(0).resolve()
+        candidate = pending.pop(0)
+        if not inside(candidate):
+            raise InstallError(f"requirements include not found: {candidate.name}")
+        path = candidate.resolve()
         if path in seen:
             continue
-        if not path.is_file():
-            raise InstallError(f"requirements include not found: {path.name}")
         seen.append(path)
-        for line in path.read_text().splitlines():
+        for line in read_inside(inside.root, path).splitlines():
             match = INCLUDE.match(line)
             if match:
                 pending.append(path.parent / match["path"])
     return DependencySpec(SpecKind.REQUIREMENTS, app_path, tuple(seen))
-
-
-def _existing(paths: list[Path]) -> list[Path]:
-    return [path for path in paths if path.is_file()]
 
 
 def digest(spec: DependencySpec, installer: str, options: list[str]) -> str:

@@ -90,9 +90,10 @@ class Environments:
         self.installs = 0
         self.last_install_seconds: float | None = None
 
-    def ensure(self, app_path: Path) -> Environment | None:
-        """The environment for the app at app_path, installed if missing or damaged."""
-        spec = detect(app_path, self.options.lockfile, self.options.command)
+    def ensure(self, app_path: Path, release: Path | None = None) -> Environment | None:
+        """The environment for the app at app_path, installed if missing or damaged;
+        every dependency file must resolve inside `release`."""
+        spec = detect(app_path, self.options.lockfile, self.options.command, release)
         if spec is None:
             return None
         environment = self._environment_for(spec)
@@ -101,11 +102,11 @@ class Environments:
         self._build(spec, environment)
         return environment
 
-    def digest_for(self, app_path: Path) -> str | None:
+    def digest_for(self, app_path: Path, release: Path | None = None) -> str | None:
         """The digest ensure() would use for the app at app_path (reads its lockfiles,
         installs nothing); None if it has no dependency spec or it cannot be read."""
         try:
-            spec = detect(app_path, self.options.lockfile, self.options.command)
+            spec = detect(app_path, self.options.lockfile, self.options.command, release)
         except (InstallError, OSError):
             return None
         return None if spec is None else self._environment_for(spec).digest

@@ -87,8 +87,9 @@ class CommandFailed(LivePullError):
 
     def __init__(self, code: int, tail: list[str]) -> None:
         self.code = code
-        self.tail = tail
-        super().__init__(f"code={code}: {' | '.join(tail) or 'no output'}")
+        self.tail = tail  # for the log only: output may hold anything the command read
+        ended = (tail[-1] if tail else "").startswith("killed:")
+        super().__init__(f"code={code}" + (f" ({tail[-1]})" if ended else " (output in the log)"))
 
     def as_revision_error(self, what: str) -> RevisionError:
         return RevisionError(f"{what} failed {self}")

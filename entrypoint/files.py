@@ -32,6 +32,30 @@ def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
     _sync_directory(path.parent)
 
 
+class OutsideRoot(ValueError):
+    """A path in a release leads outside it (a symlink in the commit, or `..`)."""
+
+
+def resolve_inside(root: Path, path: Path) -> Path:
+    """`path` (under `root`) with every link followed; raise OutsideRoot when the result
+    is not inside `root`. Repository content is data: a link in a commit never makes
+    live-pull read, move or replace anything outside its release."""
+    real_root, real = root.resolve(), path.resolve()
+    if real != real_root and real_root not in real.parents:
+        shown = os.path.relpath(path, root)
+        raise OutsideRoot(f"{shown} leads outside the release")
+    return real
+
+
+def read_inside(root: Path, path: Path) -> str:
+    """The text of a file inside `root`, opened without following a link swapped in
+    after the check."""
+    real = resolve_inside(root, path)
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
 def write_private(path: Path, text: str) -> None:
     write_atomic(path, text, mode=0o600)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from packaging.markers import InvalidMarker, Marker
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
 
 from entrypoint.errors import InstallError
 
@@ -30,11 +31,52 @@ class Pin:
     hashes: tuple[str, ...] = ()
     marker: str | None = None
 
+    def __post_init__(self) -> None:
+        """A lockfile is repository content: each value is checked before it becomes a
+        requirement line (a newline in a version would add a line of its own)."""
+        problem = _pin_problem(self)
+        if problem is not None:
+            raise InstallError(f"lockfile entry {self.name[:60]!r} refused: {problem}")
+
     def line(self) -> str:
         text = f"{self.name}=={self.version}"
         if self.marker:
             text += f" ; {self.marker}"
         return text + "".join(f" --hash={digest}" for digest in self.hashes)
+
+
+NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+HASH = re.compile(r"(?:sha256|sha384|sha512):[0-9a-fA-F]{32,128}")
+
+
+def _pin_problem(pin: Pin) -> str | None:
+    if not isinstance(pin.name, str) or not NAME.fullmatch(pin.name):
+        return "not a package name"
+    if not isinstance(pin.version, str) or not _is_version(pin.version):
+        return f"version {str(pin.version)[:60]!r} is not a version"
+    if not all(isinstance(h, str) and HASH.fullmatch(h) for h in pin.hashes):
+        return "a hash is not algorithm:hex"
+    if pin.marker is not None and not _is_marker(pin.marker):
+        return "marker is not an environment marker"
+    return None
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text)
+    except InvalidVersion:
+        return False
+    return text.strip() == text and "\n" not in text
+
+
+def _is_marker(text: object) -> bool:
+    if not isinstance(text, str) or "\n" in text or "\r" in text:
+        return False
+    try:
+        Marker(text)
+    except InvalidMarker:
+        return False
+    return True
 
 
 def normalize(name: str) -> str:

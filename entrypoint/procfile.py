@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from entrypoint.errors import RevisionError
+from entrypoint.files import OutsideRoot, read_inside
 
 LINE = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)\s*:\s*(?P<command>.+)$")
 RELEASE = "release"
@@ -40,7 +42,7 @@ def load_processes(
     """The Procfile's entries; LIVE_PULL_COMMAND replaces `web`, LIVE_PULL_RELEASE_COMMAND
     replaces `release`."""
     procfile = app_path / "Procfile"
-    entries = parse_procfile(procfile.read_text()) if procfile.is_file() else {}
+    entries = parse_procfile(_read(app_path, procfile)) if os.path.lexists(procfile) else {}
     if command_override:
         entries[WEB] = command_override
     procfile_release = entries.pop(RELEASE, None)
@@ -48,3 +50,13 @@ def load_processes(
     if not entries:
         raise RevisionError("nothing to run: no Procfile entries and LIVE_PULL_COMMAND is unset")
     return Processes(programs=entries, release=release)
+
+
+def _read(app_path: Path, procfile: Path) -> str:
+    """The Procfile, only if it resolves inside the app's directory."""
+    try:
+        return read_inside(app_path, procfile)
+    except OutsideRoot as exc:
+        raise RevisionError(f"Procfile refused: {exc}") from exc
+    except OSError as exc:
+        raise RevisionError(f"Procfile cannot be read: {exc.strerror}") from exc

@@ -7,6 +7,7 @@ are kept once under `shared/` and linked into every release.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from entrypoint.errors import RevisionError, is_local_fault
-from entrypoint.files import remove_path
+from entrypoint.files import OutsideRoot, remove_path
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,14 @@ TMP_PREFIX = ".tmp-"
 
 
 class Releases:
-    def __init__(self, home: Path, app_dir: str, shared_paths: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        app_dir: str,
+        shared_paths: tuple[str, ...],
+        max_bytes: int | None = None,
+    ) -> None:
+        self.max_bytes = max_bytes  # LIVE_PULL_MAX_REVISION_MB
         self.root = home / "releases"
         self.current_link = home / "current"
         self.shared_root = home / "shared"
@@ -49,18 +57,37 @@ class Releases:
         staging.mkdir()
         try:
             export(staging)
-            self._link_shared_or_refuse(staging / self.app_dir if self.app_dir else staging)
+            self._refuse_oversized(staging)
+            self._link_shared_or_refuse(staging)
             os.rename(staging, final)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         return final
 
-    def _link_shared_or_refuse(self, app_root: Path) -> None:
+    def _refuse_oversized(self, staging: Path) -> None:
+        if self.max_bytes is None:
+            return
+        size = tree_size(staging, self.max_bytes)
+        if size > self.max_bytes:
+            limit = self.max_bytes // MB
+            raise RevisionError(
+                f"revision larger than LIVE_PULL_MAX_REVISION_MB={limit} (over {size // MB} MB)"
+            )
+
+    def _link_shared_or_refuse(self, release: Path) -> None:
         """A revision whose tree cannot take the shared paths (a file where a shared
-        path's directory should be) is refused; a full or read-only disk is not its fault."""
+        path's directory should be, a link where a shared path or one of its parents
+        should be) is refused; a full or read-only disk is not its fault."""
+        if not self.shared_paths:
+            return
+        app_root = release / self.app_dir if self.app_dir else release
         try:
+            for entry in self.shared_paths:
+                _no_links_on_the_way(release, app_root / entry.rstrip("/"))
             self._link_shared(app_root)
+        except OutsideRoot as exc:
+            raise RevisionError(f"shared paths refused: {exc}") from exc
         except OSError as exc:
             if is_local_fault(exc):
                 raise
@@ -117,3 +144,30 @@ def _seed(kept: Path, in_release: Path, *, is_dir: bool) -> None:
         shutil.move(in_release, kept)
     elif is_dir:
         kept.mkdir(parents=True, exist_ok=True)
+
+
+MB = 1024 * 1024
+
+
+def tree_size(root: Path, stop_above: int) -> int:
+    """Bytes under `root` (links not followed), counted until past `stop_above`."""
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+            if total > stop_above:
+                return total
+    return total
+
+
+def _no_links_on_the_way(release: Path, path: Path) -> None:
+    """A shared path, and every directory from the release down to it, must not be a
+    link in the commit: linking or seeding through one would act outside the release
+    (or on shared/ itself)."""
+    current = release
+    for part in path.relative_to(release).parts:
+        current = current / part
+        if current.is_symlink():
+            shown = current.relative_to(release)
+            raise OutsideRoot(f"{shown} is a symbolic link in the commit")

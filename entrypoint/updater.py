@@ -21,6 +21,7 @@ from entrypoint.errors import (
     RevisionRefused,
     SupervisorError,
 )
+from entrypoint.files import OutsideRoot, resolve_inside
 from entrypoint.health import probe_before_joining, wait_healthy
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
 from entrypoint.procfile import WEB, Processes, load_processes
@@ -73,7 +74,7 @@ class Updater:
         self.supervisor = supervisor
         self.state_file = state_file
         self.state: State = state_file.load(
-            lambda sha: environments.digest_for(releases.app_path(sha))
+            lambda sha: environments.digest_for(releases.app_path(sha), releases.path(sha))
         )
         self.board = board
         self.stop = stop
@@ -135,21 +136,29 @@ class Updater:
     def prepare(self, sha: str) -> Revision:
         """What it takes to run a release on disk: its programs and its environment."""
         app_path = self.releases.app_path(sha)
-        if not app_path.is_dir():
-            app_dir = self.settings.app_dir
-            raise RevisionError(f"LIVE_PULL_APP_DIR {app_dir!r} is not in the revision")
+        self._app_dir_inside(sha, app_path)
         processes = load_processes(app_path, self.settings.command, self.settings.release_command)
         self._keeps_serving(processes)
         # The app writes its release (collectstatic & co. run in place) and shared data.
         self.run_as.hand_over(self.releases.path(sha))
         self.run_as.hand_over(self.releases.shared_root)
         self._step("installing", 2 * self.settings.install_timeout)
-        environment = self.environments.ensure(app_path)
+        environment = self.environments.ensure(app_path, self.releases.path(sha))
         self.board.update(
             installs=self.environments.installs,
             last_install_seconds=self.environments.last_install_seconds,
         )
         return Revision(sha, processes, environment)
+
+    def _app_dir_inside(self, sha: str, app_path: Path) -> None:
+        """LIVE_PULL_APP_DIR names a directory of the release, not a link out of it."""
+        app_dir = self.settings.app_dir
+        try:
+            inside = resolve_inside(self.releases.path(sha), app_path).is_dir()
+        except OutsideRoot as exc:
+            raise RevisionError(f"LIVE_PULL_APP_DIR {app_dir!r} refused: {exc}") from exc
+        if not inside:
+            raise RevisionError(f"LIVE_PULL_APP_DIR {app_dir!r} is not in the revision")
 
     def _keeps_serving(self, processes: Processes) -> None:
         """A worker-only app is fine; a revision that drops `web` while `web` serves

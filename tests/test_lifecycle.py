@@ -162,7 +162,8 @@ def test_release_step_runs_before_start_and_failure_keeps_old(
         lambda: bad in (agent.status().get("failed_revisions") or {}) and agent.status()
     )
     assert "release step failed code=7" in status["last_error"]
-    assert "migration exploded" in status["last_error"]
+    assert "migration exploded" not in status["last_error"]  # output: the log only
+    assert "release: migration exploded" in agent.output()
     assert f"revision {sha[:12]}" in (agent.app() or "")
 
 
