@@ -15,6 +15,9 @@ from dataclasses import dataclass
 # so a storm of /sync calls or webhooks costs the remote one check.
 SETTLE_SECONDS = 0.3
 SETTLE_MAX = 2.0
+# Checks asked for from outside (/sync, webhooks, SIGHUP) are at least this far apart,
+# so a flood of them costs the remote a round trip a second at most.
+CHECK_SPACING = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Inbox:
         self._rollback: Rollback | None = None
         self._crashed: Crashed | None = None
         self._last_put = 0.0
+        self._checks_after = 0.0  # checks asked for wait until then (see hold_checks)
         self.stopping = False
 
     def check(self, trigger: str) -> None:
@@ -65,6 +69,13 @@ class Inbox:
             self._crashed = Crashed(reason, revision)
             self._touch()
 
+    def hold_checks(self, seconds: float) -> None:
+        """Checks asked for from now on are taken no sooner than `seconds` from now: the
+        backoff of a failing remote, or the spacing after a check. They wait, coalesced;
+        rollbacks and crash findings do not."""
+        with self._changed:
+            self._checks_after = max(self._checks_after, time.monotonic() + seconds)
+
     def stop(self) -> None:
         with self._changed:
             self.stopping = True
@@ -78,13 +89,18 @@ class Inbox:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
+                if self._check is not None:  # held: wake when it may be taken
+                    remaining = min(remaining, max(0.01, self._checks_after - time.monotonic()))
                 self._changed.wait(remaining)
             if not self.stopping:
                 self._settle()
             return None if self.stopping else self._pop()
 
     def _pending(self) -> bool:
-        return any((self._crashed, self._rollback, self._check))
+        return any((self._crashed, self._rollback, self._check_due()))
+
+    def _check_due(self) -> bool:
+        return self._check is not None and time.monotonic() >= self._checks_after
 
     def _settle(self) -> None:
         """Let a burst finish arriving (bounded), so it is taken as one request."""
@@ -101,8 +117,10 @@ class Inbox:
             taken, self._crashed = self._crashed, None
         elif self._rollback is not None:
             taken, self._rollback = self._rollback, None
-        else:
+        elif self._check_due():
             taken, self._check = self._check, None
+        else:
+            taken = None
         return taken
 
     def _touch(self) -> None:

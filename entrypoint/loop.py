@@ -28,7 +28,7 @@ from entrypoint.errors import (
     TransientError,
     is_local_fault,
 )
-from entrypoint.inbox import Check, Crashed, Inbox, Request, Rollback
+from entrypoint.inbox import CHECK_SPACING, Check, Crashed, Inbox, Request, Rollback
 from entrypoint.updater import Updater, short
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ class ControlLoop:
 
     def _handle(self, request: Request) -> float | None:
         """Carry out one request; return the seconds to the next poll (None: no polling)."""
+        if isinstance(request, Check):
+            self.inbox.hold_checks(CHECK_SPACING)
         try:
             self._dispatch(request)
         except FatalError:
@@ -118,7 +120,9 @@ class ControlLoop:
         except RevisionError as exc:  # recorded as failed by the updater
             self._report(exc, "rejected")
         except Exception as exc:
-            return self._back_off(exc)
+            delay = self._back_off(exc)
+            self.inbox.hold_checks(delay)  # a /sync flood does not hurry a failing remote
+            return delay
         else:
             self._settled()
         self.backoff.reset()

@@ -1,24 +1,45 @@
 """The status HTTP endpoint: /healthz, /readyz, /status, POST /sync, /webhook, /rollback.
 
-The agent writes facts to a StatusBoard (entrypoint.board); the HTTP threads only
-read it, and hand requests to the control loop through callbacks that queue them.
+The agent writes facts to a StatusBoard (entrypoint.board); this server only reads
+it, and hands requests to the control loop through callbacks that queue them.
+
+It is bounded, because anyone who can reach the port can try to knock it over: one
+asyncio loop in one thread (aiohttp) instead of a thread per connection, a deadline
+for a request to arrive and for its body, a cap on body size, and a cap on open
+connections (over it, the oldest idle ones are closed, so /healthz keeps answering).
+The agent's own calls (git, supervisord) keep file descriptors in reserve: the soft
+open-file limit is raised to the hard one, and connections are capped well below it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import resource
+import socket
 import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from entrypoint.board import StatusBoard
 from entrypoint.errors import LivePullError
 from entrypoint.webhook import MAX_BODY, Webhook
 
 log = logging.getLogger(__name__)
+
+HEAD_SECONDS = 5.0  # a connection must send a whole request within this
+BODY_SECONDS = 5.0  # and its body within this
+KEEPALIVE_SECONDS = 5.0
+MAX_CONNECTIONS = 4096
+FD_RESERVE = 256  # descriptors the agent keeps for git, supervisord and the app
+SWEEP_SECONDS = 0.5
+LOCALHOST = ("127.0.0.1", "::1")
 
 
 class StatusServer:
@@ -32,95 +53,185 @@ class StatusServer:
         webhook: Webhook,
         on_rollback: Callable[[str | None], str],
     ) -> None:
-        handler = _make_handler(board, on_sync, webhook, on_rollback)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="status-http", daemon=True
-        )
+        self._cap = max(64, min(MAX_CONNECTIONS, _raise_open_file_limit() - FD_RESERVE))
+        self._routes = _Routes(board, on_sync, webhook, on_rollback)
+        self._socket = socket.create_server((host, port), backlog=1024, reuse_port=False)
+        self._loop = asyncio.new_event_loop()
+        self._stopped: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="status-http", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return int(self._socket.getsockname()[1])
 
     def start(self) -> None:
         self._thread.start()
+        self._started.wait(10)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        stopped = self._stopped
+        if stopped is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(stopped.set)
+            self._thread.join(5)
+        self._socket.close()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self._stopped = asyncio.Event()
+        guard = _ConnectionGuard(self._routes.handle, self._cap)
+        server = guard.server
+        listener = await self._loop.create_server(guard.protocol, sock=self._socket)
+        sweeper = asyncio.create_task(guard.sweep_forever())
+        self._started.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            sweeper.cancel()
+            listener.close()
+            guard.close_all()
+            with contextlib.suppress(Exception):
+                await server.shutdown(1.0)
 
 
-def _make_handler(
-    board: StatusBoard,
-    on_sync: Callable[[], None],
-    webhook: Webhook,
-    on_rollback: Callable[[str | None], str],
-) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "live-pull"
+class _ConnectionGuard:
+    """Tracks every connection; closes those that send no request in time, and the
+    oldest idle ones when there are more than `cap`."""
 
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            if path == "/healthz":
-                alive, why = board.alive()
-                self._send(200 if alive else 503, {"alive": alive, "reason": why})
-            elif path == "/readyz":
-                ready = board.ready()
-                self._send(200 if ready else 503, {"ready": ready})
-            elif path == "/status":
-                self._send(200, board.snapshot())
-            else:
-                self._send(404, {"error": "not found"})
+    def __init__(
+        self, handle: Callable[[web.BaseRequest], Awaitable[web.Response]], cap: int
+    ) -> None:
+        self.handle = handle
+        self.server = web.Server(self.tracked, keepalive_timeout=KEEPALIVE_SECONDS)
+        self.cap = cap
+        self.opened: dict[RequestHandler, float] = {}  # insertion order: oldest first
+        self.busy: set[RequestHandler] = set()  # a request is being answered
+        self.served: set[RequestHandler] = set()  # sent at least one whole request
 
-        def do_POST(self) -> None:
-            path = self.path.split("?")[0]
-            if path == "/sync":
-                on_sync()
-                self._send(202, {"sync": "requested"})
-            elif path == "/webhook":
-                self._webhook()
-            elif path == "/rollback":
-                self._rollback()
-            else:
-                self._send(404, {"error": "not found"})
+    async def tracked(self, request: web.BaseRequest) -> web.Response:
+        self.busy.add(request.protocol)
+        try:
+            return await self.handle(request)
+        finally:
+            self.busy.discard(request.protocol)
+            self.served.add(request.protocol)
 
-        def _rollback(self) -> None:
-            """Only from this machine or pod: it changes what runs."""
-            if self.client_address[0] not in ("127.0.0.1", "::1"):
-                self._send(403, {"error": "rollback is accepted from localhost only"})
-                return
-            query = parse_qs(urlsplit(self.path).query)
-            wanted = query.get("sha", [None])[0]
-            try:
-                target = on_rollback(wanted)
-            except LivePullError as exc:
-                self._send(409, {"error": str(exc)})
-                return
-            self._send(202, {"rollback": "requested", "to": target})
+    def protocol(self) -> RequestHandler:
+        handler = self.server()
+        self.opened[handler] = time.monotonic()
+        return handler
 
-        def _webhook(self) -> None:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if length < 0 or length > MAX_BODY:
-                self.close_connection = True
-                self._send(413, {"error": f"body must be at most {MAX_BODY} bytes"})
-                return
-            body = self.rfile.read(length)
-            reply = webhook.handle({k: v for k, v in self.headers.items()}, body)
-            self._send(reply.code, dict(reply.body))
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            self.sweep()
 
-        def _send(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body, indent=2).encode() + b"\n"
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def sweep(self) -> None:
+        now = time.monotonic()
+        for handler, since in list(self.opened.items()):
+            transport = handler.transport
+            if transport is None or transport.is_closing():
+                del self.opened[handler]
+                self.served.discard(handler)
+            elif self._idle(handler) and handler not in self.served and now - since > HEAD_SECONDS:
+                _close(handler)  # never sent a whole request: a slow or idle client
+        over = len(self.opened) - self.cap
+        for handler in [h for h in self.opened if self._idle(h)][: max(0, over)]:
+            _close(handler)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("status request " + format, *args)
+    def _idle(self, handler: RequestHandler) -> bool:
+        return handler not in self.busy
 
-    return Handler
+    def close_all(self) -> None:
+        for handler in self.opened:
+            _close(handler)
+
+
+def _close(handler: RequestHandler) -> None:
+    if handler.transport is not None:
+        handler.transport.close()
+
+
+class _Routes:
+    def __init__(
+        self,
+        board: StatusBoard,
+        on_sync: Callable[[], None],
+        webhook: Webhook,
+        on_rollback: Callable[[str | None], str],
+    ) -> None:
+        self.board = board
+        self.on_sync = on_sync
+        self.webhook = webhook
+        self.on_rollback = on_rollback
+        self.table: dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[web.Response]]]
+        self.table = {
+            ("GET", "/healthz"): self.healthz,
+            ("GET", "/readyz"): self.readyz,
+            ("GET", "/status"): self.status,
+            ("POST", "/sync"): self.sync,
+            ("POST", "/webhook"): self.webhook_delivery,
+            ("POST", "/rollback"): self.rollback,
+        }
+
+    async def handle(self, request: web.BaseRequest) -> web.Response:
+        route = self.table.get((request.method, request.path))
+        return await route(request) if route else _json(404, {"error": "not found"})
+
+    async def healthz(self, request: web.BaseRequest) -> web.Response:
+        alive, why = self.board.alive()
+        return _json(200 if alive else 503, {"alive": alive, "reason": why})
+
+    async def readyz(self, request: web.BaseRequest) -> web.Response:
+        ready = self.board.ready()
+        return _json(200 if ready else 503, {"ready": ready})
+
+    async def status(self, request: web.BaseRequest) -> web.Response:
+        return _json(200, self.board.snapshot())
+
+    async def sync(self, request: web.BaseRequest) -> web.Response:
+        self.on_sync()
+        return _json(202, {"sync": "requested"})
+
+    async def rollback(self, request: web.BaseRequest) -> web.Response:
+        """Only from this machine or pod: it changes what runs."""
+        if request.remote not in LOCALHOST:
+            return _json(403, {"error": "rollback is accepted from localhost only"})
+        try:
+            target = self.on_rollback(request.query.get("sha"))
+        except LivePullError as exc:
+            return _json(409, {"error": str(exc)})
+        return _json(202, {"rollback": "requested", "to": target})
+
+    async def webhook_delivery(self, request: web.BaseRequest) -> web.Response:
+        length = request.content_length
+        if length is None or length > MAX_BODY:
+            return _json(413, {"error": f"body must be at most {MAX_BODY} bytes"}, close=True)
+        try:
+            body = await asyncio.wait_for(request.content.readexactly(length), BODY_SECONDS)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            return _json(408, {"error": "the body did not arrive in time"}, close=True)
+        reply = self.webhook.handle(dict(request.headers), body)
+        return _json(reply.code, dict(reply.body))
+
+
+def _json(code: int, body: dict[str, Any], *, close: bool = False) -> web.Response:
+    text = json.dumps(body, indent=2) + "\n"
+    headers = {"Connection": "close"} if close else None
+    return web.Response(status=code, text=text, content_type="application/json", headers=headers)
+
+
+def _raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one; return the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return int(soft if soft != resource.RLIM_INFINITY else MAX_CONNECTIONS + FD_RESERVE)

@@ -108,13 +108,16 @@ def test_webhook_triggers_checks_for_the_tracked_ref_only(
     assert post(agent, push(), github(push(), secret="rotated-secret")).status_code == 202
 
 
-def test_oversized_and_rate_limited(sample: SampleRepo, agent_factory: Factory) -> None:
+def test_oversized_and_bad_floods_never_block_a_good_delivery(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
     agent = agent_factory(sample.url, LIVE_PULL_WEBHOOK_SECRET=SECRET)
     agent.wait_status(state="running")
     big = b"x" * (MAX_BODY + 1)
     assert post(agent, big, github(big)).status_code == 413
-    codes = [post(agent, push(), {}).status_code for _ in range(40)]
-    assert codes.count(401) >= 1 and codes[-1] == 429
+    codes = {post(agent, push(), {}).status_code for _ in range(200)}
+    assert codes == {401}
+    assert post(agent, push(), github(push())).status_code == 202  # never 429
     assert SECRET not in agent.output()
 
 

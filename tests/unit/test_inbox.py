@@ -155,3 +155,19 @@ def test_stop_while_a_burst_settles_takes_nothing(monkeypatch: pytest.MonkeyPatc
     waiter.join(WAIT)
     assert not waiter.is_alive()
     assert taken == [None]
+
+
+def test_held_checks_wait_coalesced_while_rollbacks_go_first() -> None:
+    """A failing remote's backoff (or the spacing after a check) holds checks asked for
+    from outside: a flood of /sync waits, as one, and a rollback is not held."""
+    inbox = Inbox()
+    earliest = time.monotonic() + 0.3
+    inbox.hold_checks(0.3)
+    for _ in range(2000):
+        inbox.check("sync")
+    assert inbox.take(0) is None  # held
+    inbox.rollback(Rollback(None, "operator", "operator"))
+    assert isinstance(inbox.take(0), Rollback)
+    taken = inbox.take(WAIT)
+    assert isinstance(taken, Check) and time.monotonic() >= earliest
+    assert drain(inbox) == []
