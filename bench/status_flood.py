@@ -84,11 +84,15 @@ def healthz_ms(port: int, count: int = 20) -> tuple[float, int]:
 def flood(port: int, idle: int, slow: int) -> list[socket.socket]:
     opened = []
     head = f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY}\r\n\r\n".encode()
+    refused = 0
     for index in range(idle + slow):
         try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=3)
         except OSError:
-            break
+            refused += 1
+            if refused > 50:  # the server no longer takes connections
+                break
+            continue
         if index >= idle:
             sock.sendall(head + b"x" * 1024)
         opened.append(sock)

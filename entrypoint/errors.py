@@ -70,6 +70,11 @@ class SupervisorError(TransientError):
     """supervisord could not be started or answered an XML-RPC call with a fault."""
 
 
+class OutOfResources(SupervisorError):
+    """The agent itself could not make the call (no file descriptor, no memory): not
+    the app's fault, never a reason to stop it. Reported and retried."""
+
+
 class AppFailed(FatalError):
     """The app cannot stay up: one of its programs went FATAL."""
 

@@ -8,6 +8,7 @@ is never restarted or sent SIGHUP.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -27,7 +28,7 @@ from xml.parsers.expat import ExpatError
 
 from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
-from entrypoint.errors import AppFailed, SupervisorError
+from entrypoint.errors import AppFailed, OutOfResources, SupervisorError
 from entrypoint.files import write_private
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.processes import (
@@ -46,6 +47,8 @@ from entrypoint.supervisor_config import (
 )
 
 log = logging.getLogger(__name__)
+# The agent's own limits: a call that fails with one of these says nothing of the app.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN})
 
 POLL = 0.2
 SOCKET_NAME = "supervisor.sock"
@@ -258,7 +261,11 @@ class Supervisor:
             return method(proxy)
         except xmlrpc.client.Fault as exc:
             raise SupervisorError(f"supervisord refused: {exc.faultString}") from exc
-        except (OSError, xmlrpc.client.ProtocolError, HTTPException, ExpatError) as exc:
+        except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:
+                raise OutOfResources(f"the agent could not call supervisord: {exc!r}") from exc
+            raise SupervisorError(f"supervisord unreachable: {exc!r}") from exc
+        except (xmlrpc.client.ProtocolError, HTTPException, ExpatError) as exc:
             raise SupervisorError(f"supervisord unreachable: {exc!r}") from exc
 
     def _rpc_timeout(self) -> float:

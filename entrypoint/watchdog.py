@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from entrypoint.board import StatusBoard
-from entrypoint.errors import AppFailed, SupervisorError
+from entrypoint.errors import AppFailed, OutOfResources, SupervisorError
 from entrypoint.inbox import Inbox
 from entrypoint.supervisor import Supervisor, first_fatal
 from entrypoint.updater import Updater
@@ -128,6 +128,10 @@ class Watchdog:
     def _states(self) -> dict[str, dict[str, Any]] | None:
         try:
             states = self.supervisor.states()
+        except OutOfResources as exc:
+            log.warning("watchdog could not look, retrying error=%s", exc)
+            self.board.error(str(exc), "transient")
+            return None
         except SupervisorError as exc:
             now = time.monotonic()
             self._unanswered_since = self._unanswered_since or now

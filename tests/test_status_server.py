@@ -9,18 +9,22 @@ import hmac
 import resource
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import git
 import pytest
 import requests
 
 from entrypoint.auth import Secret
 from entrypoint.board import StatusBoard
+from entrypoint.sample import SampleRepo
 from entrypoint.status import HEAD_SECONDS, StatusServer
 from entrypoint.webhook import MAX_BODY, Webhook
-from tests.conftest import wait_until
+from tests.conftest import AgentProcess, wait_until
+from tests.git_http import GitHttpServer
 
+Factory = Callable[..., AgentProcess]
 SECRET = "flood-secret"
 IDLE = 2000
 SLOW = 300
@@ -139,3 +143,27 @@ def test_every_route_answers_as_before(server: tuple[StatusServer, list[str]]) -
     reply = requests.post(_url(status, "/rollback?sha=abc"), timeout=5)
     assert reply.status_code == 202 and reply.json()["to"] == "abc"
     assert requests.get(_url(status, "/nope"), timeout=5).status_code == 404
+
+
+def test_a_sync_flood_waits_out_a_failing_remotes_backoff(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    """2,000 unauthenticated POST /sync while the remote fails: the checks wait for the
+    backoff, coalesced, instead of hammering the remote."""
+    with GitHttpServer(sample.remote.parent) as server:
+        agent = agent_factory(
+            server.url(sample.remote.name),
+            LIVE_PULL_POLL_INTERVAL="30",
+            LIVE_PULL_MAX_BACKOFF="20",
+        )
+        agent.wait_serving(git.Repo(sample.work).head.commit.hexsha)
+        server.credentials = ("someone", "else")  # from now on every request is refused
+        requests.post(agent.status_url("/sync"), timeout=5)
+        wait_until(lambda: agent.status().get("error_kind") == "transient", 30, "a failure")
+        asked = len(server.requests)
+        with requests.Session() as session:
+            for _ in range(2000):
+                assert session.post(agent.status_url("/sync"), timeout=5).status_code == 202
+        time.sleep(2)  # what a burst would have set off by now, it has
+        assert len(server.requests) - asked <= 2, server.requests[asked:]
+        assert agent.process is not None and agent.process.poll() is None

@@ -22,7 +22,14 @@ from typing import Any
 from entrypoint.board import StatusBoard
 from entrypoint.config import Settings, load_settings
 from entrypoint.environments import Environments, InstallOptions
-from entrypoint.errors import AppFailed, GitError, LocalGitError, RefNotFound, SupervisorError
+from entrypoint.errors import (
+    AppFailed,
+    GitError,
+    LocalGitError,
+    OutOfResources,
+    RefNotFound,
+    SupervisorError,
+)
 from entrypoint.installers import pick_installer
 from entrypoint.releases import Releases
 from entrypoint.repository import RemoteRevision
@@ -184,6 +191,7 @@ class FakeSupervisor:
     refused: set[str] = field(default_factory=set)  # revisions apply() faults on
     running_supervisord: bool = True
     answering: bool = True
+    out_of_files: bool = False  # the agent's own calls fail with EMFILE
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -286,6 +294,8 @@ class FakeSupervisor:
         return info
 
     def _answer(self) -> None:
+        if self.out_of_files:
+            raise OutOfResources("the agent could not call supervisord: Too many open files")
         if not self.answering:
             raise SupervisorError("supervisord unreachable: connection refused")
 

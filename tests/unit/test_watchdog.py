@@ -326,3 +326,20 @@ def test_a_failed_restore_is_the_app_down(world: World, clock: Clock) -> None:
 
     assert world.status()["app_down"] is not None
     assert not world.board.ready()
+
+
+def test_the_agent_out_of_files_never_stops_a_healthy_app(world: World, clock: Clock) -> None:
+    """EMFILE on the agent's own call (a flood on the status port) is reported and retried
+    however long it lasts: it says nothing of the app."""
+    world.commit()
+    world.updater.check()
+    watchdog = make_watchdog(world, Inbox())
+    world.supervisor.out_of_files = True
+    for _ in range(3):
+        watchdog.tick()
+        clock.advance(UNANSWERED_LIMIT)
+    assert "Too many open files" in str(world.status()["last_error"])
+    assert world.status()["error_kind"] == "transient"
+    world.supervisor.out_of_files = False
+    watchdog.tick()
+    assert world.board.ready()
