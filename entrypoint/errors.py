@@ -94,7 +94,8 @@ class CommandFailed(LivePullError):
         self.code = code
         self.tail = tail  # for the log only: output may hold anything the command read
         ended = (tail[-1] if tail else "").startswith("killed:")
-        super().__init__(f"code={code}" + (f" ({tail[-1]})" if ended else " (output in the log)"))
+        reason = f"{tail[-1]}; " if ended else ""
+        super().__init__(f"code={code} ({reason}output in the log)")
 
     def as_revision_error(self, what: str) -> RevisionError:
         return RevisionError(f"{what} failed {self}")
