@@ -39,6 +39,7 @@ class Snapshot:
     last_error_at: str | None = None
     updates: int = 0
     deps_digest: str | None = None
+    deps_locked: bool | None = None  # False: a pyproject.toml installed without a lock
     installs: int = 0
     last_install_seconds: float | None = None
     failed_revisions: dict[str, str] = field(default_factory=dict)

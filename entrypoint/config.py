@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -256,10 +257,26 @@ class Settings(BaseSettings):
 
     @field_validator("lockfile")
     @classmethod
-    def _lockfile_inside(cls, value: str | None) -> str | None:
+    def _lockfile_relative(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        return ",".join(_relative_inside(part, allow_empty=False) for part in value.split(","))
+        parts = [part.strip() for part in value.split(",")]
+        if not all(parts) or any(posixpath.isabs(part) for part in parts):
+            raise ValueError("each file must be a relative path (to LIVE_PULL_APP_DIR)")
+        return ",".join(posixpath.normpath(part) for part in parts)
+
+    @model_validator(mode="after")
+    def _lockfile_inside(self) -> Settings:
+        """The lockfile is named relative to the app directory (`../uv.lock` from a
+        workspace member) and must stay inside the repository."""
+        for part in (self.lockfile or "").split(","):
+            if not part:
+                continue
+            try:
+                _relative_inside(posixpath.join(self.app_dir or ".", part), allow_empty=False)
+            except ValueError:
+                raise ValueError(f"LIVE_PULL_LOCKFILE: {part!r} leaves the repository") from None
+        return self
 
     @field_validator("app_user")
     @classmethod
@@ -528,8 +545,10 @@ def _reject_unknown(environ: Mapping[str, str]) -> None:
 
 def _one_line(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    variable = str(error["loc"][0]) if error["loc"] else "configuration"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:  # a check across settings: its message names them
+        return message
+    variable = str(error["loc"][0])
     if error["type"] == "missing":
         return f"{variable}: is required"
     if variable in SECRET_VARIABLES or error["type"] == "value_error":

@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import re
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from entrypoint import lockfiles, pyprojects, requirements
 from entrypoint.errors import InstallError
-from entrypoint.files import OutsideRoot, read_inside, resolve_inside
-
-INCLUDE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s+|=)(?P<path>\S+)")
+from entrypoint.files import OutsideRoot, resolve_inside
+from entrypoint.pyprojects import PYPROJECT
+from entrypoint.requirements import LocalProject
 
 
 class SpecKind(StrEnum):
@@ -31,15 +31,26 @@ class SpecKind(StrEnum):
     COMMAND = "command"  # LIVE_PULL_INSTALL_COMMAND
 
 
+LOCKS = {"uv.lock": SpecKind.UV_LOCK, "poetry.lock": SpecKind.POETRY_LOCK}
+
+
 @dataclass(frozen=True)
 class DependencySpec:
     kind: SpecKind
     app_path: Path
     files: tuple[Path, ...]  # every file whose contents decide the environment
+    root: Path | None = None  # where the lock is (a workspace's root); app_path if None
+    member: str | None = None  # the app's project in a workspace lock
+    projects: tuple[LocalProject, ...] = ()  # installed per release, on top
+    locked: bool = True  # False: a pyproject.toml installed without any lock
 
     @property
     def main_file(self) -> Path:
         return self.files[0]
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.root or self.app_path
 
 
 def detect(
@@ -54,17 +65,19 @@ def detect(
         named = [app_path / name.strip() for name in (lockfile or "").split(",") if name.strip()]
         return DependencySpec(SpecKind.COMMAND, app_path, tuple(p for p in named if inside(p)))
     if lockfile is not None:
-        return _named(app_path, lockfile, inside)
-    pyproject = app_path / "pyproject.toml"
-    for lock, kind in (("uv.lock", SpecKind.UV_LOCK), ("poetry.lock", SpecKind.POETRY_LOCK)):
-        if inside(app_path / lock) and inside(pyproject):
-            return DependencySpec(kind, app_path, (app_path / lock, pyproject))
+        return _named(app_path, Path(os.path.normpath(app_path / lockfile)), inside)
+    for lock in LOCKS:
+        if inside(app_path / lock) and inside(app_path / PYPROJECT):
+            return _locked_project(app_path, app_path / lock, inside)
     if inside(app_path / "Pipfile.lock"):
         return DependencySpec(SpecKind.PIPFILE_LOCK, app_path, (app_path / "Pipfile.lock",))
     if inside(app_path / "requirements.txt"):
         return _requirements(app_path, app_path / "requirements.txt", inside)
-    if inside(pyproject):
-        return DependencySpec(SpecKind.PYPROJECT, app_path, (pyproject,))
+    if inside(app_path / PYPROJECT):
+        workspace_lock = _workspace_lock(app_path, inside)
+        if workspace_lock is not None:
+            return _locked_project(app_path, workspace_lock, inside)
+        return _unlocked_project(app_path, inside)
     return None
 
 
@@ -83,51 +96,99 @@ class _Inside:
             raise InstallError(f"dependency file refused: {exc}") from exc
 
 
-def _named(app_path: Path, lockfile: str, inside: _Inside) -> DependencySpec:
-    path = app_path / lockfile
+def _named(app_path: Path, path: Path, inside: _Inside) -> DependencySpec:
+    shown = os.path.relpath(path, app_path)
     if not inside(path):
-        raise InstallError(f"LIVE_PULL_LOCKFILE {lockfile!r} is not in the revision")
-    name = path.name
-    pyproject = path.parent / "pyproject.toml"
-    if name in ("uv.lock", "poetry.lock"):
-        kind = SpecKind.UV_LOCK if name == "uv.lock" else SpecKind.POETRY_LOCK
-        existing = [pyproject] if inside(pyproject) else []
-        return DependencySpec(kind, path.parent, (path, *existing))
-    if name == "Pipfile.lock":
+        raise InstallError(f"LIVE_PULL_LOCKFILE {shown!r} is not in the revision")
+    if path.name in LOCKS:
+        return _locked_project(app_path, path, inside)
+    if path.name == "Pipfile.lock":
         return DependencySpec(SpecKind.PIPFILE_LOCK, path.parent, (path,))
-    if name == "pyproject.toml":
-        return DependencySpec(SpecKind.PYPROJECT, path.parent, (path,))
+    if path.name == PYPROJECT:
+        return _unlocked_project(path.parent, inside)
     return _requirements(app_path, path, inside)  # any other name: a requirements file
 
 
+def _workspace_lock(app_path: Path, inside: _Inside) -> Path | None:
+    """The nearest uv.lock between the app's directory and the repository's root whose
+    workspace has the app as a member."""
+    top = inside.root.resolve()
+    directory = app_path.resolve().parent
+    while directory == top or top in directory.parents:
+        if inside(directory / "uv.lock") and inside(directory / PYPROJECT):
+            data = pyprojects.read_toml(inside.root, directory / PYPROJECT)
+            if pyprojects.workspace_covers(directory, data, app_path.resolve()):
+                return directory / "uv.lock"
+        if directory == top:
+            break
+        directory = directory.parent
+    return None
+
+
+def _locked_project(app_path: Path, lock: Path, inside: _Inside) -> DependencySpec:
+    """uv.lock or poetry.lock with the pyproject.toml it locks; a uv.lock above the
+    app is its workspace's, installed for the app's project only."""
+    kind = LOCKS[lock.name]
+    lock_dir = lock.parent
+    project = pyprojects.load(inside.root, app_path) if inside(app_path / PYPROJECT) else None
+    member = None
+    files = [lock, *([lock_dir / PYPROJECT] if inside(lock_dir / PYPROJECT) else [])]
+    if lock_dir.resolve() != app_path.resolve():
+        if kind is not SpecKind.UV_LOCK or project is None or project.name is None:
+            raise InstallError(f"{lock.name} above the app needs a uv workspace member here")
+        member = project.name
+        files.append(app_path / PYPROJECT)
+    if kind is SpecKind.UV_LOCK:
+        own = _uv_projects(lock, member or (project.name if project else None), inside)
+    else:
+        own = (LocalProject(app_path.resolve(), True),) if project and project.is_package else ()
+    return DependencySpec(kind, app_path, tuple(files), lock_dir, member, own)
+
+
+def _uv_projects(lock: Path, name: str | None, inside: _Inside) -> tuple[LocalProject, ...]:
+    """What uv.lock itself says is local and installed: the app's project unless it
+    is virtual, and the workspace members and path dependencies it needs."""
+    found = []
+    for relative, editable in lockfiles.uv_local_projects(lock, name):
+        try:
+            path = resolve_inside(inside.root, lock.parent / relative)
+        except OutsideRoot as exc:
+            raise InstallError(f"uv.lock local package refused: {exc}") from exc
+        found.append(LocalProject(path, editable))
+    return tuple(found)
+
+
+def _unlocked_project(app_path: Path, inside: _Inside) -> DependencySpec:
+    """A pyproject.toml and no lock anywhere: installed, and said to be unlocked."""
+    project = pyprojects.load(inside.root, app_path)
+    own = (LocalProject(app_path.resolve(), True),) if project and project.is_package else ()
+    return DependencySpec(
+        SpecKind.PYPROJECT, app_path, (app_path / PYPROJECT,), projects=own, locked=False
+    )
+
+
 def _requirements(app_path: Path, top: Path, inside: _Inside) -> DependencySpec:
-    """A requirements file and everything it includes with -r / -c, recursively (the
-    installer is handed the checked, resolved path)."""
-    seen: list[Path] = []
-    pending = [top]
-    while pending:
-        candidate = pending.pop(0)
-        if not inside(candidate):
-            raise InstallError(f"requirements include not found: {candidate.name}")
-        path = candidate.resolve()
-        if path in seen:
-            continue
-        seen.append(path)
-        for line in read_inside(inside.root, path).splitlines():
-            match = INCLUDE.match(line)
-            if match:
-                pending.append(path.parent / match["path"])
-    return DependencySpec(SpecKind.REQUIREMENTS, app_path, tuple(seen))
+    """A requirements file and everything it includes with -r / -c, recursively; local
+    projects in it (`-e .`) are installed per release, their pyproject.toml counted."""
+    try:
+        found = requirements.read(inside.root, top)
+    except OutsideRoot as exc:
+        raise InstallError(f"dependency file refused: {exc}") from exc
+    extra = [p.path / PYPROJECT for p in found.projects if inside(p.path / PYPROJECT)]
+    files = tuple(dict.fromkeys([*found.files, *extra]))
+    return DependencySpec(SpecKind.REQUIREMENTS, app_path, files, projects=tuple(found.projects))
 
 
-def digest(spec: DependencySpec, installer: str, options: list[str]) -> str:
-    """Name of the environment for this spec, interpreter, platform and installer."""
+def digest(spec: DependencySpec, installer: str, options: list[str], python: str) -> str:
+    """Name of the environment for this spec, interpreter (`python`: its version),
+    platform and installer."""
     sha = hashlib.sha256()
     parts = [
         "live-pull-env-1",
         spec.kind.value,
+        *([f"member={spec.member}"] if spec.member else []),
         sys.implementation.name,
-        platform.python_version(),
+        python,
         platform.machine(),
         sys.platform,
         installer,

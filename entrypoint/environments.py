@@ -20,25 +20,30 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from entrypoint import interpreters, pyprojects, requirements
 from entrypoint.commands import run_logged
 from entrypoint.depspec import DependencySpec, SpecKind, detect, digest
 from entrypoint.errors import CommandFailed, InstallError
-from entrypoint.files import remove_path, write_atomic
+from entrypoint.files import remove_path, retarget_scripts, write_atomic
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.installers import Installer
+from entrypoint.interpreters import IMAGE, Interpreter
+from entrypoint.layers import ProjectLayers
 from entrypoint.lockfiles import (
     Pin,
     pipfile_pins,
     poetry_pins,
-    project_dependencies,
     requirement_lines,
+    uv_lock_problem,
     uv_pins,
 )
+from entrypoint.pyprojects import PYPROJECT
+from entrypoint.requirements import LocalProject
 from entrypoint.shell import shell_line
 
 log = logging.getLogger(__name__)
@@ -60,14 +65,17 @@ class InstallOptions:
 @dataclass(frozen=True)
 class Environment:
     digest: str
-    path: Path
+    path: Path  # the dependency layer, shared by every release with this digest
+    layer: Path | None = None  # the release's own project, on top (layers.py)
+    locked: bool = True  # False: installed from a pyproject.toml without a lock
 
     def variables(self, base_path: str) -> dict[str, str]:
-        """What a process needs to run in this environment."""
+        """What a process needs to run in this environment (the layer first)."""
+        bins = [*([self.layer / "bin"] if self.layer else []), self.path / "bin"]
         return {
             "LIVE_PULL_ENV": str(self.path),
-            "VIRTUAL_ENV": str(self.path),
-            "PATH": f"{self.path / 'bin'}:{base_path}",
+            "VIRTUAL_ENV": str(self.layer or self.path),
+            "PATH": ":".join([*(str(path) for path in bins), base_path]),
         }
 
 
@@ -89,32 +97,66 @@ class Environments:
         self.stop = stop
         self.installs = 0
         self.last_install_seconds: float | None = None
+        self.pythons = root.parent / "pythons"  # uv-managed interpreters an app asked for
+        self.layers = ProjectLayers(root.parent / "layers", installer, run_as)
 
     def ensure(self, app_path: Path, release: Path | None = None) -> Environment | None:
-        """The environment for the app at app_path, installed if missing or damaged;
-        every dependency file must resolve inside `release`."""
+        """The environment for the app at app_path, installed if missing or damaged,
+        with the release's project layer on top; every dependency file must resolve
+        inside `release` (named by its sha)."""
+        release = release or app_path
         spec = detect(app_path, self.options.lockfile, self.options.command, release)
         if spec is None:
             return None
-        environment = self._environment_for(spec)
-        if _intact(environment):
-            return environment
-        self._build(spec, environment)
-        return environment
+        interpreter = self._interpreter(spec, release, obtain=True)
+        assert interpreter is not None
+        environment = self._environment_for(spec, interpreter)
+        if not _intact(environment):
+            self._build(spec, environment, interpreter)
+        if not spec.locked:
+            log.warning(
+                "dependencies are not locked: %s installed from its ranges (add a lock)",
+                os.path.relpath(spec.main_file, release),
+            )
+        layer = None
+        if spec.projects and spec.kind is not SpecKind.COMMAND:
+            layer = self.layers.ensure(
+                spec, environment.path, release.name, list(self.options.extra_args), self._runner
+            )
+        return replace(environment, layer=layer, locked=spec.locked)
 
     def digest_for(self, app_path: Path, release: Path | None = None) -> str | None:
         """The digest ensure() would use for the app at app_path (reads its lockfiles,
         installs nothing); None if it has no dependency spec or it cannot be read."""
+        release = release or app_path
         try:
             spec = detect(app_path, self.options.lockfile, self.options.command, release)
+            interpreter = None if spec is None else self._interpreter(spec, release, False)
         except (InstallError, OSError):
             return None
-        return None if spec is None else self._environment_for(spec).digest
+        if spec is None or interpreter is None:
+            return None
+        return self._environment_for(spec, interpreter).digest
 
-    def _environment_for(self, spec: DependencySpec) -> Environment:
+    def _interpreter(self, spec: DependencySpec, release: Path, obtain: bool) -> Interpreter | None:
+        """The image's Python where it will do; else uv's (obtained only if `obtain`)."""
+        if spec.kind is SpecKind.COMMAND:
+            return IMAGE
+        want = interpreters.wanted(spec, release)
+        if want.accepts(IMAGE.version):
+            return IMAGE
+        if not obtain:
+            return None
+        return interpreters.choose(want, self.installer.uv_path, self.pythons, self.options.timeout)
+
+    def _environment_for(self, spec: DependencySpec, interpreter: Interpreter) -> Environment:
         options = [*self.options.extra_args, self.options.command or ""]
-        name = digest(spec, self.installer.identity, options)
+        name = digest(spec, self.installer.identity, options, interpreter.version)
         return Environment(name, self.root / name)
+
+    def collect_layers(self, keep: set[str]) -> None:
+        """Project layers of releases no longer kept."""
+        self.layers.collect(keep)
 
     def collect(self, keep: set[str]) -> None:
         """Remove environments no retained release uses, and interrupted builds."""
@@ -126,7 +168,9 @@ class Environments:
 
     # -- building ----------------------------------------------------------------------
 
-    def _build(self, spec: DependencySpec, environment: Environment) -> None:
+    def _build(
+        self, spec: DependencySpec, environment: Environment, interpreter: Interpreter
+    ) -> None:
         final = environment.path
         staging = self.root / f"{TMP_PREFIX}{environment.digest}-{uuid.uuid4().hex[:8]}"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -137,13 +181,17 @@ class Environments:
             self.installer.identity,
             environment.digest,
         )
+        _refuse_stale_lock(spec)
         self._prepare_build(staging)
         try:
-            self._run(self.installer.create_env(staging), spec, staging, started)
-            self._run(self._install_argv(spec, staging), spec, staging, started)
+            create = self.installer.create_env(staging, interpreter.path)
+            self._run(create, spec.lock_dir, staging, started)
+            self._run(
+                self._install_argv(spec, staging, interpreter), spec.lock_dir, staging, started
+            )
             # From here on the app user can no longer change what later releases reuse.
             self.run_as.take_back(staging)
-            _retarget(staging, final)
+            retarget_scripts(staging, final)
             _write_manifest(staging, environment.digest)
             _swap_in(staging, final)
         finally:
@@ -169,22 +217,22 @@ class Environments:
             Path(cache).mkdir(parents=True, exist_ok=True)
             self.run_as.hand_over(Path(cache))
 
-    def _install_argv(self, spec: DependencySpec, env: Path) -> list[str]:
+    def _install_argv(self, spec: DependencySpec, env: Path, interpreter: Interpreter) -> list[str]:
         extra = list(self.options.extra_args)
         if spec.kind is SpecKind.COMMAND:
             return ["/bin/sh", "-c", shell_line(self.options.command or "")]
         if spec.kind is SpecKind.UV_LOCK and self.installer.uv_path is not None:
-            # Exact sync from the lock; the app's own code runs from the release.
-            uv = self.installer.uv_path
-            return [uv, "sync", "--frozen", "--no-install-project", "--no-dev", *extra]
-        if spec.kind is SpecKind.REQUIREMENTS:
-            return [*self.installer.pip_install(env), "-r", str(spec.main_file), *extra]
+            # Exact sync from the lock (checked against pyproject.toml before); local
+            # projects go to each release's own layer.
+            member = ["--package", spec.member] if spec.member else []
+            sync = ["sync", "--frozen", "--no-install-local", "--no-dev", *member]
+            return [self.installer.uv_path, *sync, "--python", interpreter.path, *extra]
         pinned = env / PINNED
-        if spec.kind is SpecKind.PYPROJECT:
+        if spec.kind is SpecKind.REQUIREMENTS and not spec.projects:
+            return [*self.installer.pip_install(env), "-r", str(spec.main_file), *extra]
+        if spec.kind in (SpecKind.REQUIREMENTS, SpecKind.PYPROJECT):
             # Atomic: never through a link the app user may have put in its build.
-            write_atomic(
-                pinned, "".join(f"{dep}\n" for dep in project_dependencies(spec.main_file))
-            )
+            write_atomic(pinned, "".join(f"{line}\n" for line in _shared_lines(spec)))
             return [*self.installer.pip_install(env), "-r", str(pinned), *extra]
         pins = _pins(spec)
         write_atomic(pinned, requirement_lines(pins))
@@ -194,12 +242,15 @@ class Environments:
         ]
         return [*self.installer.pip_install(env), *exact, "-r", str(pinned), *extra]
 
-    def _run(self, argv: list[str], spec: DependencySpec, env: Path, started: float) -> None:
+    def _runner(self, argv: list[str], cwd: Path, env: Path) -> None:
+        self._run(argv, cwd, env, time.monotonic())
+
+    def _run(self, argv: list[str], cwd: Path, env: Path, started: float) -> None:
         progress = _Progress(started)
         try:
             run_logged(
                 argv,
-                cwd=spec.app_path,
+                cwd=cwd,
                 env=self._environment(env),
                 timeout=self.options.timeout,
                 stop=self.stop,
@@ -335,22 +386,40 @@ def _swap_in(staging: Path, final: Path) -> None:
 def _pins(spec: DependencySpec) -> list[Pin]:
     if spec.kind is SpecKind.PIPFILE_LOCK:
         return pipfile_pins(spec.main_file)
-    pyproject = spec.app_path / "pyproject.toml"
+    pyproject = spec.app_path / PYPROJECT
     if spec.kind is SpecKind.POETRY_LOCK:
         return poetry_pins(spec.main_file, pyproject)
-    return uv_pins(spec.main_file, pyproject)  # uv.lock with pip: honoured without uv
+    # uv.lock with pip: honoured without uv, for the app's project (a workspace member)
+    project = pyprojects.load(spec.app_path, spec.app_path)
+    return uv_pins(spec.main_file, spec.member or (project.name if project else None))
 
 
-def _retarget(staging: Path, final: Path) -> None:
-    """Scripts and activate files name the environment's path: point them at the final one."""
-    old, new = str(staging).encode(), str(final).encode()
-    bin_dir = staging / "bin"
-    for path in bin_dir.iterdir() if bin_dir.is_dir() else []:
-        if path.is_symlink() or not path.is_file():
-            continue
-        content = path.read_bytes()
-        if old in content:
-            path.write_bytes(content.replace(old, new))
+def _refuse_stale_lock(spec: DependencySpec) -> None:
+    """A uv.lock out of date with the app's pyproject.toml refuses the revision."""
+    if spec.kind is not SpecKind.UV_LOCK:
+        return
+    project = pyprojects.load(spec.app_path, spec.app_path)
+    if project is None or project.dependencies is None:
+        return
+    name = spec.member or project.name
+    problem = uv_lock_problem(spec.main_file, name, project.dependencies)
+    if problem is not None:
+        raise InstallError(problem)
+
+
+def _shared_lines(spec: DependencySpec) -> list[str]:
+    """What goes into the shared layer from a requirements file with local projects in
+    it, or a pyproject.toml alone: everything but the projects, and their declared
+    dependencies (the project layer installs them with --no-deps)."""
+    lines = (
+        []
+        if spec.kind is SpecKind.PYPROJECT
+        else requirements.read(spec.app_path, spec.main_file).lines
+    )
+    for local in spec.projects or [LocalProject(spec.app_path, True)]:
+        project = pyprojects.load(local.path, local.path)
+        lines += list(project.dependencies or ()) if project else []
+    return lines
 
 
 class _Progress:

@@ -76,3 +76,16 @@ def remove_path(path: Path) -> None:
         path.unlink()
     elif path.is_dir():
         shutil.rmtree(path)
+
+
+def retarget_scripts(staging: Path, final: Path) -> None:
+    """Scripts and activate files of an environment built at `staging` name its path:
+    point them at `final`, where it is renamed to (links are left alone)."""
+    old, new = str(staging).encode(), str(final).encode()
+    bin_dir = staging / "bin"
+    for path in bin_dir.iterdir() if bin_dir.is_dir() else []:
+        if path.is_symlink() or not path.is_file():
+            continue
+        content = path.read_bytes()
+        if old in content:
+            path.write_bytes(content.replace(old, new))

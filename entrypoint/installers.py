@@ -30,17 +30,28 @@ class Installer:
     def identity(self) -> str:
         return f"{self.name}-{self.version}"
 
-    def create_env(self, target: Path) -> list[str]:
+    def create_env(self, target: Path, python: str = sys.executable) -> list[str]:
         if self.uv_path is not None:
-            return [self.uv_path, "venv", "--quiet", "--python", sys.executable, str(target)]
-        return [sys.executable, "-m", "venv", str(target)]
+            return [self.uv_path, "venv", "--quiet", "--python", python, str(target)]
+        return [python, "-m", "venv", str(target)]
 
-    def pip_install(self, env: Path) -> list[str]:
-        """The start of a `pip install` into env; arguments follow."""
+    def create_layer(self, target: Path, env: Path) -> list[str]:
+        """An environment on env's interpreter, with no packages (env's are added)."""
         python = str(env / "bin" / "python")
         if self.uv_path is not None:
-            return [self.uv_path, "pip", "install", "--python", python]
-        return [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+            return [self.uv_path, "venv", "--quiet", "--python", python, str(target)]
+        return [python, "-m", "venv", "--without-pip", str(target)]
+
+    def pip_install(self, env: Path, into: Path | None = None) -> list[str]:
+        """The start of a `pip install` into `into` (env by default), run with env's
+        installer; arguments follow."""
+        python = str(env / "bin" / "python")
+        target = str((into or env) / "bin" / "python")
+        if self.uv_path is not None:
+            return [self.uv_path, "pip", "install", "--python", target]
+        elsewhere = ["--python", target] if into is not None else []
+        quiet = ["--disable-pip-version-check", "--no-input"]
+        return [python, "-m", "pip", *elsewhere, "install", *quiet]
 
     def cache_env(self, cache_root: Path) -> dict[str, str]:
         """One cache under LIVE_PULL_HOME, shared by every environment."""

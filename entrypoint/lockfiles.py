@@ -139,15 +139,79 @@ def _poetry_pin(package: Mapping[str, Any]) -> Pin:
     return Pin(package["name"], package["version"], hashes)
 
 
-def uv_pins(lock: Path, pyproject: Path) -> list[Pin]:
-    packages = _load(lock, tomllib.loads).get("package", [])
-    graph = {normalize(p["name"]): p for p in packages}
-    project = normalize(_load(pyproject, tomllib.loads).get("project", {}).get("name", ""))
-    if project not in graph:
-        raise InstallError("uv.lock does not lock the project named in pyproject.toml")
-    needed = _closure(_uv_edges(graph[project]), lambda name: _uv_edges(graph.get(name, {})), graph)
-    needed.discard(project)
-    return [_uv_pin(graph[name]) for name in sorted(needed)]
+LOCAL_SOURCES = ("editable", "directory", "virtual", "path")
+
+
+def uv_pins(lock: Path, project: str | None) -> list[Pin]:
+    """The packages `project` (a workspace member, or the lock's own project) needs
+    from an index, each pinned with its hashes; local ones are the release's layer."""
+    graph = _uv_graph(lock)
+    needed = _uv_needed(graph, project)
+    return [_uv_pin(graph[name]) for name in sorted(needed) if not _uv_local(graph[name])]
+
+
+def uv_local_projects(lock: Path, project: str | None) -> list[tuple[str, bool]]:
+    """The local packages (workspace members, path dependencies) `project` needs, the
+    project included: (path relative to the lock, editable); virtual ones are not
+    installed at all."""
+    graph = _uv_graph(lock)
+    found = []
+    for name in sorted(_uv_needed(graph, project) | {normalize(project or "")}):
+        source = graph.get(name, {}).get("source", {})
+        for key in ("editable", "directory"):
+            if isinstance(source.get(key), str):
+                found.append((source[key], key == "editable"))
+    return found
+
+
+def uv_lock_problem(lock: Path, project: str | None, dependencies: Iterable[str]) -> str | None:
+    """Why uv.lock is out of date with the project's declared dependencies, or None.
+
+    What uv itself compares (`requires-dist` as locked against pyproject.toml), done
+    here without an index: `uv sync --locked` would re-resolve to tell, and an index
+    that is down must not refuse a lock that is fine."""
+    package = _uv_graph(lock).get(normalize(project or ""), {})
+    locked = {
+        _uv_requirement_key(entry) for entry in package.get("metadata", {}).get("requires-dist", ())
+    }
+    declared = {_requirement_key(_requirement(spec)) for spec in dependencies}
+    if not package or locked == declared:
+        return None
+    differs = sorted(name for name, *_ in declared ^ locked)
+    return f"uv.lock is out of date with pyproject.toml ({', '.join(differs[:3])}): run uv lock"
+
+
+def _requirement_key(req: Requirement) -> tuple[str, str, str, str]:
+    extras = ",".join(sorted(req.extras))
+    return normalize(req.name), extras, str(req.specifier), str(req.marker or "")
+
+
+def _uv_requirement_key(entry: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    text = str(entry.get("name", ""))
+    if entry.get("extra"):
+        text += f"[{','.join(entry['extra'])}]"
+    text += str(entry.get("specifier", ""))
+    if entry.get("marker"):
+        text += f" ; {entry['marker']}"
+    return _requirement_key(_requirement(text))
+
+
+def _uv_graph(lock: Path) -> dict[str, Any]:
+    return {normalize(p["name"]): p for p in _load(lock, tomllib.loads).get("package", [])}
+
+
+def _uv_needed(graph: Mapping[str, Any], project: str | None) -> set[str]:
+    name = normalize(project or "")
+    if name not in graph:
+        raise InstallError(f"uv.lock does not lock the project {project or '(unnamed)'}")
+    needed = _closure(_uv_edges(graph[name]), lambda dep: _uv_edges(graph.get(dep, {})), graph)
+    needed.discard(name)
+    return needed
+
+
+def _uv_local(package: Mapping[str, Any]) -> bool:
+    source = package.get("source", {})
+    return isinstance(source, dict) and any(key in source for key in LOCAL_SOURCES)
 
 
 def _uv_edges(package: Mapping[str, Any]) -> dict[str, str | None]:

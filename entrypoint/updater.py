@@ -382,8 +382,13 @@ class Updater:
         except OSError as exc:
             log.warning("current not switched sha=%s error=%s", short(revision.sha), exc)
         digest = revision.environment.digest if revision.environment else None
+        locked = revision.environment.locked if revision.environment else None
         self.board.update(
-            revision=revision.sha, deps_digest=digest, app_down=None, retained=self._retained()
+            revision=revision.sha,
+            deps_digest=digest,
+            deps_locked=locked,
+            app_down=None,
+            retained=self._retained(),
         )
         self.board.serving(True)
 
@@ -467,6 +472,7 @@ class Updater:
         self.state_file.save(self.state)
         self.releases.collect(retained)
         self.scratch.collect(set(retained))
+        self.environments.collect_layers({*retained, *([self.running] if self.running else [])})
         for sha in retained:  # the app writes only the release it runs
             self._take_back(sha)
         in_use = {self.state.environments.get(sha) for sha in retained}
