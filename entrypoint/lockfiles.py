@@ -177,7 +177,7 @@ def uv_lock_problem(lock: Path, project: str | None, dependencies: Iterable[str]
     declared = {_requirement_key(_requirement(spec)) for spec in dependencies}
     if not package or locked == declared:
         return None
-    differs = sorted(name for name, *_ in declared ^ locked)
+    differs = sorted({name for name, *_ in declared ^ locked})
     return f"uv.lock is out of date with pyproject.toml ({', '.join(differs[:3])}): run uv lock"
 
 

@@ -4,6 +4,7 @@ is the new release's own, run by the project's own console script."""
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from entrypoint.sample import SampleRepo
 from tests import projects
-from tests.conftest import AgentProcess
+from tests.conftest import AgentProcess, wait_until
 
 Factory = Callable[..., AgentProcess]
 Layout = Callable[[SampleRepo, Path, str, str], dict[str, str]]
@@ -84,3 +85,59 @@ def _serves(agent: AgentProcess, sha: str, app_dir: str, message: str, dependenc
     text = agent.wait_serving(sha)
     own = agent.home / "releases" / sha / app_dir / "src" / "webapp" / "web.py"
     assert f"{message} webapp=1.2.3 {dependency} file={own.resolve()}" in text, text
+
+
+def _refused(agent: AgentProcess, sample: SampleRepo, files: dict[str, str], good: str) -> str:
+    """A revision refused before it runs: one line in /status, the old one serving."""
+    bad = sample.commit(files, "refused")
+    wait_until(lambda: bad in (agent.status().get("failed_revisions") or {}))
+    status = agent.status()
+    assert status["revision"] == good and status["ready"] is True
+    assert f"revision {good[:12]}" in (agent.app() or "")
+    assert "\n" not in status["last_error"]
+    return str(status["last_error"])
+
+
+def test_a_python_the_image_lacks_and_uv_cannot_obtain_is_refused_by_name(
+    sample: SampleRepo, agent_factory: Factory, wheelhouse: Path
+) -> None:
+    good = sample.commit(_unlocked(sample, wheelhouse, "v0", "1.0"), "good")
+    agent = agent_factory(
+        sample.url,
+        LIVE_PULL_INSTALL_ARGS=f"--no-index --find-links {wheelhouse}",
+        UV_PYTHON_DOWNLOADS="never",  # the tests never reach the internet
+    )
+    _serves(agent, good, "", "v0", "tinypkg=1.0")
+    wants = {**_unlocked(sample, wheelhouse, "v1", "1.0"), ".python-version": "3.99\n"}
+    error = _refused(agent, sample, wants, good)
+    image = platform.python_version()
+    assert error.startswith("python: the app asks for .python-version 3.99, requires-python >=3.9")
+    assert f"available: {image} (the image's)" in error
+    pythons = agent.home / "pythons"  # uv's own bookkeeping only, no interpreter
+    assert not [p for p in pythons.iterdir() if not p.name.startswith(".")]
+
+    ranged = _unlocked(sample, wheelhouse, "v2", "1.0")
+    ranged["pyproject.toml"] = ranged["pyproject.toml"].replace(">=3.9", ">=3.99")
+    assert "requires-python >=3.99" in _refused(agent, sample, ranged, good)
+
+    fits = {**_unlocked(sample, wheelhouse, "v3", "1.0"), ".python-version": f"{image}\n"}
+    _serves(agent, sample.commit(fits, "the image's own"), "", "v3", "tinypkg=1.0")
+
+
+def test_a_workspace_lock_out_of_date_is_refused_and_can_be_named(
+    sample: SampleRepo, agent_factory: Factory, wheelhouse: Path
+) -> None:
+    good = sample.commit(_workspace(sample, wheelhouse, "v0", "1.0"), "good")
+    agent = agent_factory(
+        sample.url,
+        LIVE_PULL_APP_DIR="backend",
+        LIVE_PULL_LOCKFILE="../uv.lock",
+        LIVE_PULL_INSTALL_ARGS=f"--no-index --find-links {wheelhouse}",
+    )
+    _serves(agent, good, "backend", "v0", "tinypkg=1.0")
+    stale = projects.uv_workspace("v1", "2.0")  # pyproject.toml moved, uv.lock did not
+    error = _refused(agent, sample, stale, good)
+    assert error == "uv.lock is out of date with pyproject.toml (tinypkg): run uv lock"
+    assert agent.status()["installs"] == 1
+    relocked = _workspace(sample, wheelhouse, "v2", "2.0")
+    _serves(agent, sample.commit(relocked, "relocked"), "backend", "v2", "tinypkg=2.0")
