@@ -93,6 +93,8 @@ class Agent:
                     settings.install_command,
                     settings.install_args,
                     settings.install_timeout,
+                    settings.install_groups,
+                    settings.install_extras,
                 ),
                 self.stop,
                 run_as,

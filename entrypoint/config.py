@@ -49,6 +49,9 @@ SECRET_VARIABLES = frozenset(
 )
 
 
+GROUP_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
 
@@ -93,6 +96,12 @@ class Settings(BaseSettings):
     )
     install_args: Annotated[tuple[str, ...], NoDecode] = Field(
         (), validation_alias=AliasChoices("LIVE_PULL_INSTALL_ARGS")
+    )
+    install_groups: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=AliasChoices("LIVE_PULL_INSTALL_GROUPS")
+    )
+    install_extras: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=AliasChoices("LIVE_PULL_INSTALL_EXTRAS")
     )
     install_timeout: float = Field(
         1800.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_INSTALL_TIMEOUT")
@@ -217,6 +226,17 @@ class Settings(BaseSettings):
     def _split_paths(cls, value: object) -> tuple[str, ...]:
         items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
         return tuple(_shared_path(str(item)) for item in items if str(item).strip())
+
+    @field_validator("install_groups", "install_extras", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> tuple[str, ...]:
+        """Comma-separated group or extra names, as the lock spells them."""
+        items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        names = tuple(str(item).strip() for item in items if str(item).strip())
+        for name in names:
+            if not GROUP_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a group or extra name")
+        return names
 
     @field_validator("command", "install_command", "release_command")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,6 +19,7 @@ from pathlib import Path
 from entrypoint import lockfiles, pyprojects, requirements
 from entrypoint.errors import InstallError
 from entrypoint.files import OutsideRoot, resolve_inside
+from entrypoint.lockfiles import MAIN_ONLY, Selection
 from entrypoint.pyprojects import PYPROJECT
 from entrypoint.requirements import LocalProject
 
@@ -25,13 +27,21 @@ from entrypoint.requirements import LocalProject
 class SpecKind(StrEnum):
     UV_LOCK = "uv.lock"
     POETRY_LOCK = "poetry.lock"
+    PDM_LOCK = "pdm.lock"
+    PYLOCK = "pylock.toml"
     PIPFILE_LOCK = "Pipfile.lock"
     REQUIREMENTS = "requirements.txt"
     PYPROJECT = "pyproject.toml"
     COMMAND = "command"  # LIVE_PULL_INSTALL_COMMAND
 
 
-LOCKS = {"uv.lock": SpecKind.UV_LOCK, "poetry.lock": SpecKind.POETRY_LOCK}
+# Locks that go with the pyproject.toml beside them, in the order they are looked for.
+LOCKS = {
+    "uv.lock": SpecKind.UV_LOCK,
+    "poetry.lock": SpecKind.POETRY_LOCK,
+    "pdm.lock": SpecKind.PDM_LOCK,
+}
+PYLOCK = re.compile(r"pylock(\.[^/]+)?\.toml")
 
 
 @dataclass(frozen=True)
@@ -54,13 +64,17 @@ class DependencySpec:
 
 
 def detect(
-    app_path: Path, lockfile: str | None, command: str | None, root: Path | None = None
+    app_path: Path,
+    lockfile: str | None,
+    command: str | None,
+    root: Path | None = None,
+    selection: Selection = MAIN_ONLY,
 ) -> DependencySpec | None:
     """The app's dependency spec, in the documented order; None: no environment.
 
     Every file read, named or included, must resolve inside `root` (the release; the
     app's directory by default): a revision with one that leads out is refused."""
-    inside = _Inside(root or app_path)
+    inside = _Inside(root or app_path, selection)
     if command is not None:
         named = [app_path / name.strip() for name in (lockfile or "").split(",") if name.strip()]
         return DependencySpec(SpecKind.COMMAND, app_path, tuple(p for p in named if inside(p)))
@@ -69,8 +83,10 @@ def detect(
     for lock in LOCKS:
         if inside(app_path / lock) and inside(app_path / PYPROJECT):
             return _locked_project(app_path, app_path / lock, inside)
+    if inside(app_path / "pylock.toml"):
+        return _pylock(app_path, app_path / "pylock.toml", inside)
     if inside(app_path / "Pipfile.lock"):
-        return DependencySpec(SpecKind.PIPFILE_LOCK, app_path, (app_path / "Pipfile.lock",))
+        return _pipfile(app_path / "Pipfile.lock", inside)
     if inside(app_path / "requirements.txt"):
         return _requirements(app_path, app_path / "requirements.txt", inside)
     if inside(app_path / PYPROJECT):
@@ -84,8 +100,9 @@ def detect(
 class _Inside:
     """Is this dependency file there? One that leads outside `root` refuses the revision."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, selection: Selection) -> None:
         self.root = root
+        self.selection = selection  # groups and extras: which local projects are needed
 
     def __call__(self, path: Path) -> bool:
         if not os.path.lexists(path):
@@ -102,8 +119,10 @@ def _named(app_path: Path, path: Path, inside: _Inside) -> DependencySpec:
         raise InstallError(f"LIVE_PULL_LOCKFILE {shown!r} is not in the revision")
     if path.name in LOCKS:
         return _locked_project(app_path, path, inside)
+    if PYLOCK.fullmatch(path.name):
+        return _pylock(app_path, path, inside)
     if path.name == "Pipfile.lock":
-        return DependencySpec(SpecKind.PIPFILE_LOCK, path.parent, (path,))
+        return _pipfile(path, inside)
     if path.name == PYPROJECT:
         return _unlocked_project(path.parent, inside)
     return _requirements(app_path, path, inside)  # any other name: a requirements file
@@ -148,14 +167,30 @@ def _locked_project(app_path: Path, lock: Path, inside: _Inside) -> DependencySp
 def _uv_projects(lock: Path, name: str | None, inside: _Inside) -> tuple[LocalProject, ...]:
     """What uv.lock itself says is local and installed: the app's project unless it
     is virtual, and the workspace members and path dependencies it needs."""
-    found = []
-    for relative, editable in lockfiles.uv_local_projects(lock, name):
+    return _local(lock, lockfiles.uv_local_projects(lock, name, inside.selection), inside)
+
+
+def _pylock(app_path: Path, lock: Path, inside: _Inside) -> DependencySpec:
+    """A PEP 751 lock: resolved already; its `directory` packages are local."""
+    projects = _local(lock, lockfiles.pylock_local_projects(lock, inside.selection), inside)
+    return DependencySpec(SpecKind.PYLOCK, app_path, (lock,), lock.parent, projects=projects)
+
+
+def _pipfile(lock: Path, inside: _Inside) -> DependencySpec:
+    projects = _local(lock, lockfiles.pipfile_local_projects(lock), inside)
+    return DependencySpec(SpecKind.PIPFILE_LOCK, lock.parent, (lock,), projects=projects)
+
+
+def _local(lock: Path, found: list[tuple[str, bool]], inside: _Inside) -> tuple[LocalProject, ...]:
+    """Local packages a lock names, by path relative to it: inside the release only."""
+    projects = []
+    for relative, editable in found:
         try:
             path = resolve_inside(inside.root, lock.parent / relative)
         except OutsideRoot as exc:
-            raise InstallError(f"uv.lock local package refused: {exc}") from exc
-        found.append(LocalProject(path, editable))
-    return tuple(found)
+            raise InstallError(f"{lock.name} local package refused: {exc}") from exc
+        projects.append(LocalProject(path, editable))
+    return tuple(projects)
 
 
 def _unlocked_project(app_path: Path, inside: _Inside) -> DependencySpec:

@@ -36,14 +36,17 @@ from entrypoint.interpreters import IMAGE, Interpreter
 from entrypoint.layers import ProjectLayers
 from entrypoint.lockfiles import (
     Pin,
+    Selection,
+    pdm_pins,
     pipfile_pins,
     poetry_pins,
+    project_requirements,
+    pylock_pins,
     requirement_lines,
     uv_lock_problem,
     uv_pins,
 )
 from entrypoint.pyprojects import PYPROJECT
-from entrypoint.requirements import LocalProject
 from entrypoint.shell import shell_line
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class InstallOptions:
     command: str | None
     extra_args: tuple[str, ...]
     timeout: float
+    groups: tuple[str, ...] = ()  # dependency groups to install beside the main ones
+    extras: tuple[str, ...] = ()  # the app's own extras
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ class Environments:
         with the release's project layer on top; every dependency file must resolve
         inside `release` (named by its sha)."""
         release = release or app_path
-        spec = detect(app_path, self.options.lockfile, self.options.command, release)
+        spec = self._detect(app_path, release)
         if spec is None:
             return None
         interpreter = self._interpreter(spec, release, obtain=True)
@@ -113,6 +118,11 @@ class Environments:
         environment = self._environment_for(spec, interpreter)
         if not _intact(environment):
             self._build(spec, environment, interpreter)
+        if (self.options.groups or self.options.extras) and spec.kind in (
+            SpecKind.REQUIREMENTS,
+            SpecKind.COMMAND,
+        ):
+            log.warning("LIVE_PULL_INSTALL_GROUPS/_EXTRAS do not apply to %s", spec.kind.value)
         if not spec.locked:
             log.warning(
                 "dependencies are not locked: %s installed from its ranges (add a lock)",
@@ -130,13 +140,21 @@ class Environments:
         installs nothing); None if it has no dependency spec or it cannot be read."""
         release = release or app_path
         try:
-            spec = detect(app_path, self.options.lockfile, self.options.command, release)
+            spec = self._detect(app_path, release)
             interpreter = None if spec is None else self._interpreter(spec, release, False)
         except (InstallError, OSError):
             return None
         if spec is None or interpreter is None:
             return None
         return self._environment_for(spec, interpreter).digest
+
+    @property
+    def selection(self) -> Selection:
+        return Selection(self.options.groups, self.options.extras)
+
+    def _detect(self, app_path: Path, release: Path) -> DependencySpec | None:
+        options = self.options
+        return detect(app_path, options.lockfile, options.command, release, self.selection)
 
     def _interpreter(self, spec: DependencySpec, release: Path, obtain: bool) -> Interpreter | None:
         """The image's Python where it will do; else uv's (obtained only if `obtain`)."""
@@ -151,6 +169,8 @@ class Environments:
 
     def _environment_for(self, spec: DependencySpec, interpreter: Interpreter) -> Environment:
         options = [*self.options.extra_args, self.options.command or ""]
+        options += [f"group={group}" for group in self.options.groups]
+        options += [f"extra={extra}" for extra in self.options.extras]
         name = digest(spec, self.installer.identity, options, interpreter.version)
         return Environment(name, self.root / name)
 
@@ -225,16 +245,19 @@ class Environments:
             # Exact sync from the lock (checked against pyproject.toml before); local
             # projects go to each release's own layer.
             member = ["--package", spec.member] if spec.member else []
-            sync = ["sync", "--frozen", "--no-install-local", "--no-dev", *member]
+            member += [arg for group in self.options.groups for arg in ("--group", group)]
+            member += [arg for extra in self.options.extras for arg in ("--extra", extra)]
+            sync = ["sync", "--frozen", "--no-install-local", "--no-default-groups", *member]
             return [self.installer.uv_path, *sync, "--python", interpreter.path, *extra]
         pinned = env / PINNED
         if spec.kind is SpecKind.REQUIREMENTS and not spec.projects:
             return [*self.installer.pip_install(env), "-r", str(spec.main_file), *extra]
         if spec.kind in (SpecKind.REQUIREMENTS, SpecKind.PYPROJECT):
             # Atomic: never through a link the app user may have put in its build.
-            write_atomic(pinned, "".join(f"{line}\n" for line in _shared_lines(spec)))
+            lines = _shared_lines(spec, self.selection)
+            write_atomic(pinned, "".join(f"{line}\n" for line in lines))
             return [*self.installer.pip_install(env), "-r", str(pinned), *extra]
-        pins = _pins(spec)
+        pins = _pins(spec, self.selection)
         write_atomic(pinned, requirement_lines(pins))
         exact = [
             "--no-deps",
@@ -383,15 +406,20 @@ def _swap_in(staging: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _pins(spec: DependencySpec) -> list[Pin]:
+def _pins(spec: DependencySpec, selection: Selection) -> list[Pin]:
     if spec.kind is SpecKind.PIPFILE_LOCK:
-        return pipfile_pins(spec.main_file)
+        return pipfile_pins(spec.main_file, selection)
+    if spec.kind is SpecKind.PYLOCK:
+        return pylock_pins(spec.main_file, selection)
     pyproject = spec.app_path / PYPROJECT
     if spec.kind is SpecKind.POETRY_LOCK:
-        return poetry_pins(spec.main_file, pyproject)
+        return poetry_pins(spec.main_file, pyproject, selection)
+    if spec.kind is SpecKind.PDM_LOCK:
+        return pdm_pins(spec.main_file, pyproject, selection)
     # uv.lock with pip: honoured without uv, for the app's project (a workspace member)
     project = pyprojects.load(spec.app_path, spec.app_path)
-    return uv_pins(spec.main_file, spec.member or (project.name if project else None))
+    name = spec.member or (project.name if project else None)
+    return uv_pins(spec.main_file, name, selection)
 
 
 def _refuse_stale_lock(spec: DependencySpec) -> None:
@@ -407,16 +435,15 @@ def _refuse_stale_lock(spec: DependencySpec) -> None:
         raise InstallError(problem)
 
 
-def _shared_lines(spec: DependencySpec) -> list[str]:
+def _shared_lines(spec: DependencySpec, selection: Selection) -> list[str]:
     """What goes into the shared layer from a requirements file with local projects in
     it, or a pyproject.toml alone: everything but the projects, and their declared
     dependencies (the project layer installs them with --no-deps)."""
-    lines = (
-        []
-        if spec.kind is SpecKind.PYPROJECT
-        else requirements.read(spec.app_path, spec.main_file).lines
-    )
-    for local in spec.projects or [LocalProject(spec.app_path, True)]:
+    if spec.kind is SpecKind.PYPROJECT:
+        data = pyprojects.load(spec.app_path, spec.app_path)
+        return project_requirements(data.data if data else {}, selection)
+    lines = requirements.read(spec.app_path, spec.main_file).lines
+    for local in spec.projects:
         project = pyprojects.load(local.path, local.path)
         lines += list(project.dependencies or ()) if project else []
     return lines
