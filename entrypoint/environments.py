@@ -20,6 +20,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -131,7 +132,7 @@ class Environments:
         layer = None
         if spec.projects and spec.kind is not SpecKind.COMMAND:
             layer = self.layers.ensure(
-                spec, environment.path, release.name, list(self.options.extra_args), self._runner
+                spec, environment.path, release.name, list(self.options.extra_args), self
             )
         return replace(environment, layer=layer, locked=spec.locked)
 
@@ -202,8 +203,7 @@ class Environments:
             environment.digest,
         )
         _refuse_stale_lock(spec)
-        self._prepare_build(staging)
-        try:
+        with self.building(staging):
             create = self.installer.create_env(staging, interpreter.path)
             self._run(create, spec.lock_dir, staging, started)
             self._run(
@@ -214,10 +214,6 @@ class Environments:
             retarget_scripts(staging, final)
             _write_manifest(staging, environment.digest)
             _swap_in(staging, final)
-        finally:
-            for leftover in (staging, _home_of(staging)):
-                if leftover.exists():
-                    shutil.rmtree(leftover, ignore_errors=True)
         self.installs += 1
         self.last_install_seconds = round(time.monotonic() - started, 2)
         log.info(
@@ -226,16 +222,24 @@ class Environments:
             self.last_install_seconds,
         )
 
-    def _prepare_build(self, staging: Path) -> None:
-        """The installer runs as the app user: it may write the build, its HOME (beside
-        the build, removed with it) and the cache."""
+    @contextlib.contextmanager
+    def building(self, staging: Path) -> Iterator[None]:
+        """An environment built at `staging` (new): the installer runs as the app user
+        and may write the build, its HOME (beside the build) and the cache. Whatever
+        is still at `staging` afterwards (a failed build) is removed, with the HOME."""
         staging.mkdir(mode=0o755)
         _home_of(staging).mkdir(mode=0o700)
-        for path in (staging, _home_of(staging)):
-            self.run_as.hand_over(path)
-        for cache in self.installer.cache_env(self.cache).values():
-            Path(cache).mkdir(parents=True, exist_ok=True)
-            self.run_as.hand_over(Path(cache))
+        try:
+            for path in (staging, _home_of(staging)):
+                self.run_as.hand_over(path)
+            for cache in self.installer.cache_env(self.cache).values():
+                Path(cache).mkdir(parents=True, exist_ok=True)
+                self.run_as.hand_over(Path(cache))
+            yield
+        finally:
+            for leftover in (staging, _home_of(staging)):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
 
     def _install_argv(self, spec: DependencySpec, env: Path, interpreter: Interpreter) -> list[str]:
         extra = list(self.options.extra_args)
@@ -265,7 +269,8 @@ class Environments:
         ]
         return [*self.installer.pip_install(env), *exact, "-r", str(pinned), *extra]
 
-    def _runner(self, argv: list[str], cwd: Path, env: Path) -> None:
+    def run(self, argv: list[str], cwd: Path, env: Path) -> None:
+        """One installer command for the environment being built at `env`."""
         self._run(argv, cwd, env, time.monotonic())
 
     def _run(self, argv: list[str], cwd: Path, env: Path, started: float) -> None:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
+import time
 import uuid
-from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Protocol
 
 from entrypoint import pyprojects
 from entrypoint.depspec import DependencySpec
@@ -32,8 +33,14 @@ MARKER = ".live-pull-layer"
 LINK_FILE = "_live_pull_dependencies.pth"
 TMP_PREFIX = ".tmp-"
 
-# Runs one installer command (argv, working directory, environment being built).
-Runner = Callable[[list[str], Path, Path], None]
+
+class Builder(Protocol):
+    """How an environment is built (environments.Environments): where, and each
+    installer command run in it."""
+
+    def building(self, staging: Path) -> AbstractContextManager[None]: ...
+
+    def run(self, argv: list[str], cwd: Path, env: Path) -> None: ...
 
 
 class ProjectLayers:
@@ -43,7 +50,7 @@ class ProjectLayers:
         self.run_as = run_as
 
     def ensure(
-        self, spec: DependencySpec, env: Path, key: str, extra: list[str], run: Runner
+        self, spec: DependencySpec, env: Path, key: str, extra: list[str], builder: Builder
     ) -> Path:
         """layers/<key> for this release over the environment `env`, built if missing."""
         final = self.root / key
@@ -52,23 +59,22 @@ class ProjectLayers:
             return final
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(mode=0o755)
-        self.run_as.hand_over(staging)
-        try:
-            run(self.installer.create_layer(staging, env), spec.app_path, staging)
+        started = time.monotonic()
+        with builder.building(staging):
+            builder.run(self.installer.create_layer(staging, env), spec.app_path, staging)
             _link_dependencies(staging, env)
-            run(self._install_argv(spec, env, staging, extra), spec.lock_dir, staging)
+            builder.run(self._install_argv(spec, env, staging, extra), spec.lock_dir, staging)
             self.run_as.take_back(staging)
             retarget_scripts(staging, final)
             write_atomic(staging / MARKER, expected)
             if final.exists() or final.is_symlink():
                 remove_path(final)
             staging.rename(final)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
         log.info(
-            "project installed for the release sha=%s projects=%d", key[:12], len(spec.projects)
+            "project installed for the release sha=%s projects=%d seconds=%.2f",
+            key[:12],
+            len(spec.projects),
+            time.monotonic() - started,
         )
         return final
 
