@@ -21,6 +21,7 @@ import requests
 
 from entrypoint.demo import fetch_text, free_port
 from entrypoint.sample import APP, SampleRepo, app_files, create_sample_repo
+from tests import projects
 from tests.conftest import wait_until
 from tests.git_http import GitHttpServer
 
@@ -512,3 +513,31 @@ def test_escaped_app_processes_end_with_their_program(
     second = remote.sample.commit({"Procfile": "web: python app.py\n"}, "no more bg")
     container.serving(second)
     wait_until(lambda: not _running(container, "sleep 4242"), 30, "the escapee ended")
+
+
+def test_a_project_is_installed_per_release_as_the_app_user(
+    remote: Remote, run_container, wheelhouse: Path
+) -> None:
+    """requirements.txt with `-e .`: the dependencies once, in the shared layer; the
+    project per release, its console script the web command, built by the app user,
+    and owned by the agent once built (the app cannot change what it runs)."""
+    if remote.url.startswith("http"):
+        pytest.skip("one remote kind is enough here")
+    first = remote.sample.commit(projects.requirements_project("v0", "1.0"), "a project")
+    wheelhouse.chmod(0o755)
+    mounts = ("-v", f"{wheelhouse}:/wheels:ro")
+    container = run_container(
+        remote, *mounts, LIVE_PULL_INSTALL_ARGS="--no-index --find-links /wheels"
+    )
+    text = container.serving(first)
+    own = f"/var/lib/live-pull/releases/{first}/src/webapp/web.py"
+    assert f"v0 webapp=1.2.3 tinypkg=1.0 file={own}" in text
+    second = remote.sample.commit(projects.requirements_project("v1", "1.0"), "code only")
+    text = container.serving(second)
+    assert f"v1 webapp=1.2.3 tinypkg=1.0 file=/var/lib/live-pull/releases/{second}/" in text
+    assert container.status()["installs"] == 1
+    layer = f"/var/lib/live-pull/layers/{second}"
+    owners = podman("exec", container.name, "stat", "-c", "%u %a", layer, f"{layer}/bin").stdout
+    assert owners.split("\n")[:2] == ["0 755", "0 755"]
+    denied = podman("exec", "--user", "app", container.name, "touch", f"{layer}/bin/x", check=False)
+    assert denied.returncode != 0
