@@ -22,7 +22,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from entrypoint import pyprojects
 from entrypoint.depspec import DependencySpec
 from entrypoint.errors import InstallError
-from entrypoint.files import read_inside
+from entrypoint.files import OutsideRoot, read_inside
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def wanted(spec: DependencySpec, release: Path) -> Wanted:
     for directory in dict.fromkeys([spec.app_path, spec.lock_dir]):
         pin_file = directory / PYTHON_VERSION_FILE
         if pinned is None and pin_file.is_file():
-            pinned = _first_line(read_inside(release, pin_file))
+            pinned = _first_line(_read(release, pin_file))
         project = pyprojects.load(release, directory)
         if requires is None and project is not None:
             requires = project.requires_python
@@ -135,6 +135,15 @@ def _unavailable(want: Wanted, why: str) -> InstallError:
         f"python: the app asks for {want.describe()}; available: {IMAGE.version} "
         f"(the image's); {why}"
     )
+
+
+def _read(release: Path, path: Path) -> str:
+    try:
+        return read_inside(release, path)
+    except OutsideRoot as exc:
+        raise InstallError(f"{PYTHON_VERSION_FILE} refused: {exc}") from exc
+    except (OSError, UnicodeError) as exc:
+        raise InstallError(f"cannot read {PYTHON_VERSION_FILE}: {exc}") from exc
 
 
 def _first_line(text: str) -> str | None:

@@ -9,13 +9,14 @@ this interpreter and platform.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from packaging.markers import InvalidMarker, Marker
 from packaging.requirements import InvalidRequirement, Requirement
@@ -54,6 +55,23 @@ class Selection:
 
 
 MAIN_ONLY = Selection()
+
+Result = TypeVar("Result")
+
+
+def _malformed_is_refused(read: Callable[..., Result]) -> Callable[..., Result]:
+    """A lock is repository content: one whose shape is not what its tool writes (a
+    missing key, a table where a string goes) refuses the revision with one line,
+    never an unexpected error."""
+
+    @functools.wraps(read)
+    def checked(*args: Any, **kwargs: Any) -> Result:
+        try:
+            return read(*args, **kwargs)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise InstallError(f"lockfile not understood ({type(exc).__name__}: {exc})") from exc
+
+    return checked
 
 NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 HASH = re.compile(r"(?:sha256|sha384|sha512):[0-9a-fA-F]{32,128}")
@@ -100,6 +118,7 @@ def requirement_lines(pins: Iterable[Pin]) -> str:
 # -- Pipfile.lock -------------------------------------------------------------------
 
 
+@_malformed_is_refused
 def pipfile_pins(path: Path, selection: Selection = MAIN_ONLY) -> list[Pin]:
     """The `default` section (and each group named, as a section): every pin with its
     hashes and markers; local paths (`"path": "."`) are the release's project layer."""
@@ -115,6 +134,7 @@ def pipfile_pins(path: Path, selection: Selection = MAIN_ONLY) -> list[Pin]:
     return pins
 
 
+@_malformed_is_refused
 def pipfile_local_projects(path: Path) -> list[tuple[str, bool]]:
     """Path entries of the `default` section: (path relative to the lock, editable)."""
     entries = _load(path, json.loads).get("default", {})
@@ -137,6 +157,7 @@ def _pipfile_entries(data: Mapping[str, Any], selection: Selection) -> dict[str,
 # -- poetry.lock and uv.lock ----------------------------------------------------------
 
 
+@_malformed_is_refused
 def poetry_pins(lock: Path, pyproject: Path, selection: Selection = MAIN_ONLY) -> list[Pin]:
     """The closure of the main dependencies (and the groups and extras selected)."""
     packages = _load(lock, tomllib.loads).get("package", [])
@@ -174,6 +195,7 @@ def _pep621_roots(pyproject: Mapping[str, Any], selection: Selection) -> dict[st
     return roots
 
 
+@_malformed_is_refused
 def project_requirements(pyproject: Mapping[str, Any], selection: Selection) -> list[str]:
     """[project] dependencies, with the extras and (PEP 735) groups selected."""
     project = pyproject.get("project", {})
@@ -229,6 +251,7 @@ def _poetry_pin(package: Mapping[str, Any]) -> Pin:
 LOCAL_SOURCES = ("editable", "directory", "virtual", "path")
 
 
+@_malformed_is_refused
 def uv_pins(lock: Path, project: str | None, selection: Selection = MAIN_ONLY) -> list[Pin]:
     """The packages `project` (a workspace member, or the lock's own project) needs
     from an index, each pinned with its hashes; local ones are the release's layer."""
@@ -237,6 +260,7 @@ def uv_pins(lock: Path, project: str | None, selection: Selection = MAIN_ONLY) -
     return [_uv_pin(graph[name]) for name in sorted(needed) if not _uv_local(graph[name])]
 
 
+@_malformed_is_refused
 def uv_local_projects(
     lock: Path, project: str | None, selection: Selection = MAIN_ONLY
 ) -> list[tuple[str, bool]]:
@@ -253,6 +277,7 @@ def uv_local_projects(
     return found
 
 
+@_malformed_is_refused
 def uv_lock_problem(lock: Path, project: str | None, dependencies: Iterable[str]) -> str | None:
     """Why uv.lock is out of date with the project's declared dependencies, or None.
 
@@ -341,6 +366,7 @@ def _uv_pin(package: Mapping[str, Any]) -> Pin:
 # -- pdm.lock -------------------------------------------------------------------------
 
 
+@_malformed_is_refused
 def pdm_pins(lock: Path, pyproject: Path, selection: Selection = MAIN_ONLY) -> list[Pin]:
     """pdm's groups: `default`, and each group or extra selected (pdm names an extra's
     packages by the extra). A lock that records no groups per package (an older pdm) is
@@ -383,6 +409,7 @@ def _pdm_pin(package: Mapping[str, Any]) -> Pin:
 # -- pylock.toml (PEP 751) ------------------------------------------------------------
 
 
+@_malformed_is_refused
 def pylock_pins(lock: Path, selection: Selection = MAIN_ONLY) -> list[Pin]:
     """Every package whose marker holds here, with the extras and groups selected (a
     pylock is resolved already: nothing to follow). Local directories are the
@@ -408,6 +435,7 @@ def pylock_pins(lock: Path, selection: Selection = MAIN_ONLY) -> list[Pin]:
     return pins
 
 
+@_malformed_is_refused
 def pylock_local_projects(lock: Path, selection: Selection = MAIN_ONLY) -> list[tuple[str, bool]]:
     """Its `directory` packages: (path relative to the lock, editable)."""
     return [

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoint.errors import InstallError
-from entrypoint.files import read_inside
+from entrypoint.files import OutsideRoot, read_inside
 
 PYPROJECT = "pyproject.toml"
 
@@ -34,6 +34,8 @@ def read_toml(root: Path, path: Path) -> dict[str, Any]:
     """A TOML file of the release, parsed; InstallError naming it when it is not TOML."""
     try:
         return tomllib.loads(read_inside(root, path))
+    except OutsideRoot as exc:
+        raise InstallError(f"dependency file refused: {exc}") from exc
     except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
         raise InstallError(f"cannot read {path.name}: {exc}") from exc
 

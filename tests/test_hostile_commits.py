@@ -166,3 +166,45 @@ def test_lockfile_values_are_checked_before_they_become_requirements(
     lock.write_text(json.dumps({"default": {"bad\nname": {"version": "==1.0"}}}))
     with pytest.raises(InstallError, match="not a package name"):
         pipfile_pins(lock)
+
+
+def test_project_files_that_lead_outside_or_are_malformed_are_refused(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path, wheelhouse: Path
+) -> None:
+    """What #11 reads from a revision (`.python-version`, a project's pyproject.toml, a
+    workspace lock's local packages, a lock's shape) is data too: each bad one refuses
+    the revision with one line, and the agent goes on to the next commit."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    token = outside / "token"
+    token.write_text(TOKEN + "\n")
+    good = sample.commit(app_files("good"), "good")
+    agent = agent_factory(
+        sample.url, LIVE_PULL_INSTALL_ARGS=f"--no-index --find-links {wheelhouse}"
+    )
+    agent.wait_serving(good)
+
+    _link(sample, ".python-version", token)
+    bad = sample.commit({"requirements.txt": "tinypkg==1.0\n"}, ".python-version is the token")
+    assert ".python-version refused: .python-version leads outside" in _refused(agent, bad, good)
+    (sample.work / ".python-version").unlink()
+
+    _link(sample, "lib/pyproject.toml", token)
+    bad = sample.commit({"requirements.txt": "-e ./lib\n"}, "a local project's pyproject")
+    assert "leads outside the release" in _refused(agent, bad, good)
+    (sample.work / "lib" / "pyproject.toml").unlink()
+
+    pyproject = '[project]\nname = "app"\nversion = "0"\ndependencies = []\n'
+    escaping = (
+        'version = 1\n[[package]]\nname = "app"\nversion = "0"\n'
+        'source = { editable = "../../.." }\n'
+    )
+    bad = sample.commit({"pyproject.toml": pyproject, "uv.lock": escaping}, "a lock that escapes")
+    assert "uv.lock local package refused" in _refused(agent, bad, good)
+
+    bad = sample.commit({"uv.lock": 'version = 1\n[[package]]\nversion = "0"\n'}, "no name")
+    assert _refused(agent, bad, good).startswith("lockfile not understood (KeyError")
+    for name in ("uv.lock", "pyproject.toml", "requirements.txt"):
+        (sample.work / name).unlink()
+    fixed = sample.commit(app_files("fixed"), "fixed")
+    agent.wait_serving(fixed)
