@@ -174,3 +174,34 @@ def test_requirements_keep_the_project_out_of_the_shared_layer(tmp_path: Path) -
     write(release, {"requirements.txt": "-e ../outside\n"})
     with pytest.raises(InstallError, match=r"local project refused: .* leads outside"):
         read(release, release / "requirements.txt")
+
+
+def test_the_nearest_workspace_lock_that_covers_the_app_is_found(tmp_path: Path) -> None:
+    member = '[project]\nname = "{name}"\nversion = "0"\ndependencies = []\n'
+    lock = (
+        'version = 1\n[[package]]\nname = "{name}"\nversion = "0"\n'
+        'source = {{ editable = "{path}" }}\n'
+    )
+    repo = write(
+        tmp_path / "repo",
+        {
+            "pyproject.toml": (
+                '[tool.uv.workspace]\nmembers = ["packages/*"]\nexclude = ["packages/old"]\n'
+            ),
+            "uv.lock": lock.format(name="api", path="packages/api"),
+            "packages/api/pyproject.toml": member.format(name="api"),
+            "packages/old/pyproject.toml": member.format(name="old"),
+            "tools/x/pyproject.toml": member.format(name="x"),
+        },
+    )
+    spec = detect(repo / "packages" / "api", None, None, repo)
+    assert spec is not None and spec.kind is SpecKind.UV_LOCK
+    assert (spec.lock_dir, spec.member) == (repo, "api")
+    assert [p.path for p in spec.projects] == [(repo / "packages" / "api").resolve()]
+    for outside_workspace in ("packages/old", "tools/x"):
+        spec = detect(repo / outside_workspace, None, None, repo)
+        assert spec is not None and spec.kind is SpecKind.PYPROJECT and not spec.locked
+    named = detect(repo / "packages" / "api", "../../uv.lock", None, repo)
+    assert named is not None and named.member == "api" and named.lock_dir == repo
+    with pytest.raises(InstallError, match=r"uv\.lock does not lock the project x"):
+        detect(repo / "tools" / "x", "../../uv.lock", None, repo)
