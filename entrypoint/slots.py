@@ -24,6 +24,11 @@ class WebSlots:
         self.supervisor = supervisor
         self.shared = shared
         self.active: str | None = None  # the slot serving the running revision
+        log.info(
+            "web is served start-first on the shared socket %s, handed to it as fd 0 and "
+            "as fd 3 with LISTEN_FDS (gunicorn) and UVICORN_FD (uvicorn)",
+            shared.listen,
+        )
 
     def free(self) -> str:
         return SLOTS[1] if self.active == SLOTS[0] else SLOTS[0]

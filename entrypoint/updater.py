@@ -319,7 +319,9 @@ class Updater:
         return self.slots is not None and WEB in revision.processes.programs
 
     def _roll_over(self, revision: Revision, previous: Revision | None) -> None:
-        """Start-first: the new web beside the old, then the workers, then the old drains.
+        """Start-first: the new revision's workers, proven up, then its web beside the
+        old one (it joins the shared socket as it starts, so it starts last: a revision
+        whose worker fails never answers a request), then the old web drains.
 
         Any failure stops only what was started for the new revision.
         """
@@ -333,12 +335,11 @@ class Updater:
         if path is not None:
             timeout = self.settings.healthcheck_timeout
             probe_before_joining(cwd, variables, command, path, timeout, self.run_as)
-        slot = self.slots.start(cwd, variables, command)
         try:
             self.supervisor.apply(self._programs(revision), self.shared)
             self.supervisor.wait_running(self._worker_names(revision))
+            slot = self.slots.start(cwd, variables, command)  # stops its slot on failure
         except (AppFailed, SupervisorError):
-            self.slots.abandon(slot)
             if previous is not None:
                 self.supervisor.apply(self._programs(previous), self.shared)
             raise

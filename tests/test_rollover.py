@@ -170,6 +170,25 @@ def test_broken_revisions_fail_no_request_and_old_keeps_serving(
     assert "health check failed" in reasons and "release step failed" in reasons
 
 
+def test_a_revision_whose_worker_fails_never_answers_a_request(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    """Its workers are proven before its web joins the shared socket."""
+    agent, first = start(sample, agent_factory, LIVE_PULL_START_RETRIES="1")
+    procfile = "web: python app.py\nworker: python -c 'raise SystemExit(3)'\n"
+    with load(f"http://127.0.0.1:{agent.port}/") as generator:
+        sha = update(agent, sample, fd_files("bad worker", procfile), "a worker that fails")
+        wait_until(
+            lambda: sha in (agent.status().get("failed_revisions") or {}),
+            60,
+            lambda: f"recorded as failed: {agent.status()}",
+        )
+        time.sleep(1)
+    assert generator.failures == []
+    assert set(generator.ok) == {first[:12]}  # not one answer from the refused revision
+    assert agent.status()["revision"] == first
+
+
 def test_worker_alongside_web_is_restarted_on_the_new_revision(
     sample: SampleRepo, agent_factory: Factory, tmp_path: Path
 ) -> None:
@@ -283,6 +302,13 @@ SERVERS = {
         "web: {python} -m gunicorn --bind fd://0 --workers 2 --graceful-timeout 5 app:app\n",
     ),
     "uvicorn": (ASGI_APP, "web: {python} -m uvicorn --fd 0 app:app\n"),
+    # As Procfiles have them, binding $PORT: the socket reaches them through LISTEN_FDS
+    # (gunicorn) and UVICORN_FD (uvicorn), with no change to the command.
+    "gunicorn-unchanged": (
+        WSGI_APP,
+        "web: {python} -m gunicorn --workers 2 --graceful-timeout 5 -b 127.0.0.1:$PORT app:app\n",
+    ),
+    "uvicorn-unchanged": (ASGI_APP, "web: {python} -m uvicorn app:app --port $PORT\n"),
 }
 
 
@@ -314,7 +340,7 @@ def test_real_servers_roll_over_without_a_failed_request(
             agent.wait_status(state="running", revision=shas[-1], timeout=60)
         time.sleep(1)
     served = sum(generator.ok.values())
-    if server == "uvicorn":
+    if server.startswith("uvicorn"):
         # uvicorn's shutdown closes connections it accepted whose request has not
         # arrived yet (server.py, Server.shutdown): a few can fail. Measured and
         # documented in the README; bounded here.
