@@ -115,7 +115,6 @@ class Environments:
         if spec is None:
             return None
         interpreter = self._interpreter(spec, release, obtain=True)
-        assert interpreter is not None
         environment = self._environment_for(spec, interpreter)
         if not _intact(environment):
             self._build(spec, environment, interpreter)
@@ -157,16 +156,13 @@ class Environments:
         options = self.options
         return detect(app_path, options.lockfile, options.command, release, self.selection)
 
-    def _interpreter(self, spec: DependencySpec, release: Path, obtain: bool) -> Interpreter | None:
-        """The image's Python where it will do; else uv's (obtained only if `obtain`)."""
+    def _interpreter(self, spec: DependencySpec, release: Path, obtain: bool) -> Interpreter:
+        """The image's Python where it will do; else uv's (installed only if `obtain`)."""
         if spec.kind is SpecKind.COMMAND:
             return IMAGE
         want = interpreters.wanted(spec, release)
-        if want.accepts(IMAGE.version):
-            return IMAGE
-        if not obtain:
-            return None
-        return interpreters.choose(want, self.installer.uv_path, self.pythons, self.options.timeout)
+        uv, timeout = self.installer.uv_path, self.options.timeout
+        return interpreters.choose(want, uv, self.pythons, timeout, install=obtain)
 
     def _environment_for(self, spec: DependencySpec, interpreter: Interpreter) -> Environment:
         options = [*self.options.extra_args, self.options.command or ""]

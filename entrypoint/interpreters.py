@@ -71,13 +71,18 @@ def wanted(spec: DependencySpec, release: Path) -> Wanted:
     return Wanted(pinned, requires)
 
 
-def choose(want: Wanted, uv: str | None, pythons: Path, timeout: float) -> Interpreter:
-    """The image's Python if it will do, else a uv-managed one (found or installed)."""
+def choose(
+    want: Wanted, uv: str | None, pythons: Path, timeout: float, install: bool = True
+) -> Interpreter:
+    """The image's Python if it will do, else a uv-managed one (found, or installed
+    when `install`)."""
     if want.accepts(IMAGE.version):
         return IMAGE
     if uv is None:
         raise _unavailable(want, "no uv to obtain another")
     found = _uv_python(uv, ["find", want.request], pythons, timeout)
+    if found is None and not install:
+        raise _unavailable(want, "none obtained yet")
     if found is None:
         log.info("obtaining python wanted=%s into=%s", want.describe(), pythons)
         _uv_python(uv, ["install", want.request], pythons, timeout, must=want)

@@ -73,6 +73,7 @@ def _malformed_is_refused(read: Callable[..., Result]) -> Callable[..., Result]:
 
     return checked
 
+
 NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 HASH = re.compile(r"(?:sha256|sha384|sha512):[0-9a-fA-F]{32,128}")
 
