@@ -75,7 +75,7 @@ def _malformed_is_refused(read: Callable[..., Result]) -> Callable[..., Result]:
 
 
 NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
-HASH = re.compile(r"(?:sha256|sha384|sha512):[0-9a-fA-F]{32,128}")
+HASH = re.compile(r"sha256:[0-9a-fA-F]{64}|sha384:[0-9a-fA-F]{96}|sha512:[0-9a-fA-F]{128}")
 
 
 def _pin_problem(pin: Pin) -> str | None:

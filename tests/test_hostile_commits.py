@@ -154,6 +154,8 @@ def test_paths_resolve_inside_or_are_refused(tmp_path: Path) -> None:
         {"version": "==1.0", "hashes": ["sha256:abc --index-url https://host.example"]},
         {"version": "==1.0", "markers": "python_version >= '3'\n-r /etc/passwd"},
         {"version": "==not a version"},
+        {"version": "==1.0", "hashes": ["sha256:" + "0" * 32]},  # too short for sha256
+        {"version": "==1.0", "hashes": ["md5:" + "0" * 32]},
     ],
 )
 def test_lockfile_values_are_checked_before_they_become_requirements(
