@@ -2,8 +2,8 @@
 
 Behind a shared socket a request could reach the old process instead of the new
 one, so the check runs before the new revision joins: a probe instance of its web
-command is started on a private socket of its own (as fd 0, as the slot will get
-it), asked for the path, and stopped again.
+command is started on a private socket of its own (handed over as the slot will
+get it), asked for the path, and stopped again.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import requests
 
 from entrypoint.errors import AppFailed
 from entrypoint.identity import AS_AGENT, Identity
-from entrypoint.shell import shell_line
+from entrypoint.shell import socket_handoff_line
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def probe_before_joining(
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     port = listener.getsockname()[1]
     process = subprocess.Popen(
-        ["/bin/sh", "-c", shell_line(command)],
+        ["/bin/sh", "-c", socket_handoff_line(command)],
         cwd=cwd,
         env={**os.environ, **env},
         stdin=listener.fileno(),

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 from entrypoint.processes import TAG_VARIABLE, tag
-from entrypoint.shell import shell_line
+from entrypoint.shell import socket_handoff_line
 
 SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
-SD_LISTEN_FDS_START = 3  # systemd's first passed descriptor (sd_listen_fds(3))
 
 
 def main() -> None:
@@ -28,24 +27,7 @@ def main() -> None:
     os.chdir(assignment["cwd"])
     os.environ.update(assignment["env"])
     os.environ[TAG_VARIABLE] = tag(home, slot)
-    hand_socket_to_servers()
-    os.execv("/bin/sh", ["/bin/sh", "-c", shell_line(assignment["command"])])
-
-
-def hand_socket_to_servers() -> None:
-    """The shared socket reaches the web command through every door common servers
-    have, so a Procfile need not name it: fd 0 as before (`gunicorn --bind fd://0`,
-    `uvicorn --fd 0`), and fd 3 with systemd's socket activation variables (gunicorn
-    uses them instead of its --bind) and `UVICORN_FD` (uvicorn's --fd, over its
-    --host/--port). The shell execs a simple command, so LISTEN_PID is the server's."""
-    os.dup2(0, SD_LISTEN_FDS_START, inheritable=True)
-    os.environ.update(
-        {
-            "LISTEN_FDS": "1",
-            "LISTEN_PID": str(os.getpid()),
-            "UVICORN_FD": str(SD_LISTEN_FDS_START),
-        }
-    )
+    os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])
 
 
 if __name__ == "__main__":

@@ -331,6 +331,8 @@ def test_real_servers_roll_over_without_a_failed_request(
         LIVE_PULL_POLL_INTERVAL="0",
         LIVE_PULL_LISTEN=f"tcp://127.0.0.1:{port}",
         PORT=str(port),
+        # The probe instance gets its private socket through the same doors.
+        LIVE_PULL_HEALTHCHECK_PATH="/",
     )
     agent.wait_serving(first)
     shas = [first]
