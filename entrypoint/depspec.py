@@ -194,11 +194,16 @@ def _local(lock: Path, found: list[tuple[str, bool]], inside: _Inside) -> tuple[
 
 
 def _unlocked_project(app_path: Path, inside: _Inside) -> DependencySpec:
-    """A pyproject.toml and no lock anywhere: installed, and said to be unlocked."""
+    """A pyproject.toml and no lock anywhere: installed, and said to be unlocked when it
+    has dependencies to lock (one for tools only has none)."""
     project = pyprojects.load(inside.root, app_path)
-    own = (LocalProject(app_path.resolve(), True),) if project and project.is_package else ()
+    package = project is not None and project.is_package
+    own = (LocalProject(app_path.resolve(), True),) if package else ()
+    needs = project is not None and (
+        bool(project.dependencies) or (package and project.dependencies is None)
+    )
     return DependencySpec(
-        SpecKind.PYPROJECT, app_path, (app_path / PYPROJECT,), projects=own, locked=False
+        SpecKind.PYPROJECT, app_path, (app_path / PYPROJECT,), projects=own, locked=not needs
     )
 
 

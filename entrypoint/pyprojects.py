@@ -50,18 +50,30 @@ def load(root: Path, directory: Path) -> Project | None:
         return None
     data = read_toml(root, path)
     project = data.get("project", {})
-    dynamic = "dependencies" in project.get("dynamic", ())
-    dependencies = None if dynamic else tuple(str(d) for d in project.get("dependencies", ()))
-    name = project.get("name") or data.get("tool", {}).get("poetry", {}).get("name")
-    requires = project.get("requires-python")
     return Project(
         directory,
-        str(name) if name else None,
+        _name(data),
         _is_package(data, directory),
-        dependencies,
-        str(requires) if requires else None,
+        _dependencies(data),
+        str(project["requires-python"]) if project.get("requires-python") else None,
         data,
     )
+
+
+def _name(data: dict[str, Any]) -> str | None:
+    name = data.get("project", {}).get("name") or data.get("tool", {}).get("poetry", {}).get("name")
+    return str(name) if name else None
+
+
+def _dependencies(data: dict[str, Any]) -> tuple[str, ...] | None:
+    """The [project] dependencies; () for a poetry project (its lock has them); None
+    where a build backend decides them (dynamic, or a setup.py with no [project])."""
+    project = data.get("project")
+    if isinstance(project, dict):
+        if "dependencies" in project.get("dynamic", ()):
+            return None
+        return tuple(str(dep) for dep in project.get("dependencies", ()))
+    return () if "poetry" in data.get("tool", {}) else None
 
 
 def _is_package(data: dict[str, Any], directory: Path) -> bool:

@@ -205,3 +205,41 @@ def test_the_nearest_workspace_lock_that_covers_the_app_is_found(tmp_path: Path)
     assert named is not None and named.member == "api" and named.lock_dir == repo
     with pytest.raises(InstallError, match=r"uv\.lock does not lock the project x"):
         detect(repo / "tools" / "x", "../../uv.lock", None, repo)
+
+
+@pytest.mark.parametrize(
+    ("files", "package", "locked"),
+    [
+        ({"pyproject.toml": "[tool.ruff]\nline-length = 100\n"}, False, True),
+        ({"pyproject.toml": '[project]\nname = "a"\nversion = "0"\n'}, False, True),
+        (
+            {"pyproject.toml": '[project]\nname = "a"\nversion = "0"\ndependencies = ["x"]\n'},
+            False,
+            False,
+        ),
+        (
+            {
+                "pyproject.toml": '[build-system]\nrequires = ["setuptools"]\n',
+                "setup.py": "from setuptools import setup\nsetup(install_requires=['x'])\n",
+            },
+            True,
+            False,
+        ),
+        (
+            {
+                "pyproject.toml": '[project]\nname = "a"\nversion = "0"\n'
+                "[tool.uv]\npackage = false\n"
+                '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+            },
+            False,
+            True,
+        ),
+    ],
+)
+def test_a_pyproject_alone_is_a_package_and_unlocked_only_when_it_says_so(
+    files: dict[str, str], package: bool, locked: bool, tmp_path: Path
+) -> None:
+    app = write(tmp_path / "app", files)
+    spec = detect(app, None, None)
+    assert spec is not None and spec.kind is SpecKind.PYPROJECT
+    assert (bool(spec.projects), spec.locked) == (package, locked)
