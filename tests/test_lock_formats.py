@@ -177,7 +177,7 @@ def test_requirements_keep_the_project_out_of_the_shared_layer(tmp_path: Path) -
 
 
 def test_the_nearest_workspace_lock_that_covers_the_app_is_found(tmp_path: Path) -> None:
-    member = '[project]\nname = "{name}"\nversion = "0"\ndependencies = []\n'
+    member = '[project]\nname = "{name}"\nversion = "0"\ndependencies = ["x"]\n'
     lock = (
         'version = 1\n[[package]]\nname = "{name}"\nversion = "0"\n'
         'source = {{ editable = "{path}" }}\n'
