@@ -196,11 +196,13 @@ class Agent:
         self.inbox.stop()
 
     def _shared_socket(self) -> SharedSocket | None:
-        """With LIVE_PULL_LISTEN, `web` rolls over on a socket supervisord holds."""
-        if self.settings.listen is None:
+        """Unless LIVE_PULL_LISTEN=off, `web` rolls over on a socket supervisord holds."""
+        settings = self.settings
+        if settings.listen_address is None:
             return None
+        slots_dir = settings.home / "run" / "slots"
         return SharedSocket(
-            self.settings.listen, self.settings.home / "run" / "slots", self.settings.drain_seconds
+            settings.listen_address, slots_dir, settings.drain_seconds, settings.handoff
         )
 
     def _tracked_ref(self) -> str | None:

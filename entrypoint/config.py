@@ -148,7 +148,11 @@ class Settings(BaseSettings):
     webhook_secret_file: Path | None = Field(
         None, validation_alias=AliasChoices("LIVE_PULL_WEBHOOK_SECRET_FILE")
     )
+    # As given (None when unset, "off"): see listen_address.
     listen: str | None = Field(None, validation_alias=AliasChoices("LIVE_PULL_LISTEN"))
+    handoff: Literal["auto", "socket", "proxy"] = Field(
+        "auto", validation_alias=AliasChoices("LIVE_PULL_HANDOFF")
+    )
     drain_seconds: float = Field(
         5.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_DRAIN_SECONDS")
     )
@@ -250,10 +254,20 @@ class Settings(BaseSettings):
     def _listen_address(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
+        if value.strip().lower() == "off":
+            return "off"
         match = re.fullmatch(r"tcp://(?P<host>[^:/\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})", value)
         if match is None or not 0 < int(match["port"]) < 65536:
-            raise ValueError("must look like tcp://0.0.0.0:8000")
+            raise ValueError("must look like tcp://0.0.0.0:8000, or be off")
         return value
+
+    @property
+    def listen_address(self) -> str | None:
+        """The socket `web` is served on: live-pull owns PORT unless LIVE_PULL_LISTEN
+        names another address, or is `off` (None: stop-then-start)."""
+        if self.listen == "off":
+            return None
+        return self.listen or f"tcp://0.0.0.0:{self.port}"
 
     @field_validator("crash_loop", mode="before")
     @classmethod

@@ -26,23 +26,37 @@ from entrypoint.shell import socket_handoff_line
 
 log = logging.getLogger(__name__)
 
+POLL_SECONDS = 0.1
 
-def wait_healthy(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
-    """Poll url until it answers 2xx; raise AppFailed on timeout or if the app dies."""
+
+def wait_healthy(
+    url: str,
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+    *,
+    any_but_5xx: bool = False,
+) -> None:
+    """Poll url until it answers 2xx (or, with `any_but_5xx`, anything but a 5xx: the
+    proof when no health path is configured); raise AppFailed on timeout or if the app
+    dies."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if not alive():
             raise AppFailed(f"health check: the app exited before answering {url}")
         try:
-            response = requests.get(url, timeout=2)
-            if 200 <= response.status_code < 300:
+            response = requests.get(url, timeout=2, allow_redirects=not any_but_5xx)
+            if _proves(response.status_code, any_but_5xx):
                 return
             last = f"HTTP {response.status_code}"
         except requests.RequestException as exc:
             last = type(exc).__name__
-        time.sleep(0.2)
+        time.sleep(POLL_SECONDS)
     raise AppFailed(f"health check failed: {url} gave {last} for {timeout:g}s")
+
+
+def _proves(status: int, any_but_5xx: bool) -> bool:
+    return status < 500 if any_but_5xx else 200 <= status < 300
 
 
 def probe_before_joining(
@@ -52,6 +66,8 @@ def probe_before_joining(
     path: str,
     timeout: float,
     run_as: Identity = AS_AGENT,
+    *,
+    any_but_5xx: bool = False,
 ) -> None:
     """Run the web command on a private socket (as the app user), check `path`, stop it."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
@@ -67,16 +83,19 @@ def probe_before_joining(
     listener.close()
     log.info("health check of the new revision on a private socket path=%s", path)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}{path}", timeout, lambda: process.poll() is None)
+        url = f"http://127.0.0.1:{port}{path}"
+        wait_healthy(url, timeout, lambda: process.poll() is None, any_but_5xx=any_but_5xx)
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM to the process's own group (it was started in a session of its own),
+    SIGKILL after `timeout`."""
     with contextlib.suppress(OSError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=5)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(OSError):
             os.killpg(process.pid, signal.SIGKILL)

@@ -1,5 +1,7 @@
 """The command of every slot of the `web` fcgi-program: run the revision assigned to
-this slot. supervisord's socket arrives on fd 0 and is passed on untouched.
+this slot. supervisord's socket arrives on fd 0: it is passed on to a web command
+that can take it (see doors.py), or served by live-pull's proxy (proxy.py) in front
+of a web command that binds $PORT itself.
 
 Slots let two revisions share one listening socket: the group's configuration never
 changes across updates, only which revision each slot's file names.
@@ -18,7 +20,7 @@ from entrypoint.shell import socket_handoff_line
 SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 
 
-def main() -> None:
+def main() -> int:
     slot = os.environ["SUPERVISOR_PROCESS_NAME"]
     assignment = json.loads((Path(os.environ[SLOTS_VARIABLE]) / f"{slot}.json").read_text())
     # The group's tag (from supervisord) names the group; each slot's processes carry
@@ -27,12 +29,17 @@ def main() -> None:
     os.chdir(assignment["cwd"])
     os.environ.update(assignment["env"])
     os.environ[TAG_VARIABLE] = tag(home, slot)
+    if assignment.get("proxy") is not None:
+        from entrypoint.proxy import ProxyPlan, serve  # aiohttp: only in proxy slots
+
+        plan = ProxyPlan.from_json(assignment["proxy"])
+        return serve(assignment["command"], dict(os.environ), plan)
     os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])
 
 
 if __name__ == "__main__":
     try:
-        main()
+        sys.exit(main())
     except (KeyError, OSError, ValueError) as exc:
         print(f"live-pull launch: cannot start slot: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc

@@ -32,6 +32,7 @@ class SharedSocket:
     listen: str  # tcp://host:port
     slots_dir: Path
     drain_seconds: float
+    handoff: str = "auto"  # LIVE_PULL_HANDOFF: how the socket reaches web (doors.py)
     name: str = "web"
 
 
@@ -119,7 +120,7 @@ process_name=%(program_name)s_%(process_num)s
 numprocs=2
 environment={_escape(environment)}
 autostart=false
-{_lifecycle(timings, shared.drain_seconds)}"""
+{_lifecycle(timings, shared.drain_seconds + timings.stop_timeout)}"""
 
 
 def _render_program(program: ProgramSpec, timings: Timings) -> str:

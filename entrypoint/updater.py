@@ -22,12 +22,12 @@ from entrypoint.errors import (
     SupervisorError,
 )
 from entrypoint.files import OutsideRoot, resolve_inside
-from entrypoint.health import probe_before_joining, wait_healthy
+from entrypoint.health import wait_healthy
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
 from entrypoint.procfile import WEB, Processes, load_processes
 from entrypoint.releases import Releases
 from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository
-from entrypoint.slots import WebSlots
+from entrypoint.slots import Proof, WebSlots
 from entrypoint.state import State, StateFile
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import ProgramSpec, SharedSocket
@@ -80,7 +80,8 @@ class Updater:
         self.stop = stop
         self.environments = environments
         self.shared = shared
-        self.slots = WebSlots(supervisor, shared) if shared is not None else None
+        proof = Proof(settings.healthcheck_path, settings.healthcheck_timeout)
+        self.slots = WebSlots(supervisor, shared, proof, run_as) if shared is not None else None
         self.verifier = verifier
         self.running_revision: Revision | None = None
         # Held while programs are being swapped; the watchdog leaves them alone then.
@@ -331,10 +332,6 @@ class Updater:
         cwd = self.releases.app_path(revision.sha)
         command = revision.processes.programs[WEB]
         variables = self._revision_variables(revision)
-        path = self.settings.healthcheck_path
-        if path is not None:
-            timeout = self.settings.healthcheck_timeout
-            probe_before_joining(cwd, variables, command, path, timeout, self.run_as)
         try:
             self.supervisor.apply(self._programs(revision), self.shared)
             self.supervisor.wait_running(self._worker_names(revision))

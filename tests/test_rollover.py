@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from entrypoint.sample import SampleRepo
+from entrypoint.sample import APP, SampleRepo
 from tests.conftest import AgentProcess, wait_until
 
 Factory = Callable[..., AgentProcess]
@@ -104,14 +104,14 @@ def start(sample: SampleRepo, agent_factory: Factory, **extra: str) -> tuple[Age
     first = sample.commit(fd_files("v0"), "fd app")
     probe = agent_factory(sample.url, start=False)
     port = probe.port
-    agent = agent_factory(
-        sample.url,
-        LIVE_PULL_POLL_INTERVAL="0",
-        LIVE_PULL_LISTEN=f"tcp://127.0.0.1:{port}",
-        PORT=str(port),
-        LIVE_PULL_DRAIN_SECONDS="5",
-        **extra,
-    )
+    settings = {
+        "LIVE_PULL_POLL_INTERVAL": "0",
+        "LIVE_PULL_LISTEN": f"tcp://127.0.0.1:{port}",
+        "LIVE_PULL_HANDOFF": "socket",  # FD_APP serves fd 0 itself
+        "PORT": str(port),
+        "LIVE_PULL_DRAIN_SECONDS": "5",
+    }
+    agent = agent_factory(sample.url, **(settings | extra))
     agent.wait_serving(first)
     agent.wait_status(state="running", revision=first)
     return agent, first
@@ -308,8 +308,16 @@ SERVERS = {
         WSGI_APP,
         "web: {python} -m gunicorn --workers 2 --graceful-timeout 5 -b 127.0.0.1:$PORT app:app\n",
     ),
+    # Behind live-pull's proxy: uvicorn (alone, or as gunicorn's workers) drops the
+    # connections it accepted as it stops, and a plain server binds $PORT with no door.
     "uvicorn-unchanged": (ASGI_APP, "web: {python} -m uvicorn app:app --port $PORT\n"),
+    "gunicorn-uvicorn-workers": (
+        ASGI_APP,
+        "web: {python} -m gunicorn -k uvicorn.workers.UvicornWorker -b 127.0.0.1:$PORT app:app\n",
+    ),
+    "plain-port": (APP, "web: {python} app.py\n"),  # the sample app
 }
+PROXIED = {"uvicorn-unchanged", "gunicorn-uvicorn-workers", "plain-port"}
 
 
 @pytest.mark.parametrize("server", list(SERVERS))
@@ -320,21 +328,21 @@ def test_real_servers_roll_over_without_a_failed_request(
 
     def files(message: str) -> dict[str, str]:
         return {
-            "app.py": f"MESSAGE = {message!r}\n" + source,
+            "app.py": source.format(message=message)
+            if source is APP
+            else f"MESSAGE = {message!r}\n" + source,
             "Procfile": procfile.format(python=sys.executable),
         }
 
     first = sample.commit(files("v0"), server)
     port = agent_factory(sample.url, start=False).port
-    agent = agent_factory(
-        sample.url,
-        LIVE_PULL_POLL_INTERVAL="0",
-        LIVE_PULL_LISTEN=f"tcp://127.0.0.1:{port}",
-        PORT=str(port),
-        # The probe instance gets its private socket through the same doors.
-        LIVE_PULL_HEALTHCHECK_PATH="/",
-    )
+    # Nothing but PORT: live-pull owns it, and proves each new web (GET / answers
+    # anything but a 5xx) before it joins; socket servers are probed on a private
+    # socket handed through the same doors.
+    agent = agent_factory(sample.url, LIVE_PULL_POLL_INTERVAL="0", PORT=str(port))
     agent.wait_serving(first)
+    way = "proxied" if server in PROXIED else "handed the shared socket"
+    assert f"web is served start-first on tcp://0.0.0.0:{port}, {way}" in agent.output()
     shas = [first]
     with load(f"http://127.0.0.1:{port}/") as generator:
         for n in range(1, 6):
@@ -342,10 +350,11 @@ def test_real_servers_roll_over_without_a_failed_request(
             agent.wait_status(state="running", revision=shas[-1], timeout=60)
         time.sleep(1)
     served = sum(generator.ok.values())
-    if server.startswith("uvicorn"):
-        # uvicorn's shutdown closes connections it accepted whose request has not
-        # arrived yet (server.py, Server.shutdown): a few can fail. Measured and
-        # documented in the README; bounded here.
+    if server == "uvicorn":
+        # Told to take fd 0, uvicorn is handed the socket; its shutdown closes the
+        # connections it accepted whose request has not arrived yet (server.py,
+        # Server.shutdown): a few can fail. Measured and documented in the README
+        # (the reason uvicorn goes behind the proxy unless told); bounded here.
         assert len(generator.failures) <= max(3, served // 200), generator.failures
     else:
         assert generator.failures == []

@@ -1,0 +1,269 @@
+"""live-pull's own reverse proxy, for a web command that binds $PORT itself and has no
+door for a socket: its slot runs this proxy on the shared socket (fd 0) and the app
+as a child on a private port of 127.0.0.1.
+
+The proxy accepts only once the app answers (so a revision that never comes up never
+answers a request); on SIGTERM it stops accepting, lets the requests in flight finish
+(within the drain time), and only then stops the app. Bodies stream both ways,
+websockets are relayed, headers are forwarded as proxies do (X-Forwarded-For, -Proto,
+-Host). Built on aiohttp (server and client): no parser of our own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import (
+    ClientSession,
+    ClientTimeout,
+    ClientWebSocketResponse,
+    DummyCookieJar,
+    TCPConnector,
+    WSMsgType,
+    web,
+)
+from aiohttp.client_exceptions import ClientError, WSServerHandshakeError
+from multidict import CIMultiDict
+
+from entrypoint.health import stop_process_group, wait_healthy
+from entrypoint.processes import TAG_VARIABLE, die_with_parent
+from entrypoint.shell import shell_line
+
+log = logging.getLogger("live-pull proxy")
+
+WebSocket = web.WebSocketResponse | ClientWebSocketResponse
+
+# Headers that describe one connection, not the message (RFC 9110 7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+CONNECT_SECONDS = 10.0
+ACCEPTED_GRACE_SECONDS = 1.0
+BEHIND_PROXY = ".app"  # its tag: the slot's, with this after it
+
+
+@dataclass(frozen=True)
+class ProxyPlan:
+    """What the agent writes in a proxy slot's assignment (see slots.py)."""
+
+    port: int  # the app's private port on 127.0.0.1
+    proof_path: str
+    any_but_5xx: bool  # the proof: GET proof_path answers anything but a 5xx, else 2xx
+    proof_timeout: float
+    drain_seconds: float  # for the requests in flight, after the proxy stops accepting
+    app_stop_seconds: float  # then for the app, after its SIGTERM
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> ProxyPlan:
+        return cls(
+            port=int(str(data["port"])),
+            proof_path=str(data["proof_path"]),
+            any_but_5xx=bool(data["any_but_5xx"]),
+            proof_timeout=float(str(data["proof_timeout"])),
+            drain_seconds=float(str(data["drain_seconds"])),
+            app_stop_seconds=float(str(data["app_stop_seconds"])),
+        )
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def serve(command: str, env: dict[str, str], plan: ProxyPlan) -> int:
+    """Run the app on its private port, prove it, then serve fd 0 until SIGTERM.
+    Returns the exit code for the slot."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    app = subprocess.Popen(
+        ["/bin/sh", "-c", shell_line(command)],
+        # Tagged apart from the slot: the agent's stop of the slot SIGTERMs what carries
+        # the slot's tag at once, while this app must outlive the proxy's drain.
+        env={**env, "PORT": str(plan.port), TAG_VARIABLE: env[TAG_VARIABLE] + BEHIND_PROXY},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # the drain order is ours: the app stops after the proxy
+        preexec_fn=die_with_parent(),
+    )
+    try:
+        wait_healthy(
+            plan.url(plan.proof_path),
+            plan.proof_timeout,
+            lambda: app.poll() is None,
+            any_but_5xx=plan.any_but_5xx,
+        )
+    except Exception as exc:
+        log.error("the app did not come up on its private port: %s", exc)
+        stop_process_group(app, plan.app_stop_seconds)
+        return 1
+    log.info("the app answers on 127.0.0.1:%d; serving the shared socket", plan.port)
+    code = asyncio.run(_serve_until_stopped(app, plan))
+    stop_process_group(app, plan.app_stop_seconds)
+    return code
+
+
+async def _serve_until_stopped(app: subprocess.Popen[bytes], plan: ProxyPlan) -> int:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    async with Forwarder(plan.port) as forwarder:
+        application = web.Application(client_max_size=0)
+        application.router.add_route("*", "/{tail:.*}", forwarder.handle)
+        runner = web.AppRunner(application, access_log=None, shutdown_timeout=plan.drain_seconds)
+        await runner.setup()
+        site = web.SockSite(runner, socket.socket(fileno=os.dup(0)))
+        await site.start()
+        exit_code = await _until_stopped_or_app_exit(app, stopping)
+        await site.stop()  # no more accepts; the socket stays open in supervisord
+        # A connection accepted just now may not have sent its request yet: give it
+        # the time to, before connections without a request in flight are closed.
+        await asyncio.sleep(min(ACCEPTED_GRACE_SECONDS, plan.drain_seconds / 2))
+        await runner.cleanup()  # closes idle connections, waits for requests in flight
+    return exit_code
+
+
+async def _until_stopped_or_app_exit(app: subprocess.Popen[bytes], stopping: asyncio.Event) -> int:
+    while not stopping.is_set():
+        code = app.poll()
+        if code is not None:
+            log.error("the app exited code=%d; the slot stops with it", code)
+            return 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.2)
+    return 0
+
+
+class Forwarder:
+    """Forwards each request to the app (a client session kept open for the proxy's life)."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.session: ClientSession | None = None
+
+    async def __aenter__(self) -> Forwarder:
+        self.session = ClientSession(
+            connector=TCPConnector(limit=0, force_close=False),
+            auto_decompress=False,
+            timeout=ClientTimeout(total=None, sock_connect=CONNECT_SECONDS),
+            cookie_jar=DummyCookieJar(),  # never one visitor's cookies for the next
+        )
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
+        return await self._http(request)
+
+    async def _http(self, request: web.Request) -> web.StreamResponse:
+        assert self.session is not None
+        try:
+            upstream = await self.session.request(
+                request.method,
+                self.base + request.rel_url.raw_path_qs,
+                headers=forwarded_headers(request),
+                data=request.content if request.body_exists else None,
+                allow_redirects=False,
+                compress=None,
+            )
+        except ClientError as exc:
+            log.warning("the app gave no answer: %s", type(exc).__name__)
+            return web.Response(status=502, text="502 Bad Gateway: the app gave no answer\n")
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in upstream.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    response.headers.add(name, value)
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        return response
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        assert self.session is not None
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        protocols = [name.strip() for name in offered.split(",") if name.strip()]
+        headers = {
+            name: value
+            for name, value in forwarded_headers(request).items()
+            if not name.lower().startswith("sec-websocket-")
+        }
+        try:
+            upstream = await self.session.ws_connect(
+                self.base + request.rel_url.raw_path_qs,
+                headers=headers,
+                protocols=protocols,
+                autoping=True,
+            )
+        except WSServerHandshakeError as exc:
+            return web.Response(status=exc.status, text=f"{exc.status} {exc.message}\n")
+        except ClientError as exc:
+            log.warning("the app gave no websocket: %s", type(exc).__name__)
+            return web.Response(status=502, text="502 Bad Gateway: the app gave no answer\n")
+        async with upstream:
+            chosen = [upstream.protocol] if upstream.protocol else []
+            client = web.WebSocketResponse(protocols=chosen)
+            await client.prepare(request)
+            await _relay_both_ways(client, upstream)
+        return client
+
+
+async def _relay_both_ways(client: WebSocket, upstream: WebSocket) -> None:
+    """Messages both ways until either side closes; the other side is then closed too."""
+    tasks = [
+        asyncio.create_task(_relay(client, upstream)),
+        asyncio.create_task(_relay(upstream, client)),
+    ]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, ClientError):
+            await task
+    for side in (client, upstream):
+        with contextlib.suppress(ConnectionError, ClientError):
+            await side.close()
+
+
+async def _relay(source: WebSocket, target: WebSocket) -> None:
+    async for message in source:
+        if message.type == WSMsgType.TEXT:
+            await target.send_str(message.data)
+        elif message.type == WSMsgType.BINARY:
+            await target.send_bytes(message.data)
+        else:  # CLOSE, CLOSING, CLOSED, ERROR
+            break
+
+
+def forwarded_headers(request: web.Request) -> CIMultiDict[str]:
+    """The request's end-to-end headers (Host kept), plus what a proxy adds."""
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP
+    )
+    peer = request.remote or ""
+    earlier = headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{earlier}, {peer}" if earlier else peer
+    headers.setdefault("X-Forwarded-Proto", request.scheme)
+    if request.host:
+        headers.setdefault("X-Forwarded-Host", request.host)
+    return headers
