@@ -1,11 +1,13 @@
-"""Updates under load: failed requests and latency while N commits go live, and the
-time from push to the first response from the new revision.
+"""Updates under load, per server: failed requests and latency while N commits go live,
+and the time from push to the first response from the new revision; then the proxy's
+cost in steady state.
 
-live-pull's start-first rollover (LIVE_PULL_LISTEN, gunicorn on the shared socket)
-against the naive stop-then-start restart of the same app (gunicorn binding PORT
-itself, live-pull without LIVE_PULL_LISTEN), in the same run.
+For each server, live-pull's default (start-first: gunicorn handed the socket, the
+others behind live-pull's proxy) against the naive stop-then-start restart of the same
+Procfile (LIVE_PULL_LISTEN=off), in the same run. The proxy's overhead: the same
+gunicorn app handed the socket against proxied (LIVE_PULL_HANDOFF), no updates.
 
-    .venv/bin/python bench/rollover.py [--updates 10] [--threads 4]
+    .venv/bin/python bench/rollover.py [--updates 20] [--threads 4] [--seconds 15]
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -26,7 +30,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from entrypoint.demo import free_port
-from entrypoint.sample import SampleRepo, create_sample_repo
+from entrypoint.sample import APP, SampleRepo, create_sample_repo
 
 WSGI = """\
 import os
@@ -36,17 +40,33 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Length", str(len(body)))])
     return [body]
 """
-BIND = {
-    "rollover": "--bind fd://0",
-    "stop-then-start": "--bind 127.0.0.1:$PORT",
+ASGI = """\
+import os
+REVISION = os.environ.get("LIVE_PULL_REVISION", "unknown")[:12]
+async def app(scope, receive, send):
+    body = f"{MESSAGE} from revision {REVISION}\\n".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+"""
+PY = sys.executable
+# The Procfiles as they are written for a server that binds $PORT: none changed.
+SERVERS = {
+    "gunicorn (sync)": (WSGI, f"{PY} -m gunicorn -b 127.0.0.1:$PORT --workers 2 app:app"),
+    "gunicorn (uvicorn workers)": (
+        ASGI,
+        f"{PY} -m gunicorn -k uvicorn.workers.UvicornWorker -b 127.0.0.1:$PORT app:app",
+    ),
+    "uvicorn": (ASGI, f"{PY} -m uvicorn app:app --port $PORT"),
+    "plain server (http.server)": (APP, f"{PY} app.py"),
 }
+MODES = {"live-pull": {}, "stop-then-start": {"LIVE_PULL_LISTEN": "off"}}
 
 
-def files(mode: str, message: str) -> dict[str, str]:
-    line = (
-        f"web: {sys.executable} -m gunicorn {BIND[mode]} --workers 2 --graceful-timeout 5 app:app\n"
-    )
-    return {"app.py": f"MESSAGE = {message!r}\n" + WSGI, "Procfile": line}
+def files(server: str, message: str) -> dict[str, str]:
+    source, command = SERVERS[server]
+    app = source.format(message=message) if source is APP else f"MESSAGE = {message!r}\n" + source
+    return {"app.py": app, "Procfile": f"web: {command}\n"}
 
 
 class Load:
@@ -76,11 +96,22 @@ class Load:
                 else:
                     self.failed += 1
 
+    def summary(self) -> dict[str, float]:
+        latencies = sorted(self.latencies) or [0.0]
+        return {
+            "requests": len(self.latencies) + self.failed,
+            "failed": self.failed,
+            "p50": latencies[len(latencies) // 2] * 1000,
+            "p99": latencies[int(len(latencies) * 0.99)] * 1000,
+        }
 
-def run(mode: str, updates: int, threads: int) -> dict[str, float]:
+
+@contextmanager
+def agent_on(server: str, settings: dict[str, str]) -> Iterator[tuple[SampleRepo, int, str]]:
+    """An agent serving `server`'s first revision; yields the remote, port and status URL."""
     with tempfile.TemporaryDirectory(prefix="live-pull-rollover-") as tmp:
         sample: SampleRepo = create_sample_repo(Path(tmp) / "remote")
-        sample.commit(files(mode, "v0"), "v0")
+        sample.commit(files(server, "v0"), "v0")
         port, status_port = free_port(), free_port()
         env = {
             **os.environ,
@@ -89,46 +120,60 @@ def run(mode: str, updates: int, threads: int) -> dict[str, float]:
             "LIVE_PULL_POLL_INTERVAL": "0",
             "LIVE_PULL_STATUS_PORT": str(status_port),
             "LIVE_PULL_LOG_LEVEL": "WARNING",
+            "LIVE_PULL_LISTEN": f"tcp://127.0.0.1:{port}",
             "PORT": str(port),
+            **settings,
         }
-        if mode == "rollover":
-            env["LIVE_PULL_LISTEN"] = f"tcp://127.0.0.1:{port}"
         agent = subprocess.Popen(
             [sys.executable, "-m", "entrypoint", "run"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        status = f"http://127.0.0.1:{status_port}/status"
+        status = f"http://127.0.0.1:{status_port}"
         try:
-            wait_state(status, None)
-            load = Load(f"http://127.0.0.1:{port}/", threads)
-            workers = [threading.Thread(target=load.worker) for _ in range(threads)]
-            for worker in workers:
-                worker.start()
-            to_first_response = []
-            for n in range(1, updates + 1):
-                sha = sample.commit(files(mode, f"v{n}"), f"v{n}")
-                pushed = time.monotonic()
-                requests.post(f"http://127.0.0.1:{status_port}/sync", timeout=5)
-                wait_state(status, sha)
-                while sha[:12] not in load.seen and time.monotonic() - pushed < 60:
-                    time.sleep(0.01)
-                to_first_response.append(load.seen.get(sha[:12], time.monotonic()) - pushed)
-            load.stop.set()
-            for worker in workers:
-                worker.join()
+            wait_state(f"{status}/status", None)
+            yield sample, port, status
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=60)
-    latencies = sorted(load.latencies)
-    return {
-        "requests": len(latencies) + load.failed,
-        "failed": load.failed,
-        "p50": latencies[len(latencies) // 2] * 1000,
-        "p99": latencies[int(len(latencies) * 0.99)] * 1000,
-        "first": statistics.median(to_first_response),
-    }
+
+
+@contextmanager
+def loaded(port: int, threads: int) -> Iterator[Load]:
+    load = Load(f"http://127.0.0.1:{port}/", threads)
+    workers = [threading.Thread(target=load.worker) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield load
+    finally:
+        load.stop.set()
+        for worker in workers:
+            worker.join()
+
+
+def updates_under_load(server: str, mode: str, updates: int, threads: int) -> dict[str, float]:
+    with agent_on(server, MODES[mode]) as (sample, port, status), loaded(port, threads) as load:
+        to_first_response = []
+        for n in range(1, updates + 1):
+            sha = sample.commit(files(server, f"v{n}"), f"v{n}")
+            pushed = time.monotonic()
+            requests.post(f"{status}/sync", timeout=5)
+            wait_state(f"{status}/status", sha)
+            while sha[:12] not in load.seen and time.monotonic() - pushed < 60:
+                time.sleep(0.01)
+            to_first_response.append(load.seen.get(sha[:12], time.monotonic()) - pushed)
+    return {**load.summary(), "first": statistics.median(to_first_response)}
+
+
+def steady(handoff: str, seconds: float, threads: int) -> dict[str, float]:
+    """Requests per second and latency with no update, gunicorn handed over or proxied."""
+    settings = {"LIVE_PULL_HANDOFF": handoff}
+    with agent_on("gunicorn (sync)", settings) as (_, port, _), loaded(port, threads) as load:
+        time.sleep(seconds)
+    summary = load.summary()
+    return {**summary, "rate": summary["requests"] / seconds}
 
 
 def wait_state(url: str, sha: str | None) -> None:
@@ -146,20 +191,33 @@ def wait_state(url: str, sha: str | None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
-    results = {mode: run(mode, args.updates, args.threads) for mode in BIND}
+    print(f"\n{args.updates} updates under load ({args.threads} client threads)\n")
+    print("| server | mode | requests | failed | p50 | p99 | push to first new response |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for server in SERVERS:
+        for mode in MODES:
+            r = updates_under_load(server, mode, args.updates, args.threads)
+            print(
+                f"| {server} | {mode} | {r['requests']:.0f} | {r['failed']:.0f} "
+                f"| {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['first']:.2f} s |",
+                flush=True,
+            )
+    print(f"\nThe proxy's cost: gunicorn, no updates, {args.seconds:g} s each\n")
+    print("| web | requests/s | p50 | p99 |")
+    print("| --- | --- | --- | --- |")
+    rows = {"handed the socket": steady("socket", args.seconds, args.threads)}
+    rows["behind live-pull's proxy"] = steady("proxy", args.seconds, args.threads)
+    for name, r in rows.items():
+        print(f"| {name} | {r['rate']:.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms |")
+    direct, proxied = rows.values()
     print(
-        f"\n{args.updates} updates under load ({args.threads} client threads), gunicorn 2 workers\n"
+        f"\nproxy: {100 * (1 - proxied['rate'] / direct['rate']):.1f} % fewer requests/s, "
+        f"+{proxied['p50'] - direct['p50']:.2f} ms median"
     )
-    print("| mode | requests | failed | p50 | p99 | push to first new response (median) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for mode, r in results.items():
-        print(
-            f"| {mode} | {r['requests']:.0f} | {r['failed']:.0f} | {r['p50']:.1f} ms "
-            f"| {r['p99']:.1f} ms | {r['first']:.2f} s |"
-        )
     return 0
 
 
