@@ -17,6 +17,7 @@ from types import FrameType
 
 from entrypoint import identity
 from entrypoint.auth import GitAuth
+from entrypoint.bake import health_probe
 from entrypoint.board import StatusBoard
 from entrypoint.config import Settings
 from entrypoint.environments import Environments, InstallOptions
@@ -111,6 +112,7 @@ class Agent:
             self.inbox,
             crash_loop=settings.crash_loop,
             rollback_on_crash=settings.rollback_on_crash,
+            bake_probe=health_probe(self._served_health_url()),
         )
         self.status = StatusServer(
             settings.status_host,
@@ -194,6 +196,15 @@ class Agent:
     def request_stop(self) -> None:
         self.stop.set()
         self.inbox.stop()
+
+    def _served_health_url(self) -> str | None:
+        """LIVE_PULL_HEALTHCHECK_PATH as clients reach it, on this machine."""
+        path = self.settings.healthcheck_path
+        if path is None:
+            return None
+        address = self.settings.listen_address
+        port = address.rsplit(":", 1)[1] if address else str(self.settings.port)
+        return f"http://127.0.0.1:{port}{path}"
 
     def _shared_socket(self) -> SharedSocket | None:
         """Unless LIVE_PULL_LISTEN=off, `web` rolls over on a socket supervisord holds."""

@@ -162,6 +162,7 @@ class Settings(BaseSettings):
     healthcheck_timeout: float = Field(
         30.0, gt=0, validation_alias=AliasChoices("LIVE_PULL_HEALTHCHECK_TIMEOUT")
     )
+    bake_seconds: float = Field(30.0, ge=0, validation_alias=AliasChoices("LIVE_PULL_BAKE_SECONDS"))
     rollback_on_crash: bool = Field(
         False, validation_alias=AliasChoices("LIVE_PULL_ROLLBACK_ON_CRASH")
     )

@@ -18,6 +18,8 @@ import re
 import shlex
 from typing import Literal
 
+from entrypoint.shell import is_simple_command
+
 Handoff = Literal["socket", "proxy"]
 
 SERVERS_WITH_A_DOOR = {"gunicorn": "LISTEN_FDS", "uvicorn": "UVICORN_FD"}
@@ -34,6 +36,8 @@ def handoff(command: str, setting: str = "auto") -> tuple[Handoff, str]:
         return "proxy", "LIVE_PULL_HANDOFF=proxy"
     if NAMES_FD_0.search(command):
         return "socket", "the command takes fd 0"
+    if not is_simple_command(command):  # the server would not be the process exec'd
+        return "proxy", "a shell line, not one command, behind live-pull's proxy"
     server = server_name(command)
     if server in SERVERS_WITH_A_DOOR and "uvicorn" in command:
         # uvicorn's shutdown closes the connections it accepted and has not read yet

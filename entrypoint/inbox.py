@@ -38,6 +38,7 @@ class Crashed:
 
     reason: str
     revision: str | None  # the one that was down: stale once another runs
+    baking: bool = False  # within LIVE_PULL_BAKE_SECONDS of its switch
 
 
 Request = Check | Rollback | Crashed
@@ -64,9 +65,9 @@ class Inbox:
             self._rollback = request
             self._touch()
 
-    def crashed(self, reason: str, revision: str | None) -> None:
+    def crashed(self, reason: str, revision: str | None, *, baking: bool = False) -> None:
         with self._changed:
-            self._crashed = Crashed(reason, revision)
+            self._crashed = Crashed(reason, revision, baking)
             self._touch()
 
     def hold_checks(self, seconds: float) -> None:

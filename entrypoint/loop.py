@@ -137,7 +137,7 @@ class ControlLoop:
             if request.revision != self.updater.running:
                 log.info("the revision found down no longer runs, nothing to roll back")
                 return
-            self._roll_back_after_crash(request.reason)
+            self._roll_back_after_crash(request)
 
     # -- the first revision ---------------------------------------------------------------
 
@@ -219,12 +219,15 @@ class ControlLoop:
             return self.updater.crash_rollback_target()
         return self.updater.rollback_target(request.target)
 
-    def _roll_back_after_crash(self, reason: str) -> None:
-        """LIVE_PULL_ROLLBACK_ON_CRASH: the newest retained release that never failed, or
-        exit if there is none or it cannot serve (never back and forth between two)."""
+    def _roll_back_after_crash(self, crash: Crashed) -> None:
+        """A revision down within its bake time, or LIVE_PULL_ROLLBACK_ON_CRASH: the newest
+        retained release that never failed, or exit if there is none or it cannot serve
+        (never back and forth between two)."""
+        reason = crash.reason
         log.error("the app cannot stay up, rolling back error=%s", reason)
+        when = "failed within the bake time" if crash.baking else "crashed in steady state"
         try:
-            self._roll_back(Rollback(None, f"crashed in steady state: {reason}", "crash"))
+            self._roll_back(Rollback(None, f"{when}: {reason}", "crash"))
         except Exception as exc:
             raise AppFailed(f"{reason}; rollback failed: {self._describe(exc)}") from exc
 

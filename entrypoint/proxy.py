@@ -58,6 +58,7 @@ HOP_BY_HOP = frozenset(
 )
 CONNECT_SECONDS = 10.0
 ACCEPTED_GRACE_SECONDS = 1.0
+GOING_AWAY = 1001  # the websocket close code of a server going down
 BEHIND_PROXY = ".app"  # its tag: the slot's, with this after it
 
 
@@ -114,7 +115,14 @@ def serve(command: str, env: dict[str, str], plan: ProxyPlan) -> int:
     log.info("the app answers on 127.0.0.1:%d; serving the shared socket", plan.port)
     code = asyncio.run(_serve_until_stopped(app, plan))
     stop_process_group(app, plan.app_stop_seconds)
+    log.info("the app stopped (%s)", _how_it_ended(app.returncode))
     return code
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        return f"terminated by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
 
 
 async def _serve_until_stopped(app: subprocess.Popen[bytes], plan: ProxyPlan) -> int:
@@ -131,6 +139,8 @@ async def _serve_until_stopped(app: subprocess.Popen[bytes], plan: ProxyPlan) ->
         await site.start()
         exit_code = await _until_stopped_or_app_exit(app, stopping)
         await site.stop()  # no more accepts; the socket stays open in supervisord
+        # Websockets cannot drain: they are closed (1001, going away) as the drain ends.
+        loop.call_later(max(0.0, plan.drain_seconds - 1), forwarder.going_away.set)
         # A connection accepted just now may not have sent its request yet: give it
         # the time to, before connections without a request in flight are closed.
         await asyncio.sleep(min(ACCEPTED_GRACE_SECONDS, plan.drain_seconds / 2))
@@ -155,6 +165,7 @@ class Forwarder:
     def __init__(self, port: int) -> None:
         self.base = f"http://127.0.0.1:{port}"
         self.session: ClientSession | None = None
+        self.going_away = asyncio.Event()  # set as the drain ends: websockets close
 
     async def __aenter__(self) -> Forwarder:
         self.session = ClientSession(
@@ -224,15 +235,19 @@ class Forwarder:
             chosen = [upstream.protocol] if upstream.protocol else []
             client = web.WebSocketResponse(protocols=chosen)
             await client.prepare(request)
-            await _relay_both_ways(client, upstream)
+            await _relay_both_ways(client, upstream, self.going_away)
         return client
 
 
-async def _relay_both_ways(client: WebSocket, upstream: WebSocket) -> None:
-    """Messages both ways until either side closes; the other side is then closed too."""
+async def _relay_both_ways(
+    client: WebSocket, upstream: WebSocket, going_away: asyncio.Event
+) -> None:
+    """Messages both ways until either side closes, or the proxy goes away; then both
+    sides are closed (1001 when the proxy goes away)."""
     tasks = [
         asyncio.create_task(_relay(client, upstream)),
         asyncio.create_task(_relay(upstream, client)),
+        asyncio.create_task(going_away.wait()),
     ]
     _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
@@ -240,9 +255,10 @@ async def _relay_both_ways(client: WebSocket, upstream: WebSocket) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, ConnectionError, ClientError):
             await task
+    code = GOING_AWAY if going_away.is_set() else 1000
     for side in (client, upstream):
         with contextlib.suppress(ConnectionError, ClientError):
-            await side.close()
+            await side.close(code=code)
 
 
 async def _relay(source: WebSocket, target: WebSocket) -> None:

@@ -20,13 +20,18 @@ from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_atomic
 from entrypoint.health import probe_before_joining, wait_healthy
 from entrypoint.identity import AS_AGENT, Identity
-from entrypoint.proxy import ProxyPlan
+from entrypoint.proxy import BEHIND_PROXY, ProxyPlan
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import SharedSocket
 
 log = logging.getLogger(__name__)
 
 SLOTS = ("web_0", "web_1")
+
+
+def program_name(process: str) -> str:
+    """What an operator calls a process: either slot is `web`."""
+    return "web" if process in SLOTS else process
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class WebSlots:
             if plan is not None:
                 self._wait_proxied_app(slot, plan)
         except (AppFailed, SupervisorError):
-            self.supervisor.stop_process(self.shared.name, slot)
+            self._stop(slot)
             raise
         return slot
 
@@ -132,10 +137,14 @@ class WebSlots:
         old, self.active = self.active, slot
         if old is not None and old != slot:
             log.info("draining web slot=%s", old)
-            self.supervisor.stop_process(self.shared.name, old)
+            self._stop(old)
 
     def abandon(self, slot: str) -> None:
-        self.supervisor.stop_process(self.shared.name, slot)
+        self._stop(slot)
+
+    def _stop(self, slot: str) -> None:
+        """The slot, and what its proxied app left behind (daemons keep its tag)."""
+        self.supervisor.stop_process(self.shared.name, slot, also=[slot + BEHIND_PROXY])
 
 
 def free_local_port() -> int:

@@ -220,14 +220,15 @@ class Supervisor:
         """Start one process (a slot); its state is then awaited with wait_running."""
         self._call(lambda rpc: rpc.supervisor.startProcess(f"{group}:{name}", False))
 
-    def stop_process(self, group: str, name: str) -> None:
+    def stop_process(self, group: str, name: str, also: Collection[str] = ()) -> None:
         """Stop one process: SIGTERM to its group, SIGKILL after stopwaitsecs; then
-        whatever of it left the group."""
+        whatever of it left the group, and what carries the tags `also` (which the
+        process stops itself, in its own order)."""
         deadline = time.monotonic() + self.timings.stop_timeout
         termed = self._terminate_escapees([name])
         with contextlib.suppress(SupervisorError):  # already stopped, or FATAL
             self._call(lambda rpc: rpc.supervisor.stopProcess(f"{group}:{name}", True))
-        end_tagged(self.home, [name], deadline, termed=termed)
+        end_tagged(self.home, [name, *also], deadline, termed=termed)
 
     def states(self) -> dict[str, dict[str, Any]]:
         infos = self._call(lambda rpc: rpc.supervisor.getAllProcessInfo())

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from entrypoint.bake import Bake
 from entrypoint.board import StatusBoard
 from entrypoint.commands import run_release_step
 from entrypoint.config import Settings
@@ -88,6 +89,7 @@ class Updater:
         self.switching = threading.Lock()
         # Counts switches, so the watchdog knows its counts belong to older processes.
         self.generation = 0
+        self.baking: Bake | None = None  # the update on probation (bake.py), if any
         self._opened = False
 
     def open(self) -> None:
@@ -131,6 +133,8 @@ class Updater:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
                 self._record_failure(sha, str(exc))
             raise
+        if replacing:  # on probation: the watchdog brings the previous one back if it fails
+            self.baking = Bake.starting(sha, self.settings.bake_seconds)
         self._record_success(revision, counted=replacing)  # 7. record, collect garbage
         return True
 
@@ -268,6 +272,7 @@ class Updater:
         self._step("switching", self._switch_budget(previous, revision))
         with self.switching:
             self.generation += 1
+            self.baking = None
             try:
                 if self._rolls_over(revision):
                     self._roll_over(revision, previous)
@@ -279,6 +284,12 @@ class Updater:
                 if previous is not None and not self._rolls_over(revision):
                     failure += self._restore(previous)
                 raise RevisionError(failure) from exc
+
+    def baked(self, bake: Bake) -> None:
+        """The revision stayed up through its bake time."""
+        if self.baking is bake:
+            self.baking = None
+            log.info("revision baked sha=%s", short(bake.sha))
 
     def _restore(self, previous: Revision) -> str:
         """Stop-then-start failed: bring the previous revision back. Returns what to add

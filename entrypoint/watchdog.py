@@ -13,11 +13,14 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+from entrypoint.bake import Bake, judge
 from entrypoint.board import StatusBoard
 from entrypoint.errors import AppFailed, OutOfResources, SupervisorError
 from entrypoint.inbox import Inbox
+from entrypoint.slots import program_name
 from entrypoint.supervisor import Supervisor, first_fatal
 from entrypoint.updater import Updater
 
@@ -34,6 +37,7 @@ class CrashCounter:
         self.limit = limit
         self.window = window
         self.totals: dict[str, int] = {}
+        self.since_switch: list[str] = []  # programs that exited since the last switch
         self._pids: dict[str, int] = {}
         self._recent: dict[str, collections.deque[float]] = {}
 
@@ -41,6 +45,7 @@ class CrashCounter:
         """A switch replaced the programs: the pids seen so far were stopped on purpose."""
         self._pids.clear()
         self._recent.clear()
+        self.since_switch.clear()
 
     def observe(self, states: dict[str, dict[str, Any]], watched: set[str]) -> None:
         now = time.monotonic()
@@ -61,8 +66,11 @@ class CrashCounter:
                 return name, len(times)
         return None
 
-    def _exited(self, name: str, now: float) -> None:
+    def _exited(self, process: str, now: float) -> None:
+        """Counted per program as operators name them (a slot's exits are `web`'s)."""
+        name = program_name(process)
         self.totals[name] = self.totals.get(name, 0) + 1
+        self.since_switch.append(name)
         self._recent.setdefault(name, collections.deque()).append(now)
         log.warning("program exited unexpectedly program=%s exits=%d", name, self.totals[name])
 
@@ -77,6 +85,7 @@ class Watchdog:
         *,
         crash_loop: tuple[int, float],
         rollback_on_crash: bool,
+        bake_probe: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.supervisor = supervisor
         self.updater = updater
@@ -88,6 +97,8 @@ class Watchdog:
         self._reported = False
         self._unanswered_since: float | None = None
         self._running: str | None = None
+        self._bake: Bake | None = None
+        self.bake_probe = bake_probe
         self._not_running_since: dict[str, float] = {}
 
     def tick(self) -> None:
@@ -103,6 +114,8 @@ class Watchdog:
         self.board.update(restarts=dict(self.counter.totals))
         running = all(states.get(n, {}).get("statename") == "RUNNING" for n in watched)
         self.board.programs_up(running)
+        if self._bake_failed():
+            return
         problem = self._problem(states, watched)
         if problem is not None:
             self._down(*problem)
@@ -120,6 +133,7 @@ class Watchdog:
                 self._reported = False
             watched = self.updater.active_programs()
             self._running = self.updater.running
+            self._bake = self.updater.baking
             states = self._states()
         finally:
             self.updater.switching.release()
@@ -141,6 +155,24 @@ class Watchdog:
         self._unanswered_since = None
         return states
 
+    def _bake_failed(self) -> bool:
+        """True when the revision on probation failed it: the previous one is asked for
+        (once), and nothing else is judged meanwhile."""
+        bake = self._bake
+        if bake is None or bake.sha != self._running or self._reported:
+            return False
+        if bake.over:
+            self.updater.baked(bake)
+            return False
+        why = judge(bake, self.counter.since_switch, self.bake_probe)
+        if why is None:
+            return False
+        self._reported = True
+        log.error("revision failed within the bake time sha=%s reason=%s", bake.sha[:12], why)
+        self.board.error(why, "app")
+        self.inbox.crashed(why, self._running, baking=True)
+        return True
+
     def _problem(
         self, states: dict[str, dict[str, Any]], watched: set[str]
     ) -> tuple[str, str, int] | None:
@@ -152,7 +184,8 @@ class Watchdog:
             return name, why, exits
         fatal = first_fatal(states, watched)
         if fatal is not None:
-            name = next(n for n in sorted(watched) if states.get(n, {}).get("statename") == "FATAL")
+            process = next(n for n in sorted(watched) if states[n].get("statename") == "FATAL")
+            name = program_name(process)
             return name, fatal, self.counter.totals.get(name, 0)
         return self._stuck_down(states, watched)
 
@@ -168,8 +201,9 @@ class Watchdog:
                 continue
             since = self._not_running_since.setdefault(name, now)
             if now - since > self.counter.window:
-                why = f"program {name} not running for {now - since:.0f}s"
-                return name, why, self.counter.totals.get(name, 0)
+                program = program_name(name)
+                why = f"program {program} not running for {now - since:.0f}s"
+                return program, why, self.counter.totals.get(program, 0)
         return None
 
     def _down(self, program: str, why: str, restarts: int) -> None:
