@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import requests
 
+from entrypoint.ports import unused_port
 from entrypoint.sample import SampleRepo, app_files, create_sample_repo
 
 WAIT_SECONDS = 60.0
@@ -21,9 +21,7 @@ STATUS_KEYS = ("state", "revision", "ref", "updates", "last_error")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return unused_port()
 
 
 def fetch_text(url: str) -> str | None:

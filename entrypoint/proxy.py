@@ -33,6 +33,7 @@ from aiohttp import (
 )
 from aiohttp.client_exceptions import ClientError, WSServerHandshakeError
 from multidict import CIMultiDict
+from yarl import URL
 
 from entrypoint.health import stop_process_group, wait_healthy
 from entrypoint.processes import TAG_VARIABLE, die_with_parent
@@ -180,6 +181,11 @@ class Forwarder:
         if self.session is not None:
             await self.session.close()
 
+    def _target(self, request: web.Request) -> URL:
+        """The app's URL for the request, its path and query exactly as the client sent
+        them (no re-encoding: %2F stays %2F)."""
+        return URL(self.base + request.raw_path, encoded=True)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
@@ -190,7 +196,7 @@ class Forwarder:
         try:
             upstream = await self.session.request(
                 request.method,
-                self.base + request.rel_url.raw_path_qs,
+                self._target(request),
                 headers=forwarded_headers(request),
                 data=request.content if request.body_exists else None,
                 allow_redirects=False,
@@ -221,7 +227,7 @@ class Forwarder:
         }
         try:
             upstream = await self.session.ws_connect(
-                self.base + request.rel_url.raw_path_qs,
+                self._target(request),
                 headers=headers,
                 protocols=protocols,
                 autoping=True,

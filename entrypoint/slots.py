@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_atomic
 from entrypoint.health import probe_before_joining, wait_healthy
 from entrypoint.identity import AS_AGENT, Identity
+from entrypoint.ports import unused_port
 from entrypoint.proxy import BEHIND_PROXY, ProxyPlan
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import SharedSocket
@@ -27,6 +27,7 @@ from entrypoint.supervisor_config import SharedSocket
 log = logging.getLogger(__name__)
 
 SLOTS = ("web_0", "web_1")
+PROXY_PROOF_MARGIN = 10.0
 
 
 def program_name(process: str) -> str:
@@ -111,10 +112,12 @@ class WebSlots:
 
     def _proxy_plan(self) -> ProxyPlan:
         return ProxyPlan(
-            port=free_local_port(),
+            port=unused_port(),
             proof_path=self.proof.url_path,
             any_but_5xx=self.proof.any_but_5xx,
-            proof_timeout=self.proof.timeout,
+            # The agent's proof decides (and stops the slot); the proxy's own outlasts it,
+            # so the reason reported is what the app answered, not that the proxy quit.
+            proof_timeout=self.proof.timeout + PROXY_PROOF_MARGIN,
             drain_seconds=self.shared.drain_seconds,
             app_stop_seconds=self.supervisor.timings.stop_timeout,
         )
@@ -124,7 +127,7 @@ class WebSlots:
         as soon as it sees the same), while the slot stays up."""
         wait_healthy(
             plan.url(plan.proof_path),
-            plan.proof_timeout,
+            self.proof.timeout,
             lambda: self._running(slot),
             any_but_5xx=plan.any_but_5xx,
         )
@@ -145,11 +148,3 @@ class WebSlots:
     def _stop(self, slot: str) -> None:
         """The slot, and what its proxied app left behind (daemons keep its tag)."""
         self.supervisor.stop_process(self.shared.name, slot, also=[slot + BEHIND_PROXY])
-
-
-def free_local_port() -> int:
-    """A port of 127.0.0.1 nobody holds now, for an app behind the proxy."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port

@@ -184,7 +184,9 @@ class Watchdog:
             return name, why, exits
         fatal = first_fatal(states, watched)
         if fatal is not None:
-            process = next(n for n in sorted(watched) if states[n].get("statename") == "FATAL")
+            process = next(
+                n for n in sorted(watched) if states.get(n, {}).get("statename") == "FATAL"
+            )
             name = program_name(process)
             return name, fatal, self.counter.totals.get(name, 0)
         return self._stuck_down(states, watched)

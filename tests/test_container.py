@@ -252,7 +252,9 @@ def test_stop_exits_zero_within_grace_period(remote: Remote, run_container: RunC
     assert container.inspect("{{.State.ExitCode}}") == "0"
     assert elapsed < 10
     logs = container.logs()
-    assert "stopped: web (terminated by SIGTERM)" in logs  # the signal reached the app
+    # The signal reached the proxy, which drained, then stopped the app.
+    assert "stopped: web_0 (exit status 0)" in logs
+    assert "live-pull proxy: the app stopped (terminated by SIGTERM)" in logs
     assert "live-pull INFO entrypoint.agent: stopped" in logs
 
 

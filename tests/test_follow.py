@@ -105,7 +105,7 @@ def test_app_dir_and_two_process_types(sample: SampleRepo, agent_factory: Factor
     assert revision == sha
     assert cwd == str(agent.home / "releases" / sha / "services" / "web")
     names = {line.split()[0] for line in _supervisor_status(agent)}
-    assert names == {"web", "worker"}
+    assert names == {"web:web_0", "web:web_1", "worker"}  # web's two slots, one serving
 
 
 def _supervisor_status(agent: AgentProcess) -> list[str]:

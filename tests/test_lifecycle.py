@@ -68,7 +68,9 @@ def test_stubborn_app_and_its_children_are_killed_within_bound(
         "child = subprocess.Popen([sys.executable, '-c', "
         "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
         f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
-        "time.sleep(600)\n"
+        "from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer\n"
+        "port = int(os.environ['PORT'])\n"
+        "ThreadingHTTPServer(('127.0.0.1', port), SimpleHTTPRequestHandler).serve_forever()\n"
     )
     sha = sample.commit({"stubborn.py": stubborn, "Procfile": procfile}, "x")
     agent = agent_factory(sample.url, LIVE_PULL_STOP_TIMEOUT="2")
@@ -178,9 +180,10 @@ def test_missing_web_entry_is_refused(sample: SampleRepo, agent_factory: Factory
 
 
 def test_command_override(sample: SampleRepo, agent_factory: Factory) -> None:
-    agent = agent_factory(sample.url, LIVE_PULL_COMMAND="echo override $PORT; exec python app.py")
+    command = "echo override $LIVE_PULL_REVISION; exec python app.py"
+    agent = agent_factory(sample.url, LIVE_PULL_COMMAND=command)
     agent.wait_serving(head(sample))
-    wait_until(lambda: f"override {agent.port}" in agent.output())
+    wait_until(lambda: f"override {head(sample)}" in agent.output())
 
 
 def _corrupt_objects(repo: Path) -> None:

@@ -116,7 +116,8 @@ def test_web_command_that_says_exec_runs(sample: SampleRepo, agent_factory: Fact
 
 def test_app_output_is_appended_to_a_file_stdout(sample: SampleRepo, tmp_path: Path) -> None:
     """`live-pull run > agent.log`: a plain `>` redirect, no append mode."""
-    sha = sample.commit({"Procfile": "web: echo app-line-$PORT; exec python app.py\n"}, "echo")
+    procfile = "web: echo app-line-$LIVE_PULL_REVISION; exec python app.py\n"
+    sha = sample.commit({"Procfile": procfile}, "echo")
     agent = AgentProcess(tmp_path / "home", _env(sample, tmp_path), tmp_path)
     log = tmp_path / "agent.log"
     with open(log, "w") as out:  # O_WRONLY|O_TRUNC, no O_APPEND
@@ -134,7 +135,7 @@ def test_app_output_is_appended_to_a_file_stdout(sample: SampleRepo, tmp_path: P
         if agent.process.poll() is None:
             agent.process.kill()
     text = log.read_text(errors="replace")
-    assert f"app-line-{agent.port}" in text
+    assert f"app-line-{sha}" in text
     assert "\0" not in text, "a writer's offset left a hole of NUL bytes"
     assert "live-pull starting" in text and "stopped" in text
 

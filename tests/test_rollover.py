@@ -78,7 +78,7 @@ class Load:
                 outcome = response.text.strip() if response.status_code == 200 else None
                 error = None if outcome else f"HTTP {response.status_code}"
             except requests.RequestException as exc:
-                outcome, error = None, type(exc).__name__
+                outcome, error = None, f"{type(exc).__name__}: {exc}"[:300]
             with self.lock:
                 if outcome:
                     self.ok[outcome.rsplit(" ", 1)[-1]] += 1
@@ -249,16 +249,22 @@ def test_crash_in_steady_state_rolls_back_when_asked(
     sample: SampleRepo, agent_factory: Factory, tmp_path: Path
 ) -> None:
     agent, first = start(
-        sample, agent_factory, LIVE_PULL_ROLLBACK_ON_CRASH="true", LIVE_PULL_START_RETRIES="1"
+        sample,
+        agent_factory,
+        LIVE_PULL_ROLLBACK_ON_CRASH="true",
+        LIVE_PULL_START_RETRIES="1",
+        LIVE_PULL_BAKE_SECONDS="0",  # steady state from the start
     )
-    # Serves for 3 s, then dies; every restart dies at once, so supervisord gives up.
-    marker = tmp_path / "crashed-once"
+    # Its first run is the probe instance; its second (the slot) serves for 3 s, then
+    # dies; every restart dies at once, so supervisord gives up.
+    starts = tmp_path / "starts"
     crashing = FD_APP.format(message="later crash").replace(
         "server.serve_forever()",
-        f"marker = {str(marker)!r}\n"
-        "if os.path.exists(marker): os._exit(1)\n"
-        "open(marker, 'w').close()\n"
-        "threading.Timer(3, lambda: os._exit(1)).start()\n"
+        f"starts = {str(starts)!r}\n"
+        "before = open(starts).read().count('.') if os.path.exists(starts) else 0\n"
+        "open(starts, 'a').write('.')\n"
+        "if before >= 2: os._exit(1)\n"
+        "if before == 1: threading.Timer(3, lambda: os._exit(1)).start()\n"
         "server.serve_forever()",
     )
     second = update(agent, sample, {"app.py": crashing}, "crashes after 3s")
@@ -266,6 +272,59 @@ def test_crash_in_steady_state_rolls_back_when_asked(
     agent.wait_status(state="running", revision=first, timeout=90)
     assert "crashed in steady state" in agent.status()["failed_revisions"][second]
     assert agent.process is not None and agent.process.poll() is None
+
+
+def crashing_after(seconds: float, what: str = "os._exit(1)") -> str:
+    """FD_APP, doing `what` `seconds` after it starts serving."""
+    return FD_APP.format(message=f"then {what}").replace(
+        "server.serve_forever()",
+        f"threading.Timer({seconds}, lambda: {what}).start()\nserver.serve_forever()",
+    )
+
+
+def test_a_revision_that_crashes_within_its_bake_time_is_rolled_back(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    """Without LIVE_PULL_ROLLBACK_ON_CRASH: within LIVE_PULL_BAKE_SECONDS of going live,
+    the previous release goes back live at once."""
+    agent, first = start(sample, agent_factory, LIVE_PULL_BAKE_SECONDS="60")
+    second = update(agent, sample, {"app.py": crashing_after(3)}, "crashes after 3s")
+    agent.wait_status(state="running", revision=second, timeout=60)
+    agent.wait_status(state="running", revision=first, timeout=60)
+    reason = agent.status()["failed_revisions"][second]
+    assert "failed within the bake time: program web exited" in reason
+    assert agent.process is not None and agent.process.poll() is None
+    assert agent.app() is not None and first[:12] in agent.app()
+
+
+def test_a_revision_whose_health_fails_within_its_bake_time_is_rolled_back(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    agent, first = start(
+        sample, agent_factory, LIVE_PULL_HEALTHCHECK_PATH="/healthz", LIVE_PULL_BAKE_SECONDS="60"
+    )
+    sickening = crashing_after(3, "globals().update(MESSAGE='sick')")
+    second = update(agent, sample, {"app.py": sickening}, "sick after 3s")
+    agent.wait_status(state="running", revision=second, timeout=60)
+    with load(f"http://127.0.0.1:{agent.port}/") as generator:
+        agent.wait_status(state="running", revision=first, timeout=60)
+    assert generator.failures == []  # sick, not down: every request is answered
+    reason = agent.status()["failed_revisions"][second]
+    assert "failed within the bake time: its health path gave HTTP 500" in reason
+
+
+def test_a_revision_past_its_bake_time_is_left_to_supervisord(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    agent, first = start(sample, agent_factory, LIVE_PULL_BAKE_SECONDS="1")
+    second = update(agent, sample, {"app.py": crashing_after(4)}, "crashes after 4s")
+    agent.wait_status(state="running", revision=second, timeout=60)
+    assert "revision baked" in wait_until(
+        lambda: "revision baked sha=" in agent.output() and agent.output(), 30, "baked"
+    )
+    wait_until(lambda: (agent.status().get("restarts") or {}).get("web", 0) >= 1, 30, "restart")
+    assert agent.status()["revision"] == second  # restarted by supervisord, not rolled back
+    assert first not in str(agent.status().get("rollback"))
 
 
 WSGI_APP = """\

@@ -73,19 +73,17 @@ def _describe(pids: list[int]) -> str:
     return "; ".join(lines) or "none"
 
 
-def listening_pid(port: int) -> int:
-    """The process listening on 127.0.0.1:`port` (found through /proc)."""
-    inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
-            inode = fields[9]
-    assert inode is not None, f"nothing listens on port {port}"
+def app_pid(revision: str, program: bytes = b"app.py") -> int:
+    """The app's own process for `revision`: it runs `program` with the revision in its
+    environment (behind live-pull's proxy, or bound to PORT with LIVE_PULL_LISTEN=off)."""
+    wanted = f"LIVE_PULL_REVISION={revision}".encode()
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) == f"socket:[{inode}]":
-                    return int(proc.name)
-    raise AssertionError(f"no process holds the socket of port {port}")
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if program in argv and wanted in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+    assert len(found) == 1, f"one process of the app for {revision}: {_describe(found)}"
+    return found[0]

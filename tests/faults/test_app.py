@@ -17,7 +17,7 @@ import pytest
 from entrypoint.sample import APP, create_sample_repo
 from tests.conftest import wait_until
 from tests.faults.agents import Agent, Family, Launcher, Prober, Sampler, app_with, head
-from tests.faults.processes import listening_pid, marker, pid_alive, pids_with, wait_gone
+from tests.faults.processes import app_pid, marker, pid_alive, pids_with, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_app_killed_once_is_restarted(family: Family, agent: Agent) -> None:
     checks = agent.checks()
     wait_until(lambda: agent.checks() >= checks + 2, what="two more checks")
     before = int((agent.status().get("restarts") or {}).get("web", 0))
-    os.kill(listening_pid(agent.port), signal.SIGKILL)
+    os.kill(app_pid(running), signal.SIGKILL)
     status = wait_until(
         lambda: int(((s := agent.status()).get("restarts") or {}).get("web", 0)) > before and s,
         what="the restart counted",
@@ -219,7 +219,7 @@ CRASH_LATER = "import threading\nthreading.Timer(3.0, lambda: os._exit(1)).start
 
 def test_crash_loop_without_rollback_exits_3(launcher: Launcher, tmp_path: Path) -> None:
     sample = create_sample_repo(tmp_path / "remote")
-    agent = launcher.agent(sample.url, tmp_path / "home")
+    agent = launcher.agent(sample.url, tmp_path / "home", LIVE_PULL_BAKE_SECONDS="0")
     agent.wait_serving(head(sample))
     looping = sample.commit({"app.py": app_with(CRASH_LATER, "crashes every 3s")}, "loop")
     with Sampler(agent) as sampler:
@@ -240,6 +240,7 @@ def test_crash_loop_with_rollback_goes_back(launcher: Launcher, tmp_path: Path) 
         sample.url,
         tmp_path / "home",
         LIVE_PULL_ROLLBACK_ON_CRASH="true",
+        LIVE_PULL_BAKE_SECONDS="0",  # steady state: the crash loop rules, not the bake
         LIVE_PULL_HEALTHCHECK_PATH="/",
         LIVE_PULL_HEALTHCHECK_TIMEOUT="20",
     )

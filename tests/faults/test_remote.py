@@ -21,7 +21,7 @@ import requests
 from entrypoint.sample import SampleRepo, app_files, create_sample_repo
 from tests.conftest import wait_until
 from tests.faults.agents import Agent, Family, Launcher, Prober
-from tests.faults.processes import listening_pid
+from tests.faults.processes import app_pid
 from tests.faults.remote import FaultyRemote
 
 GIT_TIMEOUT = "3"
@@ -404,5 +404,5 @@ def test_credentials_never_in_argv_while_git_runs(launcher: Launcher, tmp_path: 
         agent.wait_serving(newer)
     assert token not in json.dumps(agent.status())
     assert token not in agent.output()
-    app_environment = Path(f"/proc/{listening_pid(agent.port)}/environ").read_bytes()
+    app_environment = Path(f"/proc/{app_pid(newer)}/environ").read_bytes()
     assert token.encode() not in app_environment
