@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import (
+    ClientResponse,
     ClientSession,
     ClientTimeout,
     ClientWebSocketResponse,
@@ -31,7 +32,12 @@ from aiohttp import (
     WSMsgType,
     web,
 )
-from aiohttp.client_exceptions import ClientError, WSServerHandshakeError
+from aiohttp.client_exceptions import (
+    ClientError,
+    ClientOSError,
+    ServerDisconnectedError,
+    WSServerHandshakeError,
+)
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -59,6 +65,8 @@ HOP_BY_HOP = frozenset(
 )
 CONNECT_SECONDS = 10.0
 ACCEPTED_GRACE_SECONDS = 1.0
+ACCEPT_TASK_ITERATIONS = 3  # loop iterations for accepted connections to attach
+REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods (RFC 9110 9.2.1)
 GOING_AWAY = 1001  # the websocket close code of a server going down
 BEHIND_PROXY = ".app"  # its tag: the slot's, with this after it
 
@@ -136,10 +144,11 @@ async def _serve_until_stopped(app: subprocess.Popen[bytes], plan: ProxyPlan) ->
         application.router.add_route("*", "/{tail:.*}", forwarder.handle)
         runner = web.AppRunner(application, access_log=None, shutdown_timeout=plan.drain_seconds)
         await runner.setup()
-        site = web.SockSite(runner, socket.socket(fileno=os.dup(0)))
+        listener = socket.socket(fileno=os.dup(0))
+        site = web.SockSite(runner, listener)
         await site.start()
         exit_code = await _until_stopped_or_app_exit(app, stopping)
-        await site.stop()  # no more accepts; the socket stays open in supervisord
+        await _stop_accepting(site, listener)
         # Websockets cannot drain: they are closed (1001, going away) as the drain ends.
         loop.call_later(max(0.0, plan.drain_seconds - 1), forwarder.going_away.set)
         # A connection accepted just now may not have sent its request yet: give it
@@ -147,6 +156,20 @@ async def _serve_until_stopped(app: subprocess.Popen[bytes], plan: ProxyPlan) ->
         await asyncio.sleep(min(ACCEPTED_GRACE_SECONDS, plan.drain_seconds / 2))
         await runner.cleanup()  # closes idle connections, waits for requests in flight
     return exit_code
+
+
+async def _stop_accepting(site: web.SockSite, listener: socket.socket) -> None:
+    """No more accepts; the socket stays open in supervisord for the other slot.
+
+    asyncio accepts a burst of connections in one callback and wraps each in a task
+    that runs a loop iteration later; a server closed in between drops those silently
+    (Server._attach fails), resetting connections the kernel handed us. So reading the
+    listener stops first, those tasks get their iteration, and then the server closes.
+    """
+    asyncio.get_running_loop().remove_reader(listener.fileno())
+    for _ in range(ACCEPT_TASK_ITERATIONS):
+        await asyncio.sleep(0)
+    await site.stop()
 
 
 async def _until_stopped_or_app_exit(app: subprocess.Popen[bytes], stopping: asyncio.Event) -> int:
@@ -192,16 +215,8 @@ class Forwarder:
         return await self._http(request)
 
     async def _http(self, request: web.Request) -> web.StreamResponse:
-        assert self.session is not None
         try:
-            upstream = await self.session.request(
-                request.method,
-                self._target(request),
-                headers=forwarded_headers(request),
-                data=request.content if request.body_exists else None,
-                allow_redirects=False,
-                compress=None,
-            )
+            upstream = await self._send(request)
         except ClientError as exc:
             log.warning("the app gave no answer: %s", type(exc).__name__)
             return web.Response(status=502, text="502 Bad Gateway: the app gave no answer\n")
@@ -215,6 +230,27 @@ class Forwarder:
                 await response.write(chunk)
             await response.write_eof()
         return response
+
+    async def _send(self, request: web.Request) -> ClientResponse:
+        """The request to the app. A kept-alive connection the app closed as it was
+        reused fails before any answer: a request without a body that is safe to
+        repeat is sent once more, on a new connection."""
+        assert self.session is not None
+        repeatable = request.method in REPEATABLE and not request.body_exists
+        for attempt in (1, 2):
+            try:
+                return await self.session.request(
+                    request.method,
+                    self._target(request),
+                    headers=forwarded_headers(request),
+                    data=request.content if request.body_exists else None,
+                    allow_redirects=False,
+                    compress=None,
+                )
+            except (ServerDisconnectedError, ClientOSError):
+                if attempt == 2 or not repeatable:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         assert self.session is not None
