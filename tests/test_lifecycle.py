@@ -133,11 +133,16 @@ def test_remote_down_at_start_with_release_serves_it_at_once(
     again.wait_serving(newer)
 
 
+# Start-first on the shared socket (the default), and stop-then-start.
+MODES = pytest.mark.parametrize("mode", [{}, {"LIVE_PULL_LISTEN": "off"}], ids=["default", "off"])
+
+
+@MODES
 def test_failed_revision_keeps_the_old_one_serving(
-    sample: SampleRepo, agent_factory: Factory
+    sample: SampleRepo, agent_factory: Factory, mode: dict[str, str]
 ) -> None:
     good = head(sample)
-    agent = agent_factory(sample.url, LIVE_PULL_START_RETRIES="1")
+    agent = agent_factory(sample.url, LIVE_PULL_START_RETRIES="1", **mode)
     agent.wait_serving(good)
     bad = sample.commit(CRASH, "crash")
     wait_until(lambda: bad in (agent.status().get("failed_revisions") or {}))
@@ -286,12 +291,16 @@ def test_status_endpoints_and_cli(sample: SampleRepo, agent_factory: Factory) ->
     assert "state: running" in shown.stdout
 
 
+@MODES
 def test_health_check_failure_restores_the_old_revision(
-    sample: SampleRepo, agent_factory: Factory
+    sample: SampleRepo, agent_factory: Factory, mode: dict[str, str]
 ) -> None:
     good = head(sample)
     agent = agent_factory(
-        sample.url, LIVE_PULL_HEALTHCHECK_PATH="/healthz", LIVE_PULL_HEALTHCHECK_TIMEOUT="3"
+        sample.url,
+        LIVE_PULL_HEALTHCHECK_PATH="/healthz",
+        LIVE_PULL_HEALTHCHECK_TIMEOUT="3",
+        **mode,
     )
     agent.wait_serving(good)
     sick = APP.format(message="sick").replace("send_response(200)", "send_response(500)")
