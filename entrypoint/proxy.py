@@ -41,6 +41,7 @@ from aiohttp.client_exceptions import (
 from multidict import CIMultiDict
 from yarl import URL
 
+from entrypoint.errors import AppFailed
 from entrypoint.health import stop_process_group, wait_healthy
 from entrypoint.processes import TAG_VARIABLE, die_with_parent
 from entrypoint.shell import shell_line
@@ -117,7 +118,7 @@ def serve(command: str, env: dict[str, str], plan: ProxyPlan) -> int:
             lambda: app.poll() is None,
             any_but_5xx=plan.any_but_5xx,
         )
-    except Exception as exc:
+    except AppFailed as exc:
         log.error("the app did not come up on its private port: %s", exc)
         stop_process_group(app, plan.app_stop_seconds)
         return 1
