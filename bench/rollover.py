@@ -215,8 +215,8 @@ def main() -> int:
         print(f"| {name} | {r['rate']:.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms |")
     direct, proxied = rows.values()
     print(
-        f"\nproxy: {100 * (1 - proxied['rate'] / direct['rate']):.1f} % fewer requests/s, "
-        f"+{proxied['p50'] - direct['p50']:.2f} ms median"
+        f"\nproxied against handed over: {100 * (proxied['rate'] / direct['rate'] - 1):+.1f} % "
+        f"requests/s, {proxied['p50'] - direct['p50']:+.2f} ms median"
     )
     return 0
 
