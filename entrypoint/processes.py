@@ -27,6 +27,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TAG_VARIABLE = "LIVE_PULL_PROCESS"
+# The tag of an app behind live-pull's proxy: its slot's, with this after it.
+BEHIND_PROXY = ".app"
 ONEOFF = "oneoff"
 POLL = 0.1
 PR_SET_PDEATHSIG = 1
@@ -79,8 +81,11 @@ def end_tagged(
 
 def terminate_escapees(home: str, names: Collection[str] | None, groups: set[int]) -> list[int]:
     """SIGTERM the tagged processes outside `groups` (the process groups supervisord is
-    about to stop), so they get the same grace as their program; return them."""
+    about to stop), so they get the same grace as their program; return them. An app
+    behind live-pull's proxy is left to the proxy, which stops it after its drain."""
     pids = [pid for pid in find_tagged(home, names) if _pgid(pid) not in groups]
+    tags = _tags(pids)
+    pids = [pid for pid in pids if not tags.get(pid, b"").endswith(BEHIND_PROXY.encode())]
     _signal_all(pids, signal.SIGTERM)
     return pids
 

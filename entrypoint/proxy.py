@@ -43,7 +43,7 @@ from yarl import URL
 
 from entrypoint.errors import AppFailed
 from entrypoint.health import stop_process_group, wait_healthy
-from entrypoint.processes import TAG_VARIABLE, die_with_parent
+from entrypoint.processes import BEHIND_PROXY, TAG_VARIABLE, die_with_parent
 from entrypoint.shell import shell_line
 
 log = logging.getLogger("live-pull proxy")
@@ -69,7 +69,6 @@ ACCEPTED_GRACE_SECONDS = 1.0
 ACCEPT_TASK_ITERATIONS = 3  # loop iterations for accepted connections to attach
 REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods (RFC 9110 9.2.1)
 GOING_AWAY = 1001  # the websocket close code of a server going down
-BEHIND_PROXY = ".app"  # its tag: the slot's, with this after it
 
 
 @dataclass(frozen=True)

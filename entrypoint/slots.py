@@ -20,7 +20,8 @@ from entrypoint.files import write_atomic
 from entrypoint.health import probe_before_joining, wait_healthy
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.ports import unused_port
-from entrypoint.proxy import BEHIND_PROXY, ProxyPlan
+from entrypoint.processes import BEHIND_PROXY
+from entrypoint.proxy import ProxyPlan
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import SharedSocket
 

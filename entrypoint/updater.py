@@ -370,10 +370,10 @@ class Updater:
         """Stop-then-start: `current` moves only once the revision is proven."""
         self.supervisor.apply(self._programs(revision))
         self.supervisor.wait_running(revision.processes.programs)
-        if WEB in revision.processes.programs:  # the same proof as start-first's
-            proof = Proof(self.settings.healthcheck_path, self.settings.healthcheck_timeout)
-            url = f"http://127.0.0.1:{self.settings.port}{proof.url_path}"
-            wait_healthy(url, proof.timeout, any_but_5xx=proof.any_but_5xx)
+        path = self.settings.healthcheck_path
+        if path is not None and WEB in revision.processes.programs:
+            url = f"http://127.0.0.1:{self.settings.port}{path}"
+            wait_healthy(url, self.settings.healthcheck_timeout)
         self._serve(revision)
 
     def _serve(self, revision: Revision) -> None:
