@@ -87,4 +87,5 @@ def no_match(ref: str, tags: list[Tag]) -> str:
     if not tags:
         return f"no tag matches REPO_REF={ref}: the remote has no version tags"
     top = max(tags, key=lambda tag: (tag.version, tag.name))
-    return f"no tag matches REPO_REF={ref}: {len(tags)} version tags, the highest {top.name}"
+    highest = f"the remote's highest version tag is {top.name} ({len(tags)} in all)"
+    return f"no tag matches REPO_REF={ref}: {highest}"

@@ -66,7 +66,21 @@ def test_the_highest_tag_in_range_is_followed(sample: SampleRepo, agent_factory:
 
     delete_tags(sample, "v1.4.0", "v1.5.0")
     status = agent.wait_status(error_kind="transient")
-    assert status["last_error"].startswith(f"no tag matches REPO_REF={RANGE}: 2 version tags")
+    assert status["last_error"].startswith(
+        f"no tag matches REPO_REF={RANGE}: the remote's highest version tag is v2.0.0 (2 in all)"
+    )
     assert (status["revision"], status["ready"]) == (v150, True)
     assert "one five" in (agent.app() or "")
     assert f"no tag matches REPO_REF={RANGE}" in agent.output()
+
+
+def test_no_tag_in_range_at_first_start_exits_4(sample: SampleRepo, agent_factory: Factory) -> None:
+    tag(sample, "v1.0.0", "too old")
+    agent = agent_factory(sample.url, REPO_REF=RANGE, LIVE_PULL_START_TIMEOUT="2")
+    assert agent.wait_exit() == 4
+    last = agent.stderr_path.read_text().strip().splitlines()[-1]
+    assert last.startswith("live-pull: could not start: ")
+    assert (
+        f"no tag matches REPO_REF={RANGE}: the remote's highest version tag is v1.0.0 (1 in all)"
+        in last
+    )

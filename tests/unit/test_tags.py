@@ -64,7 +64,10 @@ def test_no_match_says_what_the_remote_has() -> None:
     assert chosen(">=1.4,<2", refs) is None
     found = tags.tags_in(refs)
     message = tags.no_match("semver:>=1.4,<2", found)
-    assert message == "no tag matches REPO_REF=semver:>=1.4,<2: 2 version tags, the highest v2.0.0"
+    assert message == (
+        "no tag matches REPO_REF=semver:>=1.4,<2: "
+        "the remote's highest version tag is v2.0.0 (2 in all)"
+    )
     assert "no version tags" in tags.no_match("semver:>=1", [])
 
 
@@ -72,7 +75,9 @@ def test_equal_versions_pick_the_same_tag_every_time() -> None:
     assert chosen(">=1", listing("1.5", "v1.5.0")) == chosen(">=1", listing("v1.5.0", "1.5"))
 
 
-@pytest.mark.parametrize("ref", ["semver:>=1.4,<2", "semver: >= 1.4, < 2", "semver:==1.*"])
+@pytest.mark.parametrize(
+    "ref", ["semver:>=1.4,<2", "semver: >= 1.4, < 2", "semver:==1.*", "semver:"]
+)
 def test_a_range_is_a_valid_repo_ref(ref: str) -> None:
     settings = load_settings({"REPO_URL": "https://example.invalid/app.git", "REPO_REF": ref})
     assert settings.repo_ref == ref.strip()
