@@ -180,7 +180,8 @@ class Updater:
             remote = self._unless_damaged(lambda: self.repo.resolve(self.settings.repo_ref))
         finally:
             self.board.count_check()
-        self.board.update(ref=remote.ref_name or self.settings.repo_ref)
+        ref = self.settings.repo_ref if remote.tag else remote.ref_name  # a range stays shown
+        self.board.update(ref=ref or self.settings.repo_ref, tag=remote.tag)
         return remote
 
     def _unless_damaged(self, git_step: Callable[[], T]) -> T:
