@@ -93,6 +93,7 @@ class Updater:
         self.baking: Bake | None = None  # the update on probation (bake.py), if any
         self.gate = UpdateGate(settings.update_windows)  # pause and update windows
         self._show_pause()
+        self._say_paused()
         self._opened = False
 
     def open(self) -> None:
@@ -175,6 +176,12 @@ class Updater:
     def _show_pause(self) -> None:
         paused = self.state.paused
         self.board.update(paused=asdict(paused) if paused else None)
+
+    def _say_paused(self) -> None:
+        """At start: a pause kept from before holds updates until `live-pull resume`."""
+        paused = self.state.paused
+        if paused is not None:
+            log.warning("updates paused since=%s reason=%s", paused.since, paused.reason or "-")
 
     def prepare(self, sha: str) -> Revision:
         """What it takes to run a release on disk: its programs and its environment."""
