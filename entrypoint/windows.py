@@ -56,8 +56,9 @@ class Window:
         )
 
     def next_opening(self, moment: datetime) -> datetime | None:
-        """The first start of this window after `moment` (a start that falls in a
-        skipped daylight-saving hour counts from the clock's jump)."""
+        """The first start of this window after `moment`. A start in a skipped
+        daylight-saving hour reads as the same wall time an hour later; if the window is
+        closed by then, it opens on its next day."""
         first = moment.astimezone(self.zone).date()
         for offset in range(LOOKAHEAD_DAYS):
             day = first + timedelta(days=offset)
