@@ -159,9 +159,9 @@ class Updater:
     def pause(self, reason: str | None) -> None:
         """Hold updates until resume(), across restarts (kept in state.json)."""
         self.state.paused = Paused(reason, now_iso())
-        self.state_file.save(self.state)
         log.info("paused reason=%s", reason or "-")
         self._show_pause()
+        self.state_file.save(self.state)  # in force even if this fails (then shown as error)
 
     def resume(self) -> None:
         """Let updates go live again (the caller asks for a check)."""
@@ -169,9 +169,9 @@ class Updater:
             log.info("resume asked, but not paused")
             return
         self.state.paused = None
-        self.state_file.save(self.state)
         log.info("resumed")
         self._show_pause()
+        self.state_file.save(self.state)
 
     def _show_pause(self) -> None:
         paused = self.state.paused
