@@ -27,6 +27,7 @@ from entrypoint.inbox import Inbox, Pause, Resume, Rollback
 from entrypoint.installers import pick_installer
 from entrypoint.loop import ControlLoop
 from entrypoint.processes import home_id, read_app_processes_as, tag_children
+from entrypoint.relay import AppOutput, Inherited
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
@@ -51,8 +52,10 @@ def _interpreter() -> Path:
 
 
 class Agent:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, output: AppOutput | None = None) -> None:
+        """`output`: where supervisord and the app write (see relay.py)."""
         self.settings = settings
+        self.output: AppOutput = output or Inherited()
         self.stop = threading.Event()
         self.hangup = threading.Event()
         self.inbox = Inbox()
@@ -76,7 +79,7 @@ class Agent:
         timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
         process_home = home_id(home)
         tag_children(process_home)
-        self.supervisor = Supervisor(home / "run", timings, process_home, run_as)
+        self.supervisor = Supervisor(home / "run", timings, process_home, run_as, self.output)
         self.updater = Updater(
             settings,
             self.repo,
@@ -142,6 +145,7 @@ class Agent:
             self.settings.ref_label,
             self.status.port,
         )
+        self.output.start()
         try:
             self.supervisor.start()  # from the main thread: see Supervisor.start
             self.loop.start()
@@ -248,6 +252,7 @@ class Agent:
         self.loop.join(LOOP_JOIN_SECONDS)
         log.info("stopping app and supervisord")
         self.supervisor.stop()
+        self.output.stop()  # after supervisord: its last lines are written first
         self.status.stop()
         log.info("stopped")
 

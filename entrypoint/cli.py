@@ -18,7 +18,8 @@ from entrypoint import __version__
 from entrypoint.config import Settings, load_settings, scrub_environ, status_url
 from entrypoint.errors import AppFailed, ConfigError, LivePullError, StartupFailed
 from entrypoint.homelock import HomeLock
-from entrypoint.logs import append_to_output_files, configure_logging
+from entrypoint.logs import Masker, append_to_output_files, configure_logging, json_output
+from entrypoint.relay import app_output
 
 log = logging.getLogger("entrypoint")
 
@@ -54,7 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except LivePullError as exc:
         what, code = next((w, c) for kind, w, c in FAILURES if isinstance(exc, kind))
-        print(f"live-pull: {what}: {exc}", file=sys.stderr)
+        if json_output():  # LIVE_PULL_LOG_FORMAT=json: the last line is an object too
+            log.critical("live-pull: %s: %s exit_code=%d", what, exc, code)
+        else:
+            print(f"live-pull: {what}: {exc}", file=sys.stderr)
         return code
 
 
@@ -114,13 +118,14 @@ def _run(args: argparse.Namespace) -> int:
     from entrypoint.agent import Agent
 
     settings = _settings()
-    configure_logging(settings.log_level, _secrets_to_mask(settings))
+    secrets = _secrets_to_mask(settings)
+    configure_logging(settings.log_level, secrets, settings.log_format)
     append_to_output_files()
     lock = HomeLock(settings.home)
     try:
         lock.acquire()  # before anything in the home is read or written
         scrub_environ(settings)
-        return Agent(settings).run()
+        return Agent(settings, app_output(settings.log_format, Masker(secrets))).run()
     except OSError as exc:
         raise LivePullError(str(exc)) from exc
     finally:

@@ -191,6 +191,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("LIVE_PULL_LOG_LEVEL")
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", validation_alias=AliasChoices("LIVE_PULL_LOG_FORMAT")
+    )
 
     @field_validator("*", mode="before")
     @classmethod

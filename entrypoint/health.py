@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import requests
@@ -68,8 +68,10 @@ def probe_before_joining(
     run_as: Identity = AS_AGENT,
     *,
     any_but_5xx: bool = False,
+    streams: Mapping[str, int] | None = None,
 ) -> None:
-    """Run the web command on a private socket (as the app user), check `path`, stop it."""
+    """Run the web command on a private socket (as the app user), check `path`, stop it.
+    `streams`: its stdout and stderr (see relay.py; None: the agent's)."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     port = listener.getsockname()[1]
     process = subprocess.Popen(
@@ -77,6 +79,8 @@ def probe_before_joining(
         cwd=cwd,
         env={**os.environ, **env},
         stdin=listener.fileno(),
+        stdout=(streams or {}).get("stdout"),
+        stderr=(streams or {}).get("stderr"),
         start_new_session=True,
         **run_as.popen_kwargs(),
     )

@@ -38,10 +38,12 @@ from entrypoint.processes import (
     end_tagged,
     terminate_escapees,
 )
+from entrypoint.relay import SUPERVISORD, AppOutput, Inherited
 from entrypoint.supervisor_config import (
     ProgramSpec,
     SharedSocket,
     Timings,
+    process_programs,
     render_main,
     render_programs,
 )
@@ -80,12 +82,19 @@ def _transport(password: str, socket_path: Path, timeout: float) -> SupervisorTr
 
 class Supervisor:
     def __init__(
-        self, run_dir: Path, timings: Timings, home: str, run_as: Identity = AS_AGENT
+        self,
+        run_dir: Path,
+        timings: Timings,
+        home: str,
+        run_as: Identity = AS_AGENT,
+        output: AppOutput | None = None,
     ) -> None:
         """`home`: the home id its processes are tagged with (see processes.py);
-        `run_as`: who the app's programs run as (supervisord itself stays the agent's)."""
+        `run_as`: who the app's programs run as (supervisord itself stays the agent's);
+        `output`: where supervisord and the programs write (see relay.py)."""
         self.run_dir = run_dir
         self.run_as = run_as
+        self.output: AppOutput = output or Inherited()
         self.timings = timings
         self.home = home
         self.conf = run_dir / "supervisord.conf"
@@ -118,12 +127,15 @@ class Supervisor:
         # Its own session: a terminal's Ctrl-C reaches the agent, which stops the app
         # in order. Must be called from the main thread (see die_with_parent): it
         # gets SIGTERM, and stops the app, if the agent dies without stopping it.
-        self._process = subprocess.Popen(
-            argv,
-            start_new_session=True,
-            preexec_fn=die_with_parent(signal.SIGTERM),
-            stdin=subprocess.DEVNULL,
-        )
+        with self.output.child_streams(SUPERVISORD) as streams:
+            self._process = subprocess.Popen(
+                argv,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+                stdin=subprocess.DEVNULL,
+                stdout=streams.get("stdout"),  # None: ours (LIVE_PULL_LOG_FORMAT=text)
+                stderr=streams.get("stderr"),
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -189,7 +201,10 @@ class Supervisor:
         """Make supervisord run exactly `programs`; changed ones are restarted."""
         with self._lock:
             user = self.run_as.supervisor_user()
-            rendered = render_programs(programs, self.timings, shared, self.home, user)
+            self.output.prepare(process_programs(programs, shared))
+            rendered = render_programs(
+                programs, self.timings, shared, self.home, user, self.output.logs_dir
+            )
             self.programs_file.write_text(rendered)
             result = self._call(lambda rpc: rpc.supervisor.reloadConfig())
             added, changed, removed = result[0]

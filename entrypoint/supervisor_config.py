@@ -16,6 +16,8 @@ from pathlib import Path
 from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import shell_line
 
+SLOTS = 2  # processes of the shared socket's program (see switching/slots.py)
+
 
 @dataclass(frozen=True)
 class ProgramSpec:
@@ -85,13 +87,36 @@ def render_programs(
     shared: SharedSocket | None = None,
     home: str = "",
     user: str | None = None,
+    logs_dir: Path | None = None,
 ) -> str:
     """`home` (the home id) tags every process with LIVE_PULL_PROCESS (see processes.py);
-    `user`: the app user every program runs as (see identity.py)."""
-    parts = [_render_program(_tagged(program, home), timings) for program in programs]
+    `user`: the app user every program runs as (see identity.py); `logs_dir`: where each
+    process writes, `<process>.stdout|stderr` (None: the agent's stdout and stderr)."""
+    parts = [
+        _render_program(_tagged(program, home), timings, _output(logs_dir, _escape(program.name)))
+        for program in programs
+    ]
     if shared is not None:
-        parts.append(_render_shared(shared, timings, home))
+        parts.append(_render_shared(shared, timings, home, logs_dir))
     return "\n".join(_as_user(part, user) for part in parts)
+
+
+def process_programs(programs: list[ProgramSpec], shared: SharedSocket | None) -> dict[str, str]:
+    """Every process supervisord may run, with the program it belongs to (both slots of
+    the shared socket are its program, `web`)."""
+    found = {program.name: program.name for program in programs}
+    if shared is not None:
+        found.update({f"{shared.name}_{slot}": shared.name for slot in range(SLOTS)})
+    return found
+
+
+def _output(logs_dir: Path | None, process: str) -> tuple[str, str]:
+    """stdout_logfile and stderr_logfile of a process; `process` as the configuration
+    spells it (supervisord expands %(process_num)s)."""
+    if logs_dir is None:
+        return "/dev/fd/1", "/dev/fd/2"
+    base = f"{_escape(str(logs_dir))}/{process}"
+    return f"{base}.stdout", f"{base}.stderr"
 
 
 def _as_user(section: str, user: str | None) -> str:
@@ -104,26 +129,27 @@ def _tagged(program: ProgramSpec, home: str) -> ProgramSpec:
     return ProgramSpec(program.name, program.command, program.directory, environment)
 
 
-def _render_shared(shared: SharedSocket, timings: Timings, home: str) -> str:
+def _render_shared(shared: SharedSocket, timings: Timings, home: str, logs_dir: Path | None) -> str:
     """Two slots behind one socket that supervisord holds while either runs.
 
     The configuration is the same for every revision (the launcher reads which
     revision a slot runs), so updates never reload the group or close the socket.
     """
     command = shlex.join([sys.executable, "-m", "entrypoint.switching.launch"])
+    output = _output(logs_dir, f"{shared.name}_%(process_num)s")
     environment = f'LIVE_PULL_SLOTS="{shared.slots_dir}",{TAG_VARIABLE}="{tag(home, shared.name)}"'
     return f"""\
 [fcgi-program:{shared.name}]
 socket={shared.listen}
 command={_escape(command)}
 process_name=%(program_name)s_%(process_num)s
-numprocs=2
+numprocs={SLOTS}
 environment={_escape(environment)}
 autostart=false
-{_lifecycle(timings, shared.drain_seconds + timings.stop_timeout)}"""
+{_lifecycle(timings, shared.drain_seconds + timings.stop_timeout, output)}"""
 
 
-def _render_program(program: ProgramSpec, timings: Timings) -> str:
+def _render_program(program: ProgramSpec, timings: Timings, output: tuple[str, str]) -> str:
     # Procfile commands are shell lines ($PORT, &&, ;).
     command = shlex.join(["/bin/sh", "-c", shell_line(program.command)])
     environment = ",".join(f'{key}="{value}"' for key, value in program.environment.items())
@@ -133,11 +159,12 @@ command={_escape(command)}
 directory={_escape(str(program.directory))}
 environment={_escape(environment)}
 autostart=true
-{_lifecycle(timings, timings.stop_timeout)}"""
+{_lifecycle(timings, timings.stop_timeout, output)}"""
 
 
-def _lifecycle(timings: Timings, stop_wait: float) -> str:
-    """How every process starts, stops (whole process group) and logs (to our stdout)."""
+def _lifecycle(timings: Timings, stop_wait: float, output: tuple[str, str]) -> str:
+    """How every process starts, stops (whole process group) and logs (`output`)."""
+    stdout, stderr = output
     return f"""\
 autorestart=true
 startsecs={timings.start_seconds}
@@ -146,8 +173,8 @@ stopsignal=TERM
 stopwaitsecs={max(1, round(stop_wait))}
 stopasgroup=true
 killasgroup=true
-stdout_logfile=/dev/fd/1
+stdout_logfile={stdout}
 stdout_logfile_maxbytes=0
-stderr_logfile=/dev/fd/2
+stderr_logfile={stderr}
 stderr_logfile_maxbytes=0
 """

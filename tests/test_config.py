@@ -51,6 +51,7 @@ BAD = [
     ({"PORT": "0"}, "PORT: Input should be greater than or equal to 1"),
     ({"LIVE_PULL_KEEP_RELEASES": "0"}, "LIVE_PULL_KEEP_RELEASES: Input should be greater"),
     ({"LIVE_PULL_LOG_LEVEL": "LOUD"}, "LIVE_PULL_LOG_LEVEL: Input should be"),
+    ({"LIVE_PULL_LOG_FORMAT": "xml"}, "LIVE_PULL_LOG_FORMAT: Input should be 'text' or 'json'"),
     ({"LIVE_PULL_POLL_INTERVALL": "5"}, "LIVE_PULL_POLL_INTERVALL: unknown setting"),
     ({"LIVE_PULL_GIT_AUTH": "token"}, "LIVE_PULL_GIT_AUTH: is token but the settings give none"),
     ({"LIVE_PULL_GIT_AUTH": "ssh"}, "LIVE_PULL_GIT_AUTH: Input should be"),

@@ -76,10 +76,12 @@ class SocketHandoff(StartFirst):
         """A probe instance of the web command, on a private socket, as the app user."""
         assert new.web is not None
         proof = self.slots.proof
-        probe_before_joining(
-            new.web.directory, new.web.environment, new.web.command, proof.url_path,
-            proof.timeout, self.slots.run_as, any_but_5xx=proof.any_but_5xx,
-        )  # fmt: skip
+        with self.supervisor.output.child_streams(self.slots.shared.name) as streams:
+            probe_before_joining(
+                new.web.directory, new.web.environment, new.web.command, proof.url_path,
+                proof.timeout, self.slots.run_as, any_but_5xx=proof.any_but_5xx,
+                streams=streams,
+            )  # fmt: skip
 
     def promote(self, new: Lineup) -> None:
         """Proven: an instance of it joins the socket (and takes connections at once)."""
