@@ -144,11 +144,12 @@ class Source:
         return [(partial, False)] if partial else []
 
 
-def line_fields(source: Source, when: float, line: Line, mask: Masker) -> dict[str, Any]:
-    """One line of a program (or of supervisord) as the fields of its JSON object."""
+def line_fields(source: Source, when: str, line: Line, mask: Masker) -> dict[str, Any]:
+    """One line of a program (or of supervisord) as the fields of its JSON object;
+    `when`: the time it was read (utc_time)."""
     raw, truncated = line
     text = mask(raw.removesuffix(b"\r").decode("utf-8", "backslashreplace"))
-    fields: dict[str, Any] = {"time": utc_time(when)}
+    fields: dict[str, Any] = {"time": when}
     if source.program == SUPERVISORD:
         match = SUPERVISORD_LINE.match(text)
         if match is not None:
@@ -361,6 +362,7 @@ class JsonRelay:
                 )
             if batch is None:
                 return
-            lines = [line_fields(batch.source, batch.when, line, self.mask) for line in batch.lines]
+            when = utc_time(batch.when)
+            lines = [line_fields(batch.source, when, line, self.mask) for line in batch.lines]
             with contextlib.suppress(OSError):  # no output left to write to
                 write_line(STREAMS[batch.source.stream], b"".join(map(json_line, lines)))

@@ -18,6 +18,7 @@ from entrypoint.logs import Masker
 from entrypoint.relay import Backlog, Batch, JsonRelay, Source, line_fields
 
 NOW = 1_800_000_000.0
+WHEN = "2027-01-15T08:00:00.000Z"
 
 
 def source(program: str = "web", process: str = "web", limit: int = 16) -> Source:
@@ -42,30 +43,30 @@ def test_a_long_line_is_cut_at_the_limit_and_its_rest_skipped() -> None:
 
 
 def test_fields_of_an_app_line() -> None:
-    fields = line_fields(source("web", "web_1"), NOW, (b"bad \xff\xfe byte\r", True), Masker([]))
+    fields = line_fields(source("web", "web_1"), WHEN, (b"bad \xff\xfe byte\r", True), Masker([]))
     assert fields == {
-        "time": "2027-01-15T08:00:00.000Z",
+        "time": WHEN,
         "program": "web",
         "process": "web_1",
         "stream": "stdout",
         "message": "bad \\xff\\xfe byte",
         "truncated": True,
     }
-    assert "process" not in line_fields(source("worker", "worker"), NOW, (b"x", False), Masker([]))
+    assert "process" not in line_fields(source("worker", "worker"), WHEN, (b"x", False), Masker([]))
 
 
 def test_supervisords_own_lines_carry_its_level() -> None:
     src = source("supervisord", "supervisord")
     line = b"2026-12-05 08:03:45,999 WARN received SIGTERM indicating exit request"
-    fields = line_fields(src, NOW, (line, False), Masker([]))
+    fields = line_fields(src, WHEN, (line, False), Masker([]))
     assert fields["level"] == "warning"
     assert fields["message"] == "received SIGTERM indicating exit request"
-    plain = line_fields(src, NOW, (b"Traceback (most recent call last):", False), Masker([]))
+    plain = line_fields(src, WHEN, (b"Traceback (most recent call last):", False), Masker([]))
     assert "level" not in plain and plain["message"].startswith("Traceback")
 
 
 def test_secrets_are_masked_in_app_lines() -> None:
-    fields = line_fields(source(), NOW, (b"token=s3cr3t-value!", False), Masker(["s3cr3t-value"]))
+    fields = line_fields(source(), WHEN, (b"token=s3cr3t-value!", False), Masker(["s3cr3t-value"]))
     assert fields["message"] == "token=***!"
 
 
