@@ -15,7 +15,7 @@ import pytest
 
 from entrypoint import logs
 from entrypoint.logs import Masker
-from entrypoint.relay import Backlog, Batch, JsonRelay, Source, line_fields
+from entrypoint.relay import Backlog, Batch, JsonRelay, Source, encode_batch, line_fields
 
 NOW = 1_800_000_000.0
 WHEN = "2027-01-15T08:00:00.000Z"
@@ -68,6 +68,14 @@ def test_supervisords_own_lines_carry_its_level() -> None:
 def test_secrets_are_masked_in_app_lines() -> None:
     fields = line_fields(source(), WHEN, (b"token=s3cr3t-value!", False), Masker(["s3cr3t-value"]))
     assert fields["message"] == "token=***!"
+
+
+def test_a_batch_encodes_each_line_as_its_fields() -> None:
+    lines = [(b"plain", False), (b'quote " \\ \x1b[1m \xc3\xa9 \xff', False), (b"cut", True)]
+    for src in (source("web", "web_0"), source("supervisord", "supervisord")):
+        encoded = encode_batch(Batch(src, NOW, lines), Masker(["plain"]))
+        objects = [json.loads(line) for line in encoded.decode("utf-8").splitlines()]
+        assert objects == [line_fields(src, WHEN, line, Masker(["plain"])) for line in lines]
 
 
 def test_backlog_drops_what_does_not_fit_and_counts_it() -> None:
