@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from entrypoint import identity
 from entrypoint.auth import GitAuth
@@ -22,10 +23,13 @@ from entrypoint.board import StatusBoard
 from entrypoint.config import Settings
 from entrypoint.environments import Environments, InstallOptions
 from entrypoint.errors import ConfigError
+from entrypoint.events import Recorder, Sink
+from entrypoint.history import History
 from entrypoint.identity import Identity
 from entrypoint.inbox import Inbox, Rollback
 from entrypoint.installers import pick_installer
 from entrypoint.loop import ControlLoop
+from entrypoint.metrics import Metrics
 from entrypoint.processes import home_id, read_app_processes_as, tag_children
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
@@ -37,6 +41,9 @@ from entrypoint.updater import Updater, pick_rollback_target
 from entrypoint.verify import Verifier
 from entrypoint.watchdog import Watchdog
 from entrypoint.webhook import Webhook
+
+if TYPE_CHECKING:
+    from entrypoint.notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,7 @@ class Agent:
         self.settings = settings
         self.stop = threading.Event()
         self.hangup = threading.Event()
+        self.notifier: Notifier | None = None
         self.inbox = Inbox()
         home = settings.home
         home.mkdir(parents=True, exist_ok=True)
@@ -67,6 +75,9 @@ class Agent:
             timeout=settings.git_timeout,
             auth=GitAuth(settings.auth, home),
         )
+        self.history = History(home / "history")
+        self.metrics = Metrics(self.board)
+        self.recorder = Recorder(self._sinks(), self.repo.describe)
         self.releases = Releases(
             home,
             settings.app_dir,
@@ -103,6 +114,7 @@ class Agent:
             Verifier(settings.verify, home),
             self._shared_socket(),
             run_as,
+            recorder=self.recorder,
         )
         self.loop = ControlLoop(settings, self.updater, self.board, self.inbox)
         self.watchdog = Watchdog(
@@ -123,6 +135,8 @@ class Agent:
                 settings.webhook_secret, self._tracked_ref, lambda: self.inbox.check("webhook")
             ),
             on_rollback=self.request_rollback,
+            history=self.history.events,
+            metrics=self.metrics.exposition,
         )
 
     # -- public -------------------------------------------------------------------
@@ -155,6 +169,21 @@ class Agent:
             Rollback(target, f"rolled back by operator to {target[:12]}", "operator")
         )
         return target
+
+    def _sinks(self) -> list[Sink]:
+        """Where events go: the history, the metrics, and notifications if configured."""
+        sinks: list[Sink] = [self.history, self.metrics]
+        if self.settings.notify_urls:
+            from entrypoint.notify import Notifier  # Apprise is heavy: only when wanted
+
+            self.notifier = Notifier(
+                self.settings.notify_urls,
+                self.settings.notify_on,
+                self.settings.repo_url.url,
+                self.settings.ref_label,
+            )
+            sinks.append(self.notifier)
+        return sinks
 
     @staticmethod
     def _separate(settings: Settings) -> Identity:
@@ -243,6 +272,8 @@ class Agent:
         self.loop.join(LOOP_JOIN_SECONDS)
         log.info("stopping app and supervisord")
         self.supervisor.stop()
+        if self.notifier is not None:
+            self.notifier.close()
         self.status.stop()
         log.info("stopped")
 

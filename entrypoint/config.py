@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from entrypoint import identity
+from entrypoint import identity, notify
 from entrypoint.auth import AUTH_KINDS, AuthSettings, Secret
 from entrypoint.credentials import (
     REDACTED,
@@ -45,7 +45,13 @@ APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_ENV", "LIVE_PULL_PROCES
 APP_KEEPS = frozenset({"REPO_URL", "REPO_REF", "PORT"})
 # Variables whose value may hold a secret: never echoed, never passed to the app.
 SECRET_VARIABLES = frozenset(
-    {"REPO_URL", "LIVE_PULL_GIT_TOKEN", "LIVE_PULL_GIT_PASSWORD", "LIVE_PULL_WEBHOOK_SECRET"}
+    {
+        "REPO_URL",
+        "LIVE_PULL_GIT_TOKEN",
+        "LIVE_PULL_GIT_PASSWORD",
+        "LIVE_PULL_WEBHOOK_SECRET",
+        "LIVE_PULL_NOTIFY_URLS",
+    }
 )
 
 
@@ -187,6 +193,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("LIVE_PULL_LOG_LEVEL")
     )
+    # Apprise URLs hold tokens: a secret as a whole (see notify_urls).
+    notify_urls_value: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_URLS")
+    )
+    notify_on: Annotated[tuple[str, ...], NoDecode] = Field(
+        notify.DEFAULT_EVENTS, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_ON")
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -321,6 +334,37 @@ class Settings(BaseSettings):
         identity.lookup(value.strip())
         return value.strip()
 
+    @field_validator("notify_urls_value")
+    @classmethod
+    def _apprise_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        """Each URL one Apprise can send to; the error names its place, never the URL."""
+        if value is None:
+            return None
+        urls = _split_urls(value.get_secret_value())
+        if not urls:
+            return None
+        problem = notify.unusable(urls)
+        if problem is not None:
+            position, scheme = problem
+            raise ValueError(f"URL {position} ({scheme}://...) is not one Apprise can send to")
+        return value
+
+    @field_validator("notify_on", mode="before")
+    @classmethod
+    def _notify_events(cls, value: object) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        names = tuple(str(item).strip().lower() for item in items if str(item).strip())
+        for name in names:
+            if name not in notify.EVENTS:
+                raise ValueError(f"{name!r} is not an event ({', '.join(notify.EVENTS)})")
+        return names or notify.DEFAULT_EVENTS
+
+    @property
+    def notify_urls(self) -> tuple[str, ...]:
+        """Apprise URLs to send events to (none: notifications off)."""
+        value = self.notify_urls_value
+        return _split_urls(value.get_secret_value()) if value is not None else ()
+
     @field_validator("install_args", mode="before")
     @classmethod
     def _split_args(cls, value: object) -> tuple[str, ...]:
@@ -417,6 +461,10 @@ def _shown_tuple(field_name: str, value: tuple[object, ...]) -> str:
         exits, seconds = value
         return f"{_shown('', exits)}/{_shown('', seconds)}s"
     return ",".join(str(item) for item in value)
+
+
+def _split_urls(value: str) -> tuple[str, ...]:
+    return tuple(url.strip() for url in value.split(",") if url.strip())
 
 
 def _relative_inside(value: str, *, allow_empty: bool) -> str:

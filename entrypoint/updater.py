@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from entrypoint.errors import (
     RevisionRefused,
     SupervisorError,
 )
+from entrypoint.events import Recorder
 from entrypoint.files import OutsideRoot, resolve_inside
 from entrypoint.health import wait_healthy
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
@@ -66,8 +68,10 @@ class Updater:
         verifier: Verifier,
         shared: SharedSocket | None = None,
         run_as: Identity = AS_AGENT,
+        recorder: Recorder | None = None,
     ) -> None:
         self.settings = settings
+        self.recorder = recorder or Recorder()  # history, metrics, notifications (events.py)
         self.run_as = run_as  # who code from the repository runs as (identity.py)
         self.scratch = ScratchDirs(settings.home / "scratch", run_as)
         self.repo = repo
@@ -116,14 +120,21 @@ class Updater:
         self.open()
         remote = self._ask_remote()  # 1. one round trip, no objects
         if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
+            self.recorder.checked("unchanged" if remote.sha == self.running else "skipped")
             return False
+        self.recorder.checked("new")
+        self.recorder.begin("update", trigger, self.running, remote.sha)
         try:
             sha = self._fetch(remote)  # 3. fetch, verify, prepare releases/<sha>
         except RevisionError as exc:
             self._record_failure(remote.sha, str(exc))
             raise
+        except Exception as exc:  # transient: retried, the revision is not marked failed
+            self._record_interrupted(exc)
+            raise
         if not self._wanted(sha, retry_failed):
             return False
+        self.recorder.fetched(sha)
         replacing = self.running is not None
         try:
             revision = self.prepare(sha)  # 4. environment, built only if missing
@@ -132,6 +143,9 @@ class Updater:
         except RevisionError as exc:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
                 self._record_failure(sha, str(exc))
+            raise
+        except Exception as exc:
+            self._record_interrupted(exc)
             raise
         if replacing:  # on probation: the watchdog brings the previous one back if it fails
             self.baking = Bake.starting(sha, self.settings.bake_seconds)
@@ -148,7 +162,10 @@ class Updater:
         self.run_as.hand_over(self.releases.path(sha))
         self.run_as.hand_over(self.releases.shared_root)
         self._step("installing", 2 * self.settings.install_timeout)
+        installs = self.environments.installs
         environment = self.environments.ensure(app_path, self.releases.path(sha))
+        if self.environments.installs > installs:
+            self.recorder.installed(self.environments.last_install_seconds)
         self.board.update(
             installs=self.environments.installs,
             last_install_seconds=self.environments.last_install_seconds,
@@ -179,6 +196,9 @@ class Updater:
         self._step("checking", 2 * self.settings.git_timeout)
         try:
             remote = self._unless_damaged(lambda: self.repo.resolve(self.settings.repo_ref))
+        except Exception:
+            self.recorder.checked("error")
+            raise
         finally:
             self.board.count_check()
         self.board.update(ref=remote.ref_name or self.settings.repo_ref)
@@ -250,14 +270,18 @@ class Updater:
         if revision.processes.release is None:
             return
         self._step("releasing", self.settings.release_timeout)
-        run_release_step(
-            revision.processes.release,
-            self.releases.app_path(revision.sha),
-            self.app_environment(revision),
-            timeout=self.settings.release_timeout,
-            stop=self.stop,
-            run_as=self.run_as,
-        )
+        started = time.monotonic()
+        try:
+            run_release_step(
+                revision.processes.release,
+                self.releases.app_path(revision.sha),
+                self.app_environment(revision),
+                timeout=self.settings.release_timeout,
+                stop=self.stop,
+                run_as=self.run_as,
+            )
+        finally:
+            self.recorder.released(time.monotonic() - started)
 
     def go_live(self, revision: Revision) -> None:
         """Point `current` at the revision and restart the programs on it (stop, then start).
@@ -449,13 +473,19 @@ class Updater:
             if sha != self.running and self.releases.exists(sha)
         ]
 
-    def rollback(self, target: str, reason: str) -> None:
+    def rollback(self, target: str, reason: str, *, trigger: str = "rollback") -> None:
         """Switch to a retained release through the same path as an update. The revision
-        left is recorded as failed, so polling does not bring it back until the ref moves."""
+        left is recorded as failed, so polling does not bring it back until the ref moves.
+        `trigger`: rollback (asked by an operator) or crash (the watchdog's finding)."""
         left = self.running
         log.warning("rolling back to sha=%s reason=%s", short(target), reason)
-        revision = self.prepare(target)
-        self.go_live(revision)
+        self.recorder.begin("rollback", trigger, left, target, reason)
+        try:
+            revision = self.prepare(target)
+            self.go_live(revision)
+        except Exception as exc:
+            self._record_interrupted(exc)
+            raise
         if left is not None:
             self.state.record_failed(left, reason)
         self._record_success(revision, counted=True)
@@ -469,6 +499,7 @@ class Updater:
         self.state.record_good(revision.sha, digest)  # saved by collect_garbage below
         if counted:
             self.board.count_update()
+        self.recorder.succeeded(digest)
         self.board.error(None)
         self.board.update(failed_revisions=dict(self.state.failed))
         self.collect_garbage()
@@ -499,9 +530,16 @@ class Updater:
         log.error("revision failed sha=%s reason=%s", short(sha), reason)
         self._take_back(sha)
         self.state.record_failed(sha, reason)
+        self.recorder.failed(reason)
         self.state_file.save(self.state)
         self.board.error(reason, "rejected")
         self.board.update(failed_revisions=dict(self.state.failed), state=self.resting_state())
+
+    def _record_interrupted(self, exc: Exception) -> None:
+        """An attempt ended by an error that does not mark the revision (remote, disk,
+        supervisord), or a failed rollback; a stop says nothing of the revision."""
+        if not self.stop.is_set():
+            self.recorder.failed(str(exc) or type(exc).__name__)
 
 
 def pick_rollback_target(retained: list[str], wanted: str | None) -> str:

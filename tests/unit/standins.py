@@ -30,6 +30,7 @@ from entrypoint.errors import (
     RefNotFound,
     SupervisorError,
 )
+from entrypoint.events import Recorder
 from entrypoint.installers import pick_installer
 from entrypoint.releases import Releases
 from entrypoint.repository import RemoteRevision
@@ -382,6 +383,7 @@ class ScriptedUpdater:
         self.rollbacks: list[tuple[str, str]] = []
         self.running: str | None = None
         self.opened = 0
+        self.recorder = Recorder()
         self._changed = threading.Condition()
         self._gate = threading.Event()
         self._gate.set()
@@ -455,7 +457,7 @@ class ScriptedUpdater:
     def crash_rollback_target(self) -> str:
         return self.rollback_target(None)
 
-    def rollback(self, target: str, reason: str) -> None:
+    def rollback(self, target: str, reason: str, *, trigger: str = "rollback") -> None:
         self.rollbacks.append((target, reason))
         if self.rollback_error is not None:
             raise self.rollback_error
