@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from entrypoint.cli import history_table
+from entrypoint.demo import free_port
 from entrypoint.errors import RevisionError
 from entrypoint.events import Commit, Event, Recorder, Sink
 from entrypoint.history import MAX_EVENTS, History
@@ -236,3 +237,15 @@ def test_a_message_names_the_commit_the_outcome_and_the_reason() -> None:
     assert "outcome: failed (trigger: poll)" in message.body
     assert "reason: revision failed to start" in message.body
     assert "repository: https://git.example/app.git (main)" in message.body
+
+
+def test_a_failed_send_is_a_warning_that_shows_no_url(caplog: pytest.LogCaptureFixture) -> None:
+    token = "s3cret-path-token"
+    url = f"json://127.0.0.1:{free_port()}/{token}"  # nothing listens there
+    notifier = Notifier([url], ["failure"], "https://git.example/app.git", "main")
+    with caplog.at_level(logging.DEBUG):
+        notifier.record(Event(kind="update", outcome="failed", to_revision="b" * 40))
+        notifier.record(Event(kind="update", outcome="succeeded"))  # not asked for
+        notifier.close(30)
+    assert caplog.text.count("notification not sent service=json") == 1
+    assert token not in caplog.text
