@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from entrypoint import events
 from entrypoint.bake import Bake
 from entrypoint.board import StatusBoard
 from entrypoint.commands import run_release_step
@@ -23,7 +24,6 @@ from entrypoint.errors import (
     RevisionRefused,
     SupervisorError,
 )
-from entrypoint.events import Recorder
 from entrypoint.files import OutsideRoot, resolve_inside
 from entrypoint.health import wait_healthy
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
@@ -68,10 +68,10 @@ class Updater:
         verifier: Verifier,
         shared: SharedSocket | None = None,
         run_as: Identity = AS_AGENT,
-        recorder: Recorder | None = None,
+        recorder: events.Recorder | None = None,
     ) -> None:
         self.settings = settings
-        self.recorder = recorder or Recorder()  # history, metrics, notifications (events.py)
+        self.recorder = recorder or events.Recorder()  # history, metrics, notifications (events.py)
         self.run_as = run_as  # who code from the repository runs as (identity.py)
         self.scratch = ScratchDirs(settings.home / "scratch", run_as)
         self.repo = repo
