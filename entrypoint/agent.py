@@ -135,9 +135,8 @@ class Agent:
                 settings.webhook_secret, self._tracked_ref, lambda: self.inbox.check("webhook")
             ),
             on_rollback=self.request_rollback,
-            history=self.history.events,
-            metrics=self.metrics.exposition,
         )
+        self.status.add_readers(self.history.events, self.metrics.exposition)
 
     # -- public -------------------------------------------------------------------
 

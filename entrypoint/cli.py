@@ -66,16 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show a running agent's status")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     commands.add_parser("sync", help="ask a running agent to check the remote now")
-    history = commands.add_parser(
-        "history", help="show a running agent's last updates and rollbacks (newest last)"
-    )
-    history.add_argument("--json", action="store_true", help="print the raw JSON list")
     probe = commands.add_parser("probe", help="exit 0 if a running agent's probe passes")
     probe.add_argument("endpoint", choices=["healthz", "readyz"])
     rollback = commands.add_parser(
         "rollback", help="switch a running agent to the previous (or a named) retained release"
     )
     rollback.add_argument("sha", nargs="?", help="a retained release (full or short sha)")
+    history = commands.add_parser(
+        "history", help="show a running agent's last updates and rollbacks (newest last)"
+    )
+    history.add_argument("--json", action="store_true", help="print the raw JSON list")
     commands.add_parser("version", help="print the version")
     demo = commands.add_parser("demo", help="run against a sample app and push a commit")
     demo.add_argument(
@@ -158,47 +158,6 @@ def _show(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _history(args: argparse.Namespace) -> int:
-    events = _request("GET", "/history").json()
-    if args.json:
-        print(json.dumps(events, indent=2))
-        return EXIT_OK
-    for line in history_table(events):
-        print(line)
-    return EXIT_OK
-
-
-HISTORY_COLUMNS = ("WHEN", "KIND", "TRIGGER", "FROM", "TO", "OUTCOME", "TOOK", "REASON")
-
-
-def history_table(events: list[dict[str, Any]]) -> list[str]:
-    """Events as aligned columns for a person, oldest first (the reason last, whole)."""
-    rows = [HISTORY_COLUMNS, *(_history_row(event) for event in events)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HISTORY_COLUMNS) - 1)]
-    return ["  ".join([*map(str.ljust, row[:-1], widths), row[-1]]).rstrip() for row in rows]
-
-
-def _history_row(event: dict[str, Any]) -> tuple[str, ...]:
-    took = event.get("duration_seconds")
-    to = _sha(event.get("to_revision"))
-    if event.get("to_subject"):
-        to = f"{to} {str(event['to_subject'])[:40]}"
-    return (
-        str(event.get("at", "-"))[:19].replace("T", " "),
-        _show(event.get("kind")),
-        _show(event.get("trigger")),
-        _sha(event.get("from_revision")),
-        to,
-        _show(event.get("outcome")),
-        "-" if took is None else f"{took:.1f}s",
-        _show(event.get("reason")),
-    )
-
-
-def _sha(value: Any) -> str:
-    return str(value)[:12] if value else "-"
-
-
 def _sync(args: argparse.Namespace) -> int:
     _request("POST", "/sync")
     print("check requested")
@@ -246,6 +205,47 @@ def _request(method: str, path: str) -> requests.Response:
             error = ""
         raise LivePullError(error or f"{url} answered HTTP {response.status_code}")
     return response
+
+
+def _history(args: argparse.Namespace) -> int:
+    events = _request("GET", "/history").json()
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return EXIT_OK
+    for line in history_table(events):
+        print(line)
+    return EXIT_OK
+
+
+HISTORY_COLUMNS = ("WHEN", "KIND", "TRIGGER", "FROM", "TO", "OUTCOME", "TOOK", "REASON")
+
+
+def history_table(events: list[dict[str, Any]]) -> list[str]:
+    """Events as aligned columns for a person, oldest first (the reason last, whole)."""
+    rows = [HISTORY_COLUMNS, *(_history_row(event) for event in events)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HISTORY_COLUMNS) - 1)]
+    return ["  ".join([*map(str.ljust, row[:-1], widths), row[-1]]).rstrip() for row in rows]
+
+
+def _history_row(event: dict[str, Any]) -> tuple[str, ...]:
+    took = event.get("duration_seconds")
+    to = _sha(event.get("to_revision"))
+    if event.get("to_subject"):
+        to = f"{to} {str(event['to_subject'])[:40]}"
+    return (
+        str(event.get("at", "-"))[:19].replace("T", " "),
+        _show(event.get("kind")),
+        _show(event.get("trigger")),
+        _sha(event.get("from_revision")),
+        to,
+        _show(event.get("outcome")),
+        "-" if took is None else f"{took:.1f}s",
+        _show(event.get("reason")),
+    )
+
+
+def _sha(value: Any) -> str:
+    return str(value)[:12] if value else "-"
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from entrypoint import identity, notify
+from entrypoint import identity
 from entrypoint.auth import AUTH_KINDS, AuthSettings, Secret
 from entrypoint.credentials import (
     REDACTED,
@@ -36,6 +36,7 @@ from entrypoint.credentials import (
 )
 from entrypoint.errors import ConfigError
 from entrypoint.github_app import GitHubAppSettings
+from entrypoint.notify import DEFAULT_EVENTS, EVENTS, unusable
 from entrypoint.verify import VerifySettings
 
 PREFIX = "LIVE_PULL_"
@@ -198,7 +199,7 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_URLS")
     )
     notify_on: Annotated[tuple[str, ...], NoDecode] = Field(
-        notify.DEFAULT_EVENTS, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_ON")
+        DEFAULT_EVENTS, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_ON")
     )
 
     @field_validator("*", mode="before")
@@ -343,7 +344,7 @@ class Settings(BaseSettings):
         urls = _split_urls(value.get_secret_value())
         if not urls:
             return None
-        problem = notify.unusable(urls)
+        problem = unusable(urls)
         if problem is not None:
             position, scheme = problem
             raise ValueError(f"URL {position} ({scheme}://...) is not one Apprise can send to")
@@ -355,9 +356,9 @@ class Settings(BaseSettings):
         items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
         names = tuple(str(item).strip().lower() for item in items if str(item).strip())
         for name in names:
-            if name not in notify.EVENTS:
-                raise ValueError(f"{name!r} is not an event ({', '.join(notify.EVENTS)})")
-        return names or notify.DEFAULT_EVENTS
+            if name not in EVENTS:
+                raise ValueError(f"{name!r} is not an event ({', '.join(EVENTS)})")
+        return names or DEFAULT_EVENTS
 
     @property
     def notify_urls(self) -> tuple[str, ...]:

@@ -1,8 +1,8 @@
 """Prometheus metrics for GET /metrics, in a registry of live-pull's own.
 
 Counters and histograms move as events are recorded (a Sink); what the status board
-already knows (the revision, the ref, the programs' restarts) is read from it when
-the metrics are scraped.
+already knows (the revision, the ref, the programs' restarts, a pause) is read from it
+when the metrics are scraped.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ class Metrics(Sink):
             "When a revision last went live (update or rollback)",
             registry=r,
         )
-        self.paused = Gauge("live_pull_paused", "1 while updates are paused", registry=r)
         for result in CHECK_RESULTS:
             self.checks.labels(result)
         for outcome in OUTCOMES:
@@ -72,8 +71,6 @@ class Metrics(Sink):
         self.install_duration.observe(seconds)
 
     def record(self, event: Event) -> None:
-        if event.kind in ("pause", "resume"):
-            self.set_paused(event.kind == "pause")
         if event.outcome is None:
             return
         self.updates.labels(event.outcome).inc()
@@ -81,9 +78,6 @@ class Metrics(Sink):
             self.last_update.set(time.time())
         if event.outcome == SUCCEEDED and event.duration_seconds is not None:
             self.update_duration.observe(event.duration_seconds)
-
-    def set_paused(self, paused: bool) -> None:
-        self.paused.set(1 if paused else 0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -111,3 +105,5 @@ class _BoardCollector(Collector):
         for program, count in sorted((facts.get("restarts") or {}).items()):
             restarts.add_metric([program], count)
         yield restarts
+        paused = 1 if facts.get("paused") else 0  # the board's `paused` fact, when there is one
+        yield GaugeMetricFamily("live_pull_paused", "1 while updates are paused", value=paused)

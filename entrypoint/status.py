@@ -1,5 +1,4 @@
-"""The status HTTP endpoint: /healthz, /readyz, /status, /history, /metrics, POST /sync,
-/webhook, /rollback.
+"""The status HTTP endpoint: /healthz, /readyz, /status, POST /sync, /webhook, /rollback.
 
 The agent writes facts to a StatusBoard (entrypoint.board); this server only reads
 it, and hands requests to the control loop through callbacks that queue them.
@@ -41,7 +40,6 @@ MAX_CONNECTIONS = 4096
 FD_RESERVE = 256  # descriptors the agent keeps for git, supervisord and the app
 SWEEP_SECONDS = 0.5
 LOCALHOST = ("127.0.0.1", "::1")
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class StatusServer:
@@ -54,12 +52,9 @@ class StatusServer:
         *,
         webhook: Webhook,
         on_rollback: Callable[[str | None], str],
-        history: Callable[[], list[dict[str, Any]]] | None = None,
-        metrics: Callable[[], bytes] | None = None,
     ) -> None:
         self._cap = max(64, min(MAX_CONNECTIONS, _raise_open_file_limit() - FD_RESERVE))
         self._routes = _Routes(board, on_sync, webhook, on_rollback)
-        self._routes.add_readers(history, metrics)
         self._socket = socket.create_server((host, port), backlog=1024, reuse_port=False)
         self._loop = asyncio.new_event_loop()
         self._stopped: asyncio.Event | None = None
@@ -69,6 +64,12 @@ class StatusServer:
     @property
     def port(self) -> int:
         return int(self._socket.getsockname()[1])
+
+    def add_readers(
+        self, history: Callable[[], list[dict[str, Any]]], metrics: Callable[[], bytes]
+    ) -> None:
+        """Serve GET /history (events, oldest first) and GET /metrics (Prometheus text)."""
+        self._routes.add_readers(history, metrics)
 
     def start(self) -> None:
         self._thread.start()
@@ -185,28 +186,6 @@ class _Routes:
             ("POST", "/rollback"): self.rollback,
         }
 
-    def add_readers(
-        self,
-        history: Callable[[], list[dict[str, Any]]] | None,
-        metrics: Callable[[], bytes] | None,
-    ) -> None:
-        """GET /history (events, oldest first) and GET /metrics (Prometheus text)."""
-        if history is not None:
-            self.history = history
-            self.table[("GET", "/history")] = self.history_list
-        if metrics is not None:
-            self.metrics = metrics
-            self.table[("GET", "/metrics")] = self.metrics_text
-
-    async def history_list(self, request: web.BaseRequest) -> web.Response:
-        text = json.dumps(self.history(), indent=2) + "\n"
-        return web.Response(status=200, text=text, content_type="application/json")
-
-    async def metrics_text(self, request: web.BaseRequest) -> web.Response:
-        response = web.Response(status=200, body=self.metrics())
-        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
-        return response
-
     async def handle(self, request: web.BaseRequest) -> web.Response:
         route = self.table.get((request.method, request.path))
         return await route(request) if route else _json(404, {"error": "not found"})
@@ -218,6 +197,22 @@ class _Routes:
     async def readyz(self, request: web.BaseRequest) -> web.Response:
         ready = self.board.ready()
         return _json(200 if ready else 503, {"ready": ready})
+
+    def add_readers(
+        self, history: Callable[[], list[dict[str, Any]]], metrics: Callable[[], bytes]
+    ) -> None:
+        self.history, self.metrics = history, metrics
+        self.table[("GET", "/history")] = self.history_list
+        self.table[("GET", "/metrics")] = self.metrics_text
+
+    async def history_list(self, request: web.BaseRequest) -> web.Response:
+        text = json.dumps(self.history(), indent=2) + "\n"
+        return web.Response(status=200, text=text, content_type="application/json")
+
+    async def metrics_text(self, request: web.BaseRequest) -> web.Response:
+        response = web.Response(status=200, body=self.metrics())
+        response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return response
 
     async def status(self, request: web.BaseRequest) -> web.Response:
         return _json(200, self.board.snapshot())

@@ -119,12 +119,11 @@ class Updater:
         log.debug("checking the remote trigger=%s", trigger)
         self.open()
         remote = self._ask_remote()  # 1. one round trip, no objects
+        self.recorder.checked(self._check_result(remote.sha, retry_failed))
         if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
-            self.recorder.checked("unchanged" if remote.sha == self.running else "skipped")
             return False
-        self.recorder.checked("new")
-        self.recorder.begin("update", trigger, self.running, remote.sha)
         try:
+            self.recorder.begin("update", trigger, self.running, remote.sha)  # seen: timed
             sha = self._fetch(remote)  # 3. fetch, verify, prepare releases/<sha>
         except RevisionError as exc:
             self._record_failure(remote.sha, str(exc))
@@ -225,6 +224,12 @@ class Updater:
             log.debug("skipping revision that failed before sha=%s", short(sha))
             return False
         return True
+
+    def _check_result(self, sha: str, retry_failed: bool) -> str:
+        """What a check found, as the metrics count it."""
+        if sha == self.running:
+            return "unchanged"
+        return "skipped" if sha in self.state.failed and not retry_failed else "new"
 
     def _fetch(self, remote: RemoteRevision) -> str:
         """Fetch and export the revision (a damaged repository is rebuilt once)."""

@@ -133,13 +133,22 @@ def test_a_transient_failure_after_the_revision_was_seen_is_a_failed_attempt(
     assert last["outcome"] == "failed" and "No space left" in last["reason"]
 
 
-def test_pause_events_set_the_gauge(world: World) -> None:
-    history, metrics, _ = wire(world)
+def test_pause_events_go_to_the_history_and_the_gauge_reads_the_board(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history, metrics, heard = wire(world)
     world.updater.recorder.record(Event(kind="pause", reason="paused by operator"))
-    assert samples(metrics)[("live_pull_paused", ())] == 1
     world.updater.recorder.record(Event(kind="resume"))
+    assert [(e["kind"], e["reason"]) for e in history.events()] == [
+        ("pause", "paused by operator"),
+        ("resume", None),
+    ]
+    assert [e.kind for e in heard.events] == ["pause", "resume"]
+    assert samples(metrics)[("live_pull_updates_total", (("result", "succeeded"),))] == 0
     assert samples(metrics)[("live_pull_paused", ())] == 0
-    assert [e["kind"] for e in history.events()] == ["pause", "resume"]
+    snapshot = world.board.snapshot
+    monkeypatch.setattr(world.board, "snapshot", lambda: {**snapshot(), "paused": {"since": "x"}})
+    assert samples(metrics)[("live_pull_paused", ())] == 1
 
 
 # -- the history file ---------------------------------------------------------------------
