@@ -20,7 +20,7 @@ from entrypoint import identity
 from entrypoint.auth import GitAuth
 from entrypoint.bake import health_probe
 from entrypoint.board import StatusBoard
-from entrypoint.config import Settings
+from entrypoint.config import Settings, split_urls
 from entrypoint.environments import Environments, InstallOptions
 from entrypoint.errors import ConfigError
 from entrypoint.events import Recorder, Sink
@@ -172,11 +172,12 @@ class Agent:
     def _sinks(self) -> list[Sink]:
         """Where events go: the history, the metrics, and notifications if configured."""
         sinks: list[Sink] = [self.history, self.metrics]
-        if self.settings.notify_urls:
+        urls = self.settings.notify_urls
+        if urls is not None:
             from entrypoint.notify import Notifier  # Apprise is heavy: only when wanted
 
             self.notifier = Notifier(
-                self.settings.notify_urls,
+                lambda: split_urls(urls.read()),
                 self.settings.notify_on,
                 self.settings.repo_url.url,
                 self.settings.ref_label,

@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from entrypoint import __version__
-from entrypoint.config import Settings, load_settings, scrub_environ, status_url
+from entrypoint.config import Settings, load_settings, scrub_environ, split_urls, status_url
 from entrypoint.errors import AppFailed, ConfigError, LivePullError, StartupFailed
 from entrypoint.homelock import HomeLock
 from entrypoint.logs import append_to_output_files, configure_logging
@@ -122,7 +122,9 @@ def _secrets_to_mask(settings: Settings) -> list[str]:
     """Every secret known at start, masked in the log as a last guard."""
     auth = settings.auth
     found = auth.inline_secrets()
-    found.extend(settings.notify_urls)
+    if settings.notify_urls is not None:
+        with contextlib.suppress(LivePullError):
+            found.extend(split_urls(settings.notify_urls.read()))
     if auth.url_credentials is not None:
         found.append(auth.url_credentials.username)
     for secret in (auth.token, auth.password):

@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     notify_urls_value: SecretStr | None = Field(
         None, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_URLS")
     )
+    notify_urls_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_URLS_FILE")
+    )
     notify_on: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_EVENTS, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_ON")
     )
@@ -341,14 +344,10 @@ class Settings(BaseSettings):
         """Each URL one Apprise can send to; the error names its place, never the URL."""
         if value is None:
             return None
-        urls = _split_urls(value.get_secret_value())
-        if not urls:
-            return None
-        problem = unusable(urls)
+        problem = _url_problem(value.get_secret_value())
         if problem is not None:
-            position, scheme = problem
-            raise ValueError(f"URL {position} ({scheme}://...) is not one Apprise can send to")
-        return value
+            raise ValueError(problem)
+        return value if split_urls(value.get_secret_value()) else None
 
     @field_validator("notify_on", mode="before")
     @classmethod
@@ -361,10 +360,10 @@ class Settings(BaseSettings):
         return names or DEFAULT_EVENTS
 
     @property
-    def notify_urls(self) -> tuple[str, ...]:
-        """Apprise URLs to send events to (none: notifications off)."""
-        value = self.notify_urls_value
-        return _split_urls(value.get_secret_value()) if value is not None else ()
+    def notify_urls(self) -> Secret | None:
+        """Where the Apprise URLs are (None: notifications off); read them with
+        split_urls(secret.read()), at every use: a rotated file is taken up."""
+        return _secret("LIVE_PULL_NOTIFY_URLS", self.notify_urls_value, self.notify_urls_file)
 
     @field_validator("install_args", mode="before")
     @classmethod
@@ -385,6 +384,7 @@ class Settings(BaseSettings):
             "ssh_key_file",
             "github_app_private_key_file",
             "webhook_secret_file",
+            "notify_urls_file",
         )
         found = {_variable_of(name): getattr(self, name) for name in names}
         return {variable: path for variable, path in found.items() if path is not None}
@@ -464,8 +464,32 @@ def _shown_tuple(field_name: str, value: tuple[object, ...]) -> str:
     return ",".join(str(item) for item in value)
 
 
-def _split_urls(value: str) -> tuple[str, ...]:
-    return tuple(url.strip() for url in value.split(",") if url.strip())
+def split_urls(value: str) -> tuple[str, ...]:
+    """LIVE_PULL_NOTIFY_URLS (or its file's text): comma-separated, newlines allowed."""
+    return tuple(url.strip() for url in value.replace("\n", ",").split(",") if url.strip())
+
+
+def _url_problem(text: str) -> str | None:
+    """What is wrong with a list of Apprise URLs, naming a URL by its place, never by
+    itself."""
+    problem = unusable(split_urls(text))
+    if problem is None:
+        return None
+    position, scheme = problem
+    return f"URL {position} ({scheme}://...) is not one Apprise can send to"
+
+
+def _check_notify(settings: Settings) -> None:
+    """LIVE_PULL_NOTIFY_URLS or its _FILE (not both); the file's URLs are checked too."""
+    if settings.notify_urls_value is not None and settings.notify_urls_file is not None:
+        raise ConfigError(
+            "LIVE_PULL_NOTIFY_URLS: set either it or LIVE_PULL_NOTIFY_URLS_FILE, not both"
+        )
+    _check_readable(settings, "notify_urls_file")
+    if settings.notify_urls_file is not None:
+        problem = _url_problem(settings.notify_urls_file.read_text(errors="replace"))
+        if problem is not None:
+            raise ConfigError(f"LIVE_PULL_NOTIFY_URLS_FILE: {problem}")
 
 
 def _relative_inside(value: str, *, allow_empty: bool) -> str:
@@ -501,6 +525,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
     _check_auth(settings)
+    _check_notify(settings)
     return settings
 
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,12 +53,18 @@ def scheme_of(url: str) -> str:
 
 
 class Notifier(Sink):
-    def __init__(self, urls: Sequence[str], on: Sequence[str], repo: str, ref: str) -> None:
+    """`urls` gives the Apprise URLs at every send (a secret file may be rotated)."""
+
+    def __init__(
+        self, urls: Callable[[], Sequence[str]], on: Sequence[str], repo: str, ref: str
+    ) -> None:
+        self.urls = urls
         self.on = frozenset(on)
         self.repo = repo
         self.ref = ref
         logging.getLogger("apprise").setLevel(logging.WARNING)  # its debug lines show URLs
-        self._services = [(scheme_of(url), _service(url)) for url in urls]
+        self._known: tuple[str, ...] = ()
+        self._services: list[tuple[str, apprise.Apprise | None]] = []
         self._queue: queue.Queue[Message | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._thread = threading.Thread(target=self._send_forever, name="notify", daemon=True)
         self._thread.start()
@@ -118,8 +124,20 @@ class Notifier(Sink):
 
     def _send_forever(self) -> None:
         while (message := self._queue.get()) is not None:
-            for scheme, service in self._services:
+            for scheme, service in self._current():
                 self._send(scheme, service, message)
+
+    def _current(self) -> list[tuple[str, apprise.Apprise | None]]:
+        """The services for the URLs as they are now (parsed again only if changed)."""
+        try:
+            urls = tuple(self.urls())
+        except Exception as exc:  # a secret file gone: keep the URLs read last
+            log.warning("notification URLs unreadable, using the last ones error=%s", exc)
+            return self._services
+        if urls != self._known:
+            self._known = urls
+            self._services = [(scheme_of(url), _service(url)) for url in urls]
+        return self._services
 
     def _send(self, scheme: str, service: apprise.Apprise | None, message: Message) -> None:
         try:

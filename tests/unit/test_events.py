@@ -227,7 +227,7 @@ def test_history_table_lines_up() -> None:
 
 
 def test_a_message_names_the_commit_the_outcome_and_the_reason() -> None:
-    notifier = Notifier([], ["failure"], "https://git.example/app.git", "main")
+    notifier = Notifier(list, ["failure"], "https://git.example/app.git", "main")
     event = Event(
         kind="update",
         outcome="failed",
@@ -251,7 +251,7 @@ def test_a_message_names_the_commit_the_outcome_and_the_reason() -> None:
 def test_a_failed_send_is_a_warning_that_shows_no_url(caplog: pytest.LogCaptureFixture) -> None:
     token = "s3cret-path-token"
     url = f"json://127.0.0.1:{free_port()}/{token}"  # nothing listens there
-    notifier = Notifier([url], ["failure"], "https://git.example/app.git", "main")
+    notifier = Notifier(lambda: [url], ["failure"], "https://git.example/app.git", "main")
     with caplog.at_level(logging.DEBUG):
         notifier.record(Event(kind="update", outcome="failed", to_revision="b" * 40))
         notifier.record(Event(kind="update", outcome="succeeded"))  # not asked for
