@@ -30,6 +30,7 @@ class Snapshot:
     state: str = "starting"
     revision: str | None = None
     ref: str | None = None
+    tag: str | None = None  # REPO_REF=semver:...: the tag chosen at the last good check
     repo_url: str = ""
     ready: bool = False
     last_check: str | None = None

@@ -147,6 +147,8 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for key in STATUS_ORDER:
         print(f"{key:>16}: {_show(status.get(key))}")
+    if status.get("tag"):  # following release tags (REPO_REF=semver:...)
+        print(f"{'tag':>16}: {status['tag']}")
     print(f"{'updates':>16}: {status.get('updates', 0)}")
     down = status.get("app_down")
     if down:

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from entrypoint import identity
+from entrypoint import identity, tags
 from entrypoint.auth import AUTH_KINDS, AuthSettings, Secret
 from entrypoint.credentials import (
     REDACTED,
@@ -227,6 +227,9 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         value = value.strip()
+        if tags.is_range(value):
+            tags.parse_range(value)  # a bad specifier set fails here, before any work
+            return value
         if value.startswith("-") or any(c.isspace() or c in "~^:?*[\\" for c in value):
             raise ValueError("is not a valid git ref name")
         return value

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import git
 
+from entrypoint import tags
 from entrypoint.auth import GitAuth
 from entrypoint.credentials import RepoUrl
 from entrypoint.errors import GitDiskError, GitError, LocalGitError, RefNotFound
@@ -95,6 +96,7 @@ class RemoteRevision:
 
     sha: str
     ref_name: str | None  # None when the configured ref is a commit
+    tag: str | None = None  # the tag chosen when following a range (REPO_REF=semver:...)
 
 
 class Repository:
@@ -185,6 +187,8 @@ class Repository:
             return RemoteRevision(ref, None)
         if ref is None:
             return self._resolve_default_branch()
+        if tags.is_range(ref):
+            return self._resolve_range(ref)
         names = [ref, f"{ref}^{{}}"] if ref.startswith("refs/") else _candidates(ref)
         found = _parse_ls_remote(self._remote_git("ls-remote", REMOTE, *names))
         for name in names:
@@ -203,6 +207,15 @@ class Repository:
         if sha is None:
             raise RefNotFound("the remote has no default branch (empty repository?)")
         return RemoteRevision(sha, branch)
+
+    def _resolve_range(self, ref: str) -> RemoteRevision:
+        """The highest tag in the range of `semver:<specifiers>` (see tags.py)."""
+        spec = tags.parse_range(ref)
+        found = tags.tags_in(_parse_ls_remote(self._remote_git("ls-remote", "--tags", REMOTE)))
+        tag = tags.highest(spec, found)
+        if tag is None:
+            raise RefNotFound(tags.no_match(ref, found))
+        return RemoteRevision(tag.sha, tag.ref, tag.name)
 
     def fetch(self, revision: RemoteRevision) -> str:
         """Fetch the revision's commit (shallow); return the commit's sha."""

@@ -110,7 +110,7 @@ def _render_shared(shared: SharedSocket, timings: Timings, home: str) -> str:
     The configuration is the same for every revision (the launcher reads which
     revision a slot runs), so updates never reload the group or close the socket.
     """
-    command = shlex.join([sys.executable, "-m", "entrypoint.launch"])
+    command = shlex.join([sys.executable, "-m", "entrypoint.switching.launch"])
     environment = f'LIVE_PULL_SLOTS="{shared.slots_dir}",{TAG_VARIABLE}="{tag(home, shared.name)}"'
     return f"""\
 [fcgi-program:{shared.name}]

@@ -18,22 +18,20 @@ from entrypoint.commands import run_release_step
 from entrypoint.config import Settings
 from entrypoint.environments import Environment, Environments
 from entrypoint.errors import (
-    AppFailed,
     GitError,
     RevisionError,
     RevisionRefused,
-    SupervisorError,
 )
 from entrypoint.files import OutsideRoot, resolve_inside
-from entrypoint.health import wait_healthy
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
 from entrypoint.procfile import WEB, Processes, load_processes
 from entrypoint.releases import Releases
 from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository
-from entrypoint.slots import Proof, WebSlots
 from entrypoint.state import State, StateFile
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import ProgramSpec, SharedSocket
+from entrypoint.switching.picking import switches_for
+from entrypoint.switching.strategy import Lineup, Switch
 from entrypoint.verify import Verifier, refusal_reason
 
 log = logging.getLogger(__name__)
@@ -85,8 +83,9 @@ class Updater:
         self.stop = stop
         self.environments = environments
         self.shared = shared
-        proof = Proof(settings.healthcheck_path, settings.healthcheck_timeout)
-        self.slots = WebSlots(supervisor, shared, proof, run_as) if shared is not None else None
+        self.switches = switches_for(settings, supervisor, board, stop, shared, run_as)
+        self.live: Lineup | None = None  # the running revision's programs
+        self.live_switch: Switch | None = None  # and the strategy that started them
         self.verifier = verifier
         self.running_revision: Revision | None = None
         # Held while programs are being swapped; the watchdog leaves them alone then.
@@ -200,7 +199,8 @@ class Updater:
             raise
         finally:
             self.board.count_check()
-        self.board.update(ref=remote.ref_name or self.settings.repo_ref)
+        ref = self.settings.repo_ref if remote.tag else remote.ref_name  # a range stays shown
+        self.board.update(ref=ref or self.settings.repo_ref, tag=remote.tag)
         return remote
 
     def _unless_damaged(self, git_step: Callable[[], T]) -> T:
@@ -289,30 +289,32 @@ class Updater:
             self.recorder.released(time.monotonic() - started)
 
     def go_live(self, revision: Revision) -> None:
-        """Point `current` at the revision and restart the programs on it (stop, then start).
-
-        If the new revision does not come up, the previous one is restored.
+        """Switch to the revision: start it beside the running one, prove it, promote it,
+        and let the old one drain. If it does not come up, the running one keeps (or goes
+        back to) serving; the strategy (switching/) decides how, the steps are the same.
         """
-        previous = self.running_revision
         names = ",".join(revision.processes.programs)
         log.info("starting revision sha=%s programs=%s", short(revision.sha), names)
         if self.stop.is_set():
             raise RevisionError("the agent is stopping")
-        self._step("switching", self._switch_budget(previous, revision))
+        new, old = self._lineup(revision), self.live
+        switch = self.switches.pick(new)
+        self._step("switching", self._switch_budget(old, new))
         with self.switching:
             self.generation += 1
             self.baking = None
             try:
-                if self._rolls_over(revision):
-                    self._roll_over(revision, previous)
-                    return
-                self.board.serving(False)
-                self._run(revision)
-            except Exception as exc:  # whatever it was, the previous one must serve again
+                switch.start_beside(new, old)
+                switch.prove(new)
+                switch.promote(new)
+            except Exception as exc:  # whatever it was, the old one must serve again
                 failure = f"revision {short(revision.sha)} failed to start: {exc}"
-                if previous is not None and not self._rolls_over(revision):
-                    failure += self._restore(previous)
-                raise RevisionError(failure) from exc
+                raise RevisionError(failure + switch.abandon(new, old)) from exc
+            self.live, self.live_switch = new, switch
+            self._serve(revision)
+            if old is not None:  # it serves already; /status says what is left to do
+                self._step("draining", self.settings.drain_seconds + self.settings.stop_timeout)
+            switch.drain(old)
 
     def baked(self, bake: Bake) -> None:
         """The revision stayed up through its bake time."""
@@ -320,27 +322,12 @@ class Updater:
             self.baking = None
             log.info("revision baked sha=%s", short(bake.sha))
 
-    def _restore(self, previous: Revision) -> str:
-        """Stop-then-start failed: bring the previous revision back. Returns what to add
-        to the failure's message if that did not work either (the revision is still
-        recorded as failed, and the watchdog sees that nothing serves)."""
-        if self.stop.is_set():
-            return ""
-        log.error("revision failed to start, restoring sha=%s", short(previous.sha))
-        try:
-            self._run(previous)
-        except Exception as exc:
-            log.error("restoring the previous revision failed error=%s", exc)
-            return f"; restoring {short(previous.sha)} failed too: {exc}"
-        return ""
-
-    def _switch_budget(self, previous: Revision | None, revision: Revision) -> float:
+    def _switch_budget(self, old: Lineup | None, new: Lineup) -> float:
         """Start (with retries), health check, each program's stop, drain: twice over
         for a restore."""
         s = self.settings
         starting = (s.start_retries + 1) * (s.start_seconds + s.start_retries + 1) + 10
-        programs = len(revision.processes.programs)
-        programs += len(previous.processes.programs) if previous is not None else 0
+        programs = len(new.programs) + (len(old.programs) if old is not None else 0)
         stopping = programs * s.stop_timeout
         return 2 * (starting + s.healthcheck_timeout + stopping) + s.drain_seconds
 
@@ -356,54 +343,11 @@ class Updater:
     def running(self) -> str | None:
         return self.running_revision.sha if self.running_revision else None
 
-    def _rolls_over(self, revision: Revision) -> bool:
-        return self.slots is not None and WEB in revision.processes.programs
-
-    def _roll_over(self, revision: Revision, previous: Revision | None) -> None:
-        """Start-first: the new revision's workers, proven up, then its web beside the
-        old one (it joins the shared socket as it starts, so it starts last: a revision
-        whose worker fails never answers a request), then the old web drains.
-
-        Any failure stops only what was started for the new revision.
-        """
-        assert self.slots is not None
-        # The slots' group must exist before a slot starts (a no-op once it does).
-        self.supervisor.apply(self._programs(previous) if previous else [], self.shared)
-        cwd = self.releases.app_path(revision.sha)
-        command = revision.processes.programs[WEB]
-        variables = self._revision_variables(revision)
-        try:
-            self.supervisor.apply(self._programs(revision), self.shared)
-            self.supervisor.wait_running(self._worker_names(revision))
-            slot = self.slots.start(cwd, variables, command)  # stops its slot on failure
-        except (AppFailed, SupervisorError):
-            if previous is not None:
-                self.supervisor.apply(self._programs(previous), self.shared)
-            raise
-        self._serve(revision)
-        self.slots.promote(slot)
-
-    def _worker_names(self, revision: Revision) -> list[str]:
-        return [name for name in revision.processes.programs if name != WEB]
-
     def active_programs(self) -> set[str]:
         """The processes whose FATAL means the app cannot stay up."""
-        if self.running_revision is None:
+        if self.live is None or self.live_switch is None:
             return set()
-        if not self._rolls_over(self.running_revision):
-            return set(self.running_revision.processes.programs)
-        assert self.slots is not None and self.slots.active is not None
-        return {self.slots.active, *self._worker_names(self.running_revision)}
-
-    def _run(self, revision: Revision) -> None:
-        """Stop-then-start: `current` moves only once the revision is proven."""
-        self.supervisor.apply(self._programs(revision))
-        self.supervisor.wait_running(revision.processes.programs)
-        path = self.settings.healthcheck_path
-        if path is not None and WEB in revision.processes.programs:
-            url = f"http://127.0.0.1:{self.settings.port}{path}"
-            wait_healthy(url, self.settings.healthcheck_timeout)
-        self._serve(revision)
+        return self.live_switch.watched(self.live)
 
     def _serve(self, revision: Revision) -> None:
         """The revision is proven: it is the running one, `current` names it (a `current`
@@ -430,18 +374,18 @@ class Updater:
         )
         self.board.serving(True)
 
-    def _programs(self, revision: Revision) -> list[ProgramSpec]:
-        """supervisord programs; with a shared socket, `web` is the slots' instead."""
+    def _lineup(self, revision: Revision) -> Lineup:
+        """The revision's programs for supervisord."""
         # The release's own path, not `current`: during a rollover the old and the new
         # revision run side by side, and `current` switches only once the new is proven.
         directory = self.releases.app_path(revision.sha)
         env = self._revision_variables(revision)
-        shared = self._rolls_over(revision)
-        return [
-            ProgramSpec(name, command, directory, env)
+        specs = {
+            name: ProgramSpec(name, command, directory, env)
             for name, command in revision.processes.programs.items()
-            if not (shared and name == WEB)
-        ]
+        }
+        web = specs.pop(WEB, None)
+        return Lineup(revision.sha, web, list(specs.values()))
 
     def _revision_variables(self, revision: Revision) -> dict[str, str]:
         """What live-pull adds to the app's environment for this revision."""

@@ -25,6 +25,7 @@ BAD = [
     ({"REPO_URL": "ssh://me:pw@host/r.git"}, "REPO_URL: passwords in ssh URLs are not supported"),
     ({"REPO_REF": "bad ref"}, "REPO_REF: is not a valid git ref name"),
     ({"REPO_REF": "--upload-pack=x"}, "REPO_REF: is not a valid git ref name"),
+    ({"REPO_REF": "semver:>>1"}, "REPO_REF: '>>1' is not a PEP 440 version specifier set"),
     ({"LIVE_PULL_HOME": "relative/dir"}, "LIVE_PULL_HOME: must be an absolute path"),
     (
         {"LIVE_PULL_POLL_INTERVAL": "soon"},

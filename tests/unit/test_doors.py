@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from entrypoint.doors import handoff, server_name
+from entrypoint.switching.doors import handoff, server_name
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,8 @@ def main() -> int:
     os.environ.update(assignment["env"])
     os.environ[TAG_VARIABLE] = tag(home, slot)
     if assignment.get("proxy") is not None:
-        from entrypoint.proxy import ProxyPlan, serve  # aiohttp: only in proxy slots
+        from entrypoint.switching.plan import ProxyPlan
+        from entrypoint.switching.proxy import serve  # aiohttp: only in proxy slots
 
         plan = ProxyPlan.from_json(assignment["proxy"])
         return serve(assignment["command"], dict(os.environ), plan)

@@ -1,10 +1,6 @@
-"""Zero-downtime rollover of `web`: two slots of one supervisord fcgi-program share the
+"""The two slots of `web`: one supervisord fcgi-program whose processes share the
 listening socket. The new revision starts in the free slot while the old one serves;
-only when it is proven does the old slot get SIGTERM and drain.
-
-A web command with a door for the socket (doors.py) is handed it, after a probe
-instance of it proved itself on a private socket; any other runs behind live-pull's
-proxy (proxy.py), which accepts only once the app answers on its private port.
+once it is promoted, the old slot gets SIGTERM and drains (start_first.py decides when).
 """
 
 from __future__ import annotations
@@ -12,18 +8,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from entrypoint.doors import Handoff, handoff
 from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_atomic
-from entrypoint.health import probe_before_joining, wait_healthy
+from entrypoint.health import wait_healthy
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.ports import unused_port
 from entrypoint.processes import BEHIND_PROXY
-from entrypoint.proxy import ProxyPlan
 from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import SharedSocket
+from entrypoint.supervisor_config import ProgramSpec, SharedSocket
+from entrypoint.switching.plan import ProxyPlan
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +60,18 @@ class WebSlots:
         self.proof = proof
         self.run_as = run_as
         self.active: str | None = None  # the slot serving the running revision
-        self._said: tuple[Handoff, str] | None = None
 
     def free(self) -> str:
         return SLOTS[1] if self.active == SLOTS[0] else SLOTS[0]
 
-    def start(self, cwd: Path, env: dict[str, str], command: str) -> str:
-        """Start the revision in the free slot, proven before it takes a connection.
-
-        On failure the new slot is stopped and the active one never noticed.
-        """
-        way = self._handoff(command)
-        if way == "socket":
-            probe_before_joining(
-                cwd, env, command, self.proof.url_path, self.proof.timeout, self.run_as,
-                any_but_5xx=self.proof.any_but_5xx,
-            )  # fmt: skip
+    def start(self, web: ProgramSpec, plan: ProxyPlan | None) -> str:
+        """Start `web` in the free slot (behind the proxy of `plan`, if any) and wait
+        until supervisord has it RUNNING. On failure the slot is stopped again."""
         slot = self.free()
-        plan = self._proxy_plan() if way == "proxy" else None
         assignment = {
-            "cwd": str(cwd),
-            "env": env,
-            "command": command,
+            "cwd": str(web.directory),
+            "env": web.environment,
+            "command": web.command,
             "proxy": asdict(plan) if plan else None,
         }
         write_atomic(self.shared.slots_dir / f"{slot}.json", json.dumps(assignment))
@@ -95,23 +79,12 @@ class WebSlots:
         try:
             self.supervisor.start_process(self.shared.name, slot)
             self.supervisor.wait_running([slot])
-            if plan is not None:
-                self._wait_proxied_app(slot, plan)
         except (AppFailed, SupervisorError):
-            self._stop(slot)
+            self.stop(slot)
             raise
         return slot
 
-    def _handoff(self, command: str) -> Handoff:
-        """How the socket reaches the command; said in the log whenever it changes."""
-        way, why = handoff(command, self.shared.handoff)
-        if self._said != (way, why):
-            self._said = (way, why)
-            door = "handed the shared socket" if way == "socket" else "proxied"
-            log.info("web is served start-first on %s, %s: %s", self.shared.listen, door, why)
-        return way
-
-    def _proxy_plan(self) -> ProxyPlan:
+    def proxy_plan(self) -> ProxyPlan:
         return ProxyPlan(
             port=unused_port(),
             proof_path=self.proof.url_path,
@@ -123,7 +96,7 @@ class WebSlots:
             app_stop_seconds=self.supervisor.timings.stop_timeout,
         )
 
-    def _wait_proxied_app(self, slot: str, plan: ProxyPlan) -> None:
+    def wait_proxied_app(self, slot: str, plan: ProxyPlan) -> None:
         """The agent proves the app on its private port too (the proxy starts accepting
         as soon as it sees the same), while the slot stays up."""
         wait_healthy(
@@ -136,16 +109,13 @@ class WebSlots:
     def _running(self, slot: str) -> bool:
         return self.supervisor.states().get(slot, {}).get("statename") == "RUNNING"
 
-    def promote(self, slot: str) -> None:
-        """`slot` serves from now on; the old one drains (SIGTERM) and is stopped."""
+    def promote(self, slot: str) -> str | None:
+        """`slot` serves from now on; returns the slot it replaces, left to drain."""
         old, self.active = self.active, slot
-        if old is not None and old != slot:
-            log.info("draining web slot=%s", old)
-            self._stop(old)
+        return old if old != slot else None
 
-    def abandon(self, slot: str) -> None:
-        self._stop(slot)
-
-    def _stop(self, slot: str) -> None:
-        """The slot, and what its proxied app left behind (daemons keep its tag)."""
+    def stop(self, slot: str) -> None:
+        """SIGTERM: the slot drains, and is stopped with what its proxied app left behind
+        (daemons keep its tag)."""
+        log.info("stopping web slot=%s", slot)
         self.supervisor.stop_process(self.shared.name, slot, also=[slot + BEHIND_PROXY])

@@ -19,8 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 from aiohttp import (
     ClientResponse,
@@ -45,6 +43,7 @@ from entrypoint.errors import AppFailed
 from entrypoint.health import stop_process_group, wait_healthy
 from entrypoint.processes import BEHIND_PROXY, TAG_VARIABLE, die_with_parent
 from entrypoint.shell import shell_line
+from entrypoint.switching.plan import ProxyPlan
 
 log = logging.getLogger("live-pull proxy")
 
@@ -69,32 +68,6 @@ ACCEPTED_GRACE_SECONDS = 1.0
 ACCEPT_TASK_ITERATIONS = 3  # loop iterations for accepted connections to attach
 REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods (RFC 9110 9.2.1)
 GOING_AWAY = 1001  # the websocket close code of a server going down
-
-
-@dataclass(frozen=True)
-class ProxyPlan:
-    """What the agent writes in a proxy slot's assignment (see slots.py)."""
-
-    port: int  # the app's private port on 127.0.0.1
-    proof_path: str
-    any_but_5xx: bool  # the proof: GET proof_path answers anything but a 5xx, else 2xx
-    proof_timeout: float
-    drain_seconds: float  # for the requests in flight, after the proxy stops accepting
-    app_stop_seconds: float  # then for the app, after its SIGTERM
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> ProxyPlan:
-        return cls(
-            port=int(str(data["port"])),
-            proof_path=str(data["proof_path"]),
-            any_but_5xx=bool(data["any_but_5xx"]),
-            proof_timeout=float(str(data["proof_timeout"])),
-            drain_seconds=float(str(data["drain_seconds"])),
-            app_stop_seconds=float(str(data["app_stop_seconds"])),
-        )
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
 
 
 def serve(command: str, env: dict[str, str], plan: ProxyPlan) -> int:

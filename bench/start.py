@@ -1,0 +1,167 @@
+"""Restart to first response and memory at idle: this tree against a baseline commit,
+side by side in one run, and print a table.
+
+A restart reuses the volume (release and environment on disk, lockfile unchanged):
+the time is from `live-pull run` to the first answer of the app on PORT. Memory is
+the resident set of live-pull's own processes once the app serves and the agent is
+idle: the agent, supervisord, and the proxy in front of the app (when there is one).
+The app itself is not counted.
+
+    .venv/bin/python bench/start.py [--runs 7] [--baseline 37d48a0]
+
+The baseline runs from a temporary worktree of that commit, with this venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import app_files, build_wheelhouse, wait_for
+from entrypoint.demo import free_port
+from entrypoint.sample import SampleRepo, create_sample_repo
+
+PACKAGES = 10
+IDLE_SECONDS = 3.0  # after the first answer, for the agent to settle before RSS is read
+
+
+def start_agent(tree: Path, sample: SampleRepo, home: Path, port: int, house: Path,
+                listen: str) -> subprocess.Popen[bytes]:  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),  # the tree's own package, ahead of the editable install
+        "REPO_URL": sample.url,
+        "LIVE_PULL_HOME": str(home),
+        "LIVE_PULL_STATUS_PORT": str(free_port()),
+        "LIVE_PULL_INSTALLER": "pip",
+        "LIVE_PULL_INSTALL_ARGS": f"--no-index --find-links {house}",
+        "LIVE_PULL_LOG_LEVEL": "WARNING",
+        "PORT": str(port),
+    }
+    if listen:
+        env["LIVE_PULL_LISTEN"] = listen
+    return subprocess.Popen(
+        [sys.executable, "-m", "entrypoint", "run"],
+        cwd=tree,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def own_memory(agent: int) -> dict[str, float]:
+    """RSS of the agent, supervisord and the proxy slots (not the app)."""
+    found = {"agent": rss_mb(agent), "supervisord": 0.0, "proxy": 0.0}
+    for child in children(agent):
+        if "supervisord" not in cmdline(child):
+            continue
+        found["supervisord"] += rss_mb(child)
+        for slot in children(child):
+            if "launch" in cmdline(slot) and children(slot):  # a proxy, its app below
+                found["proxy"] += rss_mb(slot)
+    return found
+
+
+def restart(tree: Path, sample: SampleRepo, home: Path, house: Path, listen: str,
+            runs: int) -> tuple[list[float], dict[str, float]]:  # fmt: skip
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    warm = start_agent(tree, sample, home, port, house, listen)  # installs; not timed
+    wait_for(url, "from revision")
+    stop(warm)
+    times: list[float] = []
+    memory: dict[str, float] = {}
+    for run in range(runs):
+        started = time.monotonic()
+        agent = start_agent(tree, sample, home, port, house, listen)
+        try:
+            times.append(wait_for(url, "from revision") - started)
+            if run == runs - 1:
+                time.sleep(IDLE_SECONDS)
+                memory = own_memory(agent.pid)
+        finally:
+            stop(agent)
+    return times, memory
+
+
+def worktree(commit: str, root: Path) -> Path:
+    path = root / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path),
+                    commit], check=True)  # fmt: skip
+    return path
+
+
+def row(label: str, times: list[float], memory: dict[str, float]) -> str:
+    total = sum(memory.values())
+    parts = " | ".join(f"{memory.get(k, 0.0):5.1f} MB" for k in ("agent", "supervisord", "proxy"))
+    return (
+        f"| {label:<34} | {statistics.median(times):6.2f} s | {min(times):6.2f} s"
+        f" | {parts} | {total:5.1f} MB |"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--baseline", default="37d48a0", help="the commit to compare with")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="live-pull-start-") as tmp:
+        root = Path(tmp)
+        house = build_wheelhouse(root, PACKAGES)
+        sample = create_sample_repo(root / "remote")
+        sample.commit(app_files(PACKAGES, "1.0", "bench"), "bench app")
+        base = worktree(args.baseline, root)
+        try:
+            for name, tree in ((f"baseline {args.baseline}", base), ("this tree", ROOT)):
+                for listen in ("", "off"):
+                    home = root / f"home-{tree.name}-{listen or 'default'}"
+                    mode = "LISTEN=off" if listen else "default"
+                    times, memory = restart(tree, sample, home, house, listen, args.runs)
+                    rows.append(row(f"{name}, {mode}", times, memory))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
+                           check=False)  # fmt: skip
+    print(f"\nrestart to first response (lockfile unchanged), {args.runs} runs; RSS at idle\n")
+    print("| what | median | min | agent | supervisord | proxy | live-pull in all |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
