@@ -24,13 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import app_files, build_wheelhouse, wait_for
 from entrypoint.demo import free_port
 from entrypoint.sample import SampleRepo, create_sample_repo
 
+ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = 10
 IDLE_SECONDS = 3.0  # after the first answer, for the agent to settle before RSS is read
 

@@ -26,7 +26,7 @@ from entrypoint.errors import ConfigError
 from entrypoint.events import Recorder, Sink
 from entrypoint.history import History
 from entrypoint.identity import Identity
-from entrypoint.inbox import Inbox, Rollback
+from entrypoint.inbox import Inbox, Pause, Resume, Rollback
 from entrypoint.installers import pick_installer
 from entrypoint.loop import ControlLoop
 from entrypoint.metrics import Metrics
@@ -34,7 +34,7 @@ from entrypoint.processes import home_id, read_app_processes_as, tag_children
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
-from entrypoint.status import StatusServer
+from entrypoint.status import Controls, StatusServer
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import SharedSocket, Timings
 from entrypoint.updater import Updater, pick_rollback_target
@@ -134,7 +134,12 @@ class Agent:
             webhook=Webhook(
                 settings.webhook_secret, self._tracked_ref, lambda: self.inbox.check("webhook")
             ),
-            on_rollback=self.request_rollback,
+            controls=Controls(
+                rollback=self.request_rollback,
+                pause=lambda reason: self.inbox.pausing(Pause(reason)),
+                resume=lambda: self.inbox.pausing(Resume()),
+                sync_now=lambda: self.inbox.check("sync", ignore_hold=True),
+            ),
         )
         self.status.add_readers(self.history.events, self.metrics.exposition)
 

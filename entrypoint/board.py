@@ -48,6 +48,8 @@ class Snapshot:
     restarts: dict[str, int] = field(default_factory=dict)  # unexpected exits per program
     app_down: dict[str, Any] | None = None  # {program, restarts, window_seconds}
     rollback: dict[str, Any] | None = None  # {to, status, error}
+    paused: dict[str, Any] | None = None  # {reason, since}: updates wait until resumed
+    waiting: dict[str, Any] | None = None  # {sha, ref, held_by, since, next_window}
     step: str | None = None  # what the control loop is doing, if anything long
     started_at: str = field(default_factory=now_iso)
 

@@ -8,8 +8,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 
@@ -27,6 +28,7 @@ EXIT_CONFIG = 2
 EXIT_APP_FAILED = 3
 EXIT_START_FAILED = 4
 ROLLBACK_WAIT = 120.0
+PAUSE_WAIT = 30.0  # a pause is taken between steps: a long install makes it wait
 STATUS_ORDER = (
     "state",
     "revision",
@@ -65,7 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("check-config", help="validate and print the effective configuration")
     status = commands.add_parser("status", help="show a running agent's status")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
-    commands.add_parser("sync", help="ask a running agent to check the remote now")
+    sync = commands.add_parser("sync", help="ask a running agent to check the remote now")
+    sync.add_argument(
+        "--now",
+        action="store_true",
+        help="deploy what the check finds even if paused or outside the update windows",
+    )
+    pause = commands.add_parser(
+        "pause", help="hold updates (checks go on) until `resume`, across restarts"
+    )
+    pause.add_argument("--reason", help="shown in status and logged")
+    commands.add_parser("resume", help="let updates go live again")
     probe = commands.add_parser("probe", help="exit 0 if a running agent's probe passes")
     probe.add_argument("endpoint", choices=["healthz", "readyz"])
     rollback = commands.add_parser(
@@ -89,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         "history": _history,
         "probe": _probe,
         "rollback": _rollback,
+        "pause": _pause,
+        "resume": _resume,
         "version": _version,
         "demo": _demo,
     }
@@ -153,9 +167,20 @@ def _status(args: argparse.Namespace) -> int:
     down = status.get("app_down")
     if down:
         print(f"{'app down':>16}: {down['program']} ({down['restarts']} restarts)")
+    _show_hold(status)
     for sha, reason in (status.get("failed_revisions") or {}).items():
         print(f"{'failed':>16}: {sha[:12]} {reason}")
     return EXIT_OK
+
+
+def _show_hold(status: dict[str, Any]) -> None:
+    paused = status.get("paused")
+    if paused:
+        print(f"{'paused':>16}: since {paused['since']} ({_show(paused.get('reason'))})")
+    waiting = status.get("waiting")
+    if waiting:
+        opens = f", window opens {waiting['next_window']}" if waiting.get("next_window") else ""
+        print(f"{'waiting':>16}: {waiting['sha'][:12]} (held by {waiting['held_by']}{opens})")
 
 
 def _show(value: Any) -> str:
@@ -163,9 +188,42 @@ def _show(value: Any) -> str:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    _request("POST", "/sync")
-    print("check requested")
+    if args.now:
+        _request("POST", "/sync?now=1")
+        print("check requested; what it finds goes live even if paused or outside the windows")
+    else:
+        _request("POST", "/sync")
+        print("check requested")
     return EXIT_OK
+
+
+def _pause(args: argparse.Namespace) -> int:
+    query = f"?{urlencode({'reason': args.reason})}" if args.reason else ""
+    _request("POST", f"/pause{query}")
+    _wait_for(lambda status: status.get("paused") is not None, "paused", "pause")
+    return EXIT_OK
+
+
+def _resume(args: argparse.Namespace) -> int:
+    _request("POST", "/resume")
+    _wait_for(lambda status: status.get("paused") is None, "resumed", "resume")
+    return EXIT_OK
+
+
+def _wait_for(done: Callable[[dict[str, Any]], bool], said: str, asked: str) -> None:
+    """Until /status shows it done; the loop takes it between steps, so after a while
+    say that it is queued (it will be taken) rather than fail."""
+    deadline = time.monotonic() + PAUSE_WAIT
+    while True:
+        status = _request("GET", "/status").json()
+        if done(status):
+            print(said)
+            return
+        if time.monotonic() > deadline:
+            step = status.get("step") or status.get("state")
+            print(f"{asked} requested; the agent takes it once its step ends (step={step})")
+            return
+        time.sleep(0.3)
 
 
 def _rollback(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from entrypoint.errors import ConfigError
 from entrypoint.github_app import GitHubAppSettings
 from entrypoint.notify import DEFAULT_EVENTS, EVENTS, unusable
 from entrypoint.verify import VerifySettings
+from entrypoint.windows import UpdateWindows, parse_windows
 
 PREFIX = "LIVE_PULL_"
 # Variables live-pull sets for the app itself; seeing them is not a typo.
@@ -176,6 +177,9 @@ class Settings(BaseSettings):
     crash_loop: Annotated[tuple[int, float], NoDecode] = Field(
         (3, 60.0), validation_alias=AliasChoices("LIVE_PULL_CRASH_LOOP")
     )
+    update_window: str | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_UPDATE_WINDOW")
+    )
     submodules: bool = Field(False, validation_alias=AliasChoices("LIVE_PULL_SUBMODULES"))
     verify_mode: Literal["off", "commit", "tag"] = Field(
         "off", validation_alias=AliasChoices("LIVE_PULL_VERIFY")
@@ -300,6 +304,17 @@ class Settings(BaseSettings):
         if match is None or int(match[1]) < 1 or float(match[2]) <= 0:
             raise ValueError("must look like 3/60s (exits / seconds)")
         return int(match[1]), float(match[2])
+
+    @field_validator("update_window")
+    @classmethod
+    def _parse_windows(cls, value: str | None) -> str | None:
+        """Checked here, so a bad spec fails at start (see entrypoint/windows.py)."""
+        return None if value is None else parse_windows(value).spec
+
+    @property
+    def update_windows(self) -> UpdateWindows | None:
+        """When updates may go live (None: at any time)."""
+        return None if self.update_window is None else parse_windows(self.update_window)
 
     @field_validator("healthcheck_path")
     @classmethod

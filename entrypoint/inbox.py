@@ -1,8 +1,10 @@
 """The control loop's one queue: everything that wants an update asks here.
 
-The poll timer, SIGHUP, POST /sync, a webhook, POST /rollback and the watchdog's
-findings all become requests. Requests coalesce: a thousand checks asked for while
-the loop is busy are one check when it is free, and the newest rollback wins.
+The poll timer, SIGHUP, POST /sync, a webhook, POST /rollback, POST /pause and
+/resume, and the watchdog's findings all become requests. Requests coalesce: a thousand
+checks asked for while the loop is busy are one check when it is free (one that goes
+ahead despite a pause, if any asked for that), and the newest rollback, and the newest
+of pause and resume, wins.
 """
 
 from __future__ import annotations
@@ -22,7 +24,18 @@ CHECK_SPACING = 1.0
 
 @dataclass(frozen=True)
 class Check:
-    trigger: str  # start, poll, sync, webhook, signal
+    trigger: str  # start, poll, sync, webhook, signal, resume
+    ignore_hold: bool = False  # sync --now: not held by a pause or the update windows
+
+
+@dataclass(frozen=True)
+class Pause:
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Resume:
+    pass
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,7 @@ class Crashed:
     baking: bool = False  # within LIVE_PULL_BAKE_SECONDS of its switch
 
 
-Request = Check | Rollback | Crashed
+Request = Check | Rollback | Crashed | Pause | Resume
 
 
 class Inbox:
@@ -50,14 +63,20 @@ class Inbox:
         self._check: Check | None = None
         self._rollback: Rollback | None = None
         self._crashed: Crashed | None = None
+        self._pausing: Pause | Resume | None = None
         self._last_put = 0.0
         self._checks_after = 0.0  # checks asked for wait until then (see hold_checks)
         self.stopping = False
 
-    def check(self, trigger: str) -> None:
+    def check(self, trigger: str, *, ignore_hold: bool = False) -> None:
         with self._changed:
-            if self._check is None:
-                self._check = Check(trigger)
+            if self._check is None or (ignore_hold and not self._check.ignore_hold):
+                self._check = Check(trigger, ignore_hold)
+            self._touch()
+
+    def pausing(self, request: Pause | Resume) -> None:
+        with self._changed:
+            self._pausing = request
             self._touch()
 
     def rollback(self, request: Rollback) -> None:
@@ -98,7 +117,7 @@ class Inbox:
             return None if self.stopping else self._pop()
 
     def _pending(self) -> bool:
-        return any((self._crashed, self._rollback, self._check_due()))
+        return any((self._crashed, self._rollback, self._pausing, self._check_due()))
 
     def _check_due(self) -> bool:
         return self._check is not None and time.monotonic() >= self._checks_after
@@ -118,6 +137,8 @@ class Inbox:
             taken, self._crashed = self._crashed, None
         elif self._rollback is not None:
             taken, self._rollback = self._rollback, None
+        elif self._pausing is not None:
+            taken, self._pausing = self._pausing, None
         elif self._check_due():
             taken, self._check = self._check, None
         else:

@@ -28,7 +28,16 @@ from entrypoint.errors import (
     TransientError,
     is_local_fault,
 )
-from entrypoint.inbox import CHECK_SPACING, Check, Crashed, Inbox, Request, Rollback
+from entrypoint.inbox import (
+    CHECK_SPACING,
+    Check,
+    Crashed,
+    Inbox,
+    Pause,
+    Request,
+    Resume,
+    Rollback,
+)
 from entrypoint.updater import Updater, short
 
 log = logging.getLogger(__name__)
@@ -130,7 +139,9 @@ class ControlLoop:
 
     def _dispatch(self, request: Request) -> None:
         if isinstance(request, Check):
-            self.updater.check(trigger=request.trigger)
+            self.updater.check(trigger=request.trigger, ignore_hold=request.ignore_hold)
+        elif isinstance(request, Pause | Resume):
+            self._pause_or_resume(request)
         elif isinstance(request, Rollback):
             self._roll_back(request)
         elif isinstance(request, Crashed):
@@ -138,6 +149,15 @@ class ControlLoop:
                 log.info("the revision found down no longer runs, nothing to roll back")
                 return
             self._roll_back_after_crash(request)
+
+    def _pause_or_resume(self, request: Pause | Resume) -> None:
+        """Pauses hold updates only (see entrypoint/hold.py); a resume checks at once, so
+        a revision that waited goes live."""
+        if isinstance(request, Pause):
+            self.updater.pause(request.reason)
+        else:
+            self.updater.resume()
+            self.inbox.check("resume")
 
     # -- the first revision ---------------------------------------------------------------
 
@@ -196,7 +216,13 @@ class ControlLoop:
         deadline = time.monotonic() + seconds
         while not self.inbox.stopping and time.monotonic() < deadline:
             self.board.liveness.beat()
-            if self.inbox.take(min(TICK, max(0.0, deadline - time.monotonic()))) is not None:
+            request = self.inbox.take(min(TICK, max(0.0, deadline - time.monotonic())))
+            if isinstance(request, Pause | Resume):  # kept, though the first start goes on
+                try:
+                    self._pause_or_resume(request)
+                except Exception as exc:
+                    self._report(exc, self._kind(exc), state="waiting for remote")
+            elif request is not None:
                 return
 
     # -- rollbacks ------------------------------------------------------------------------

@@ -32,11 +32,20 @@ EnvironmentOf = Callable[[str], str | None]  # sha -> environment digest, if it 
 
 
 @dataclass
+class Paused:
+    """An operator's pause: updates wait until resumed (see UpdateGate)."""
+
+    reason: str | None
+    since: str  # ISO 8601, UTC
+
+
+@dataclass
 class State:
     last_good: str | None = None
     history: list[str] = field(default_factory=list)  # activated revisions, newest last
     failed: dict[str, str] = field(default_factory=dict)  # sha -> reason
     environments: dict[str, str] = field(default_factory=dict)  # sha -> environment digest
+    paused: Paused | None = None  # kept across restarts; lost only with state.json itself
 
     def record_good(self, sha: str, environment: str | None) -> None:
         self.last_good = sha
@@ -60,6 +69,13 @@ class State:
         self.environments = {sha: d for sha, d in self.environments.items() if sha in kept}
 
 
+class _StoredPause(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    reason: str | None = None
+    since: str
+
+
 class _Stored(BaseModel):
     """The shape of state.json: strict types, unknown keys ignored (newer versions)."""
 
@@ -69,9 +85,13 @@ class _Stored(BaseModel):
     history: list[Sha] = []
     failed: dict[Sha, str] = {}
     environments: dict[Sha, Digest] = {}
+    paused: _StoredPause | None = None
 
     def to_state(self) -> State:
-        return State(self.last_good, list(self.history), dict(self.failed), dict(self.environments))
+        paused = Paused(self.paused.reason, self.paused.since) if self.paused else None
+        return State(
+            self.last_good, list(self.history), dict(self.failed), dict(self.environments), paused
+        )
 
 
 class StateFile:

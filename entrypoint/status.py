@@ -1,4 +1,6 @@
-"""The status HTTP endpoint: /healthz, /readyz, /status, POST /sync, /webhook, /rollback.
+"""The status HTTP endpoint: /healthz, /readyz, /status, POST /sync, /webhook, /rollback,
+/pause and /resume. What changes what runs (/rollback, /pause, /resume, /sync?now=1) is
+accepted from localhost only.
 
 The agent writes facts to a StatusBoard (entrypoint.board); this server only reads
 it, and hands requests to the control loop through callbacks that queue them.
@@ -22,12 +24,13 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from entrypoint.board import StatusBoard
+from entrypoint.board import StatusBoard, bounded
 from entrypoint.errors import LivePullError
 from entrypoint.webhook import MAX_BODY, Webhook
 
@@ -40,6 +43,17 @@ MAX_CONNECTIONS = 4096
 FD_RESERVE = 256  # descriptors the agent keeps for git, supervisord and the app
 SWEEP_SECONDS = 0.5
 LOCALHOST = ("127.0.0.1", "::1")
+YES = ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the operator's routes ask of the control loop (each queues a request)."""
+
+    rollback: Callable[[str | None], str]  # wanted sha (None: previous) -> target
+    pause: Callable[[str | None], None]  # reason
+    resume: Callable[[], None]
+    sync_now: Callable[[], None]  # a check that is not held by a pause or the windows
 
 
 class StatusServer:
@@ -51,10 +65,10 @@ class StatusServer:
         on_sync: Callable[[], None],
         *,
         webhook: Webhook,
-        on_rollback: Callable[[str | None], str],
+        controls: Controls,
     ) -> None:
         self._cap = max(64, min(MAX_CONNECTIONS, _raise_open_file_limit() - FD_RESERVE))
-        self._routes = _Routes(board, on_sync, webhook, on_rollback)
+        self._routes = _Routes(board, on_sync, webhook, controls)
         self._socket = socket.create_server((host, port), backlog=1024, reuse_port=False)
         self._loop = asyncio.new_event_loop()
         self._stopped: asyncio.Event | None = None
@@ -170,12 +184,12 @@ class _Routes:
         board: StatusBoard,
         on_sync: Callable[[], None],
         webhook: Webhook,
-        on_rollback: Callable[[str | None], str],
+        controls: Controls,
     ) -> None:
         self.board = board
         self.on_sync = on_sync
         self.webhook = webhook
-        self.on_rollback = on_rollback
+        self.controls = controls
         self.table: dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[web.Response]]]
         self.table = {
             ("GET", "/healthz"): self.healthz,
@@ -184,6 +198,8 @@ class _Routes:
             ("POST", "/sync"): self.sync,
             ("POST", "/webhook"): self.webhook_delivery,
             ("POST", "/rollback"): self.rollback,
+            ("POST", "/pause"): self.pause,
+            ("POST", "/resume"): self.resume,
         }
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
@@ -218,18 +234,38 @@ class _Routes:
         return _json(200, self.board.snapshot())
 
     async def sync(self, request: web.BaseRequest) -> web.Response:
-        self.on_sync()
-        return _json(202, {"sync": "requested"})
+        """`?now=1` goes ahead despite a pause or the update windows: localhost only."""
+        if request.query.get("now", "").lower() not in YES:
+            self.on_sync()
+            return _json(202, {"sync": "requested"})
+        if request.remote not in LOCALHOST:
+            return _refused("sync now")
+        self.controls.sync_now()
+        return _json(202, {"sync": "requested", "now": True})
 
     async def rollback(self, request: web.BaseRequest) -> web.Response:
         """Only from this machine or pod: it changes what runs."""
         if request.remote not in LOCALHOST:
-            return _json(403, {"error": "rollback is accepted from localhost only"})
+            return _refused("rollback")
         try:
-            target = self.on_rollback(request.query.get("sha"))
+            target = self.controls.rollback(request.query.get("sha"))
         except LivePullError as exc:
             return _json(409, {"error": str(exc)})
         return _json(202, {"rollback": "requested", "to": target})
+
+    async def pause(self, request: web.BaseRequest) -> web.Response:
+        """`?reason=...` is shown in /status and logged."""
+        if request.remote not in LOCALHOST:
+            return _refused("pause")
+        reason = bounded(request.query.get("reason") or None)  # one line, bounded
+        self.controls.pause(reason)
+        return _json(202, {"pause": "requested", "reason": reason})
+
+    async def resume(self, request: web.BaseRequest) -> web.Response:
+        if request.remote not in LOCALHOST:
+            return _refused("resume")
+        self.controls.resume()
+        return _json(202, {"resume": "requested"})
 
     async def webhook_delivery(self, request: web.BaseRequest) -> web.Response:
         length = request.content_length
@@ -241,6 +277,10 @@ class _Routes:
             return _json(408, {"error": "the body did not arrive in time"}, close=True)
         reply = self.webhook.handle(dict(request.headers), body)
         return _json(reply.code, dict(reply.body))
+
+
+def _refused(what: str) -> web.Response:
+    return _json(403, {"error": f"{what} is accepted from localhost only"})
 
 
 def _json(code: int, body: dict[str, Any], *, close: bool = False) -> web.Response:

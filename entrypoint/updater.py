@@ -7,13 +7,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from entrypoint import events
 from entrypoint.bake import Bake
-from entrypoint.board import StatusBoard
+from entrypoint.board import StatusBoard, now_iso
 from entrypoint.commands import run_release_step
 from entrypoint.config import Settings
 from entrypoint.environments import Environment, Environments
@@ -23,11 +23,12 @@ from entrypoint.errors import (
     RevisionRefused,
 )
 from entrypoint.files import OutsideRoot, resolve_inside
+from entrypoint.hold import UpdateGate
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
 from entrypoint.procfile import WEB, Processes, load_processes
 from entrypoint.releases import Releases
 from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository
-from entrypoint.state import State, StateFile
+from entrypoint.state import Paused, State, StateFile
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import ProgramSpec, SharedSocket
 from entrypoint.switching.picking import switches_for
@@ -93,6 +94,9 @@ class Updater:
         # Counts switches, so the watchdog knows its counts belong to older processes.
         self.generation = 0
         self.baking: Bake | None = None  # the update on probation (bake.py), if any
+        self.gate = UpdateGate(settings.update_windows)  # pause and update windows
+        self._show_pause()
+        self._say_paused()
         self._opened = False
 
     def open(self) -> None:
@@ -109,17 +113,23 @@ class Updater:
                 return sha
         return None
 
-    def check(self, *, trigger: str = "poll", retry_failed: bool = False) -> bool:
+    def check(
+        self, *, trigger: str = "poll", retry_failed: bool = False, ignore_hold: bool = False
+    ) -> bool:
         """Bring the newest revision of the ref live; return True if one went live.
 
         Git errors (remote down, damaged repository) propagate for the caller to
         back off; a revision that cannot run is recorded as failed instead.
+        `ignore_hold` (sync --now): go ahead even if paused or outside the windows.
         """
         log.debug("checking the remote trigger=%s", trigger)
         self.open()
         remote = self._ask_remote()  # 1. one round trip, no objects
         self.recorder.checked(self._check_result(remote.sha, retry_failed))
         if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
+            self.board.update(waiting=None)
+            return False
+        if self._held(remote, ignore_hold):  # paused, or outside the update windows
             return False
         try:
             self.recorder.begin("update", trigger, self.running, remote.sha)  # seen: timed
@@ -149,6 +159,41 @@ class Updater:
             self.baking = Bake.starting(sha, self.settings.bake_seconds)
         self._record_success(revision, counted=replacing)  # 7. record, collect garbage
         return True
+
+    def _held(self, remote: RemoteRevision, ignore_hold: bool) -> bool:
+        """An update (never the first start) waits while paused or outside the update
+        windows; /status shows the revision that waits."""
+        held = None if ignore_hold or self.running is None else self.gate.held(self.state.paused)
+        waiting = self.gate.waiting(remote.sha, remote.ref_name, held) if held else None
+        self.board.update(waiting=waiting)
+        return held is not None
+
+    def pause(self, reason: str | None) -> None:
+        """Hold updates until resume(), across restarts (kept in state.json)."""
+        self.state.paused = Paused(reason, now_iso())
+        log.info("paused reason=%s", reason or "-")
+        self._show_pause()
+        self.state_file.save(self.state)  # in force even if this fails (then shown as error)
+
+    def resume(self) -> None:
+        """Let updates go live again (the caller asks for a check)."""
+        if self.state.paused is None:
+            log.info("resume asked, but not paused")
+            return
+        self.state.paused = None
+        log.info("resumed")
+        self._show_pause()
+        self.state_file.save(self.state)
+
+    def _show_pause(self) -> None:
+        paused = self.state.paused
+        self.board.update(paused=asdict(paused) if paused else None)
+
+    def _say_paused(self) -> None:
+        """At start: a pause kept from before holds updates until `live-pull resume`."""
+        paused = self.state.paused
+        if paused is not None:
+            log.warning("updates paused since=%s reason=%s", paused.since, paused.reason or "-")
 
     def prepare(self, sha: str) -> Revision:
         """What it takes to run a release on disk: its programs and its environment."""

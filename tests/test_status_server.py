@@ -19,7 +19,7 @@ import requests
 from entrypoint.auth import Secret
 from entrypoint.board import StatusBoard
 from entrypoint.sample import SampleRepo
-from entrypoint.status import HEAD_SECONDS, StatusServer
+from entrypoint.status import HEAD_SECONDS, Controls, StatusServer
 from entrypoint.webhook import MAX_BODY, Webhook
 from tests.conftest import AgentProcess, wait_until
 from tests.git_http import GitHttpServer
@@ -41,7 +41,12 @@ def server() -> Iterator[tuple[StatusServer, list[str]]]:
         board,
         lambda: asked.append("sync"),
         webhook=webhook,
-        on_rollback=lambda sha: "abc",
+        controls=Controls(
+            rollback=lambda sha: "abc",
+            pause=lambda reason: asked.append(f"pause {reason}"),
+            resume=lambda: asked.append("resume"),
+            sync_now=lambda: asked.append("sync now"),
+        ),
     )
     status.start()
     yield status, asked
@@ -143,6 +148,42 @@ def test_every_route_answers_as_before(server: tuple[StatusServer, list[str]]) -
     reply = requests.post(_url(status, "/rollback?sha=abc"), timeout=5)
     assert reply.status_code == 202 and reply.json()["to"] == "abc"
     assert requests.get(_url(status, "/nope"), timeout=5).status_code == 404
+
+
+def test_pause_resume_and_sync_now(server: tuple[StatusServer, list[str]]) -> None:
+    status, asked = server
+    reply = requests.post(_url(status, "/pause"), params={"reason": "freeze\nfriday"}, timeout=5)
+    assert reply.status_code == 202 and reply.json()["reason"] == "freeze | friday"
+    assert requests.post(_url(status, "/pause"), timeout=5).json()["reason"] is None
+    assert requests.post(_url(status, "/resume"), timeout=5).status_code == 202
+    assert requests.post(_url(status, "/sync?now=1"), timeout=5).json()["now"] is True
+    assert asked == ["pause freeze | friday", "pause None", "resume", "sync now"]
+
+
+def test_what_changes_what_runs_is_refused_from_elsewhere(
+    server: tuple[StatusServer, list[str]],
+) -> None:
+    """From 127.0.0.2 (not this machine's own address as the rule spells it): 403, and
+    nothing is asked of the loop; a plain /sync is still accepted."""
+    status, asked = server
+    for path in ("/pause?reason=x", "/resume", "/rollback", "/sync?now=1"):
+        code, body = _post_from("127.0.0.2", status.port, path)
+        assert code == 403 and "localhost only" in body, (path, body)
+    assert asked == []
+    assert _post_from("127.0.0.2", status.port, "/sync")[0] == 202
+    assert asked == ["sync"]
+
+
+def _post_from(source: str, port: int, path: str) -> tuple[int, str]:
+    """A bodyless POST from `source` (any 127.x address is this machine's on Linux)."""
+    with socket.create_connection(("127.0.0.1", port), 5, (source, 0)) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        sock.sendall(head.encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.decode().partition("\r\n")
+    return int(status_line.split()[1]), rest.partition("\r\n\r\n")[2]
 
 
 def test_a_sync_flood_waits_out_a_failing_remotes_backoff(

@@ -361,6 +361,7 @@ class CheckCall:
     trigger: str
     retry_failed: bool
     error: Exception | None  # what this check raised (decided when it was called)
+    ignore_hold: bool = False
 
 
 class ScriptedUpdater:
@@ -382,6 +383,7 @@ class ScriptedUpdater:
         self.targets: list[str | None] = []  # rollback_target calls: a rollback began
         self.rollbacks: list[tuple[str, str]] = []
         self.running: str | None = None
+        self.pauses: list[str | None] = []  # pause(reason) calls, then "resume" for resume()
         self.opened = 0
         self.recorder = Recorder()
         self._changed = threading.Condition()
@@ -436,15 +438,23 @@ class ScriptedUpdater:
             raise self.go_live_error
         self.running = revision
 
-    def check(self, *, trigger: str = "poll", retry_failed: bool = False) -> bool:
+    def check(
+        self, *, trigger: str = "poll", retry_failed: bool = False, ignore_hold: bool = False
+    ) -> bool:
         with self._changed:
             error = self.script.pop(0) if self.script else self.error
-            self.checks.append(CheckCall(trigger, retry_failed, error))
+            self.checks.append(CheckCall(trigger, retry_failed, error, ignore_hold))
             self._changed.notify_all()
         self._gate.wait(WAIT)
         if error is not None:
             raise error
         return False
+
+    def pause(self, reason: str | None) -> None:
+        self.pauses.append(reason)
+
+    def resume(self) -> None:
+        self.pauses.append("resume")
 
     def rollback_target(self, wanted: str | None) -> str:
         with self._changed:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from entrypoint import inbox as inbox_module
-from entrypoint.inbox import Check, Crashed, Inbox, Request, Rollback
+from entrypoint.inbox import Check, Crashed, Inbox, Pause, Request, Resume, Rollback
 
 WAIT = 5.0  # bound on any wait for a thread; never reached when things work
 
@@ -59,6 +59,24 @@ def test_crashed_before_rollback_before_check() -> None:
         Rollback(None, "operator asked", "operator"),
         Check("sync"),
     ]
+
+
+def test_newest_of_pause_and_resume_wins_and_goes_before_checks() -> None:
+    inbox = Inbox()
+    inbox.check("poll")
+    inbox.pausing(Pause("freeze"))
+    inbox.pausing(Resume())
+
+    assert drain(inbox) == [Resume(), Check("poll")]
+
+
+def test_a_check_that_ignores_the_hold_is_not_coalesced_away() -> None:
+    inbox = Inbox()
+    inbox.check("poll")
+    inbox.check("sync", ignore_hold=True)
+    inbox.check("webhook")
+
+    assert drain(inbox) == [Check("sync", ignore_hold=True)]
 
 
 def test_newest_rollback_wins() -> None:

@@ -25,7 +25,7 @@ from entrypoint.errors import (
     RevisionRefused,
     StartupFailed,
 )
-from entrypoint.inbox import Inbox, Rollback
+from entrypoint.inbox import Inbox, Pause, Resume, Rollback
 from entrypoint.loop import ControlLoop
 from tests.unit.standins import WAIT, ScriptedUpdater, make_settings
 
@@ -266,6 +266,30 @@ def test_last_good_revision_that_does_not_start_falls_back_to_fetching(run: Run)
     checks = updater.wait_checks(1)
 
     assert (checks[0].trigger, checks[0].retry_failed) == ("start", True)
+    harness.assert_going_on()
+
+
+# -- pause and resume ----------------------------------------------------------------------
+
+
+def test_pause_is_handed_to_the_updater_and_a_resume_checks_at_once(run: Run) -> None:
+    updater = ScriptedUpdater(None)
+    harness = run(updater, LIVE_PULL_POLL_INTERVAL="0")  # no polls: every check is asked for
+    updater.wait_checks(1)
+
+    harness.inbox.pausing(Pause("freeze"))
+    harness.inbox.pausing(Resume())  # newest wins
+    harness.inbox.pausing(Pause("freeze"))
+    harness.inbox.check("sync", ignore_hold=True)
+    checks = updater.wait_checks(2)
+    assert updater.pauses == ["freeze"]
+    assert checks[1].ignore_hold and checks[1].trigger == "sync"
+
+    harness.inbox.pausing(Resume())
+    checks = updater.wait_checks(3)
+
+    assert updater.pauses == ["freeze", "resume"]
+    assert checks[2].trigger == "resume" and not checks[2].ignore_hold
     harness.assert_going_on()
 
 
