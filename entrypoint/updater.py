@@ -173,6 +173,7 @@ class Updater:
         self.state.paused = Paused(reason, now_iso())
         log.info("paused reason=%s", reason or "-")
         self._show_pause()
+        self.recorder.record(events.Event(kind="pause", reason=reason))
         self.state_file.save(self.state)  # in force even if this fails (then shown as error)
 
     def resume(self) -> None:
@@ -183,6 +184,7 @@ class Updater:
         self.state.paused = None
         log.info("resumed")
         self._show_pause()
+        self.recorder.record(events.Event(kind="resume"))
         self.state_file.save(self.state)
 
     def _show_pause(self) -> None:

@@ -133,22 +133,22 @@ def test_a_transient_failure_after_the_revision_was_seen_is_a_failed_attempt(
     assert last["outcome"] == "failed" and "No space left" in last["reason"]
 
 
-def test_pause_events_go_to_the_history_and_the_gauge_reads_the_board(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_pause_and_a_resume_are_events_and_the_gauge_follows(world: World) -> None:
     history, metrics, heard = wire(world)
-    world.updater.recorder.record(Event(kind="pause", reason="paused by operator"))
-    world.updater.recorder.record(Event(kind="resume"))
-    assert [(e["kind"], e["reason"]) for e in history.events()] == [
-        ("pause", "paused by operator"),
+    world.commit()
+    world.updater.check()
+    world.updater.pause("release freeze")
+    assert samples(metrics)[("live_pull_paused", ())] == 1
+    world.commit(**{"app.py": "2"})
+    world.updater.check()  # held: a check, no attempt
+    world.updater.resume()
+    assert samples(metrics)[("live_pull_paused", ())] == 0
+    assert [(e["kind"], e["reason"]) for e in history.events()[1:]] == [
+        ("pause", "release freeze"),
         ("resume", None),
     ]
-    assert [e.kind for e in heard.events] == ["pause", "resume"]
-    assert samples(metrics)[("live_pull_updates_total", (("result", "succeeded"),))] == 0
-    assert samples(metrics)[("live_pull_paused", ())] == 0
-    snapshot = world.board.snapshot
-    monkeypatch.setattr(world.board, "snapshot", lambda: {**snapshot(), "paused": {"since": "x"}})
-    assert samples(metrics)[("live_pull_paused", ())] == 1
+    assert [e.outcome for e in heard.events] == ["succeeded", None, None]
+    assert samples(metrics)[("live_pull_updates_total", (("result", "succeeded"),))] == 1
 
 
 # -- the history file ---------------------------------------------------------------------
