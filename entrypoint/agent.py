@@ -10,33 +10,27 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from entrypoint import identity
 from entrypoint.auth import GitAuth
 from entrypoint.bake import health_probe
 from entrypoint.board import StatusBoard
+from entrypoint.boot import Booted
 from entrypoint.config import Settings, split_urls
 from entrypoint.environments import Environments, InstallOptions
-from entrypoint.errors import ConfigError
 from entrypoint.events import Recorder, Sink
 from entrypoint.history import History
-from entrypoint.identity import Identity
 from entrypoint.inbox import Inbox, Pause, Resume, Rollback
 from entrypoint.installers import pick_installer
 from entrypoint.loop import ControlLoop
 from entrypoint.metrics import Metrics
-from entrypoint.processes import home_id, read_app_processes_as, tag_children
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
 from entrypoint.status import Controls, StatusServer
-from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import SharedSocket, Timings
+from entrypoint.supervisor_config import SharedSocket
 from entrypoint.updater import Updater, pick_rollback_target
 from entrypoint.verify import Verifier
 from entrypoint.watchdog import Watchdog
@@ -48,25 +42,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0
-# What in LIVE_PULL_HOME the app user may write (see Agent._separate).
-APP_OWNED = frozenset({"shared", "scratch", "cache"})
 LOOP_JOIN_SECONDS = 1.0
 
 
-def _interpreter() -> Path:
-    return Path(sys.executable).resolve().parent
-
-
 class Agent:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, booted: Booted) -> None:
+        """`booted`: who the app runs as and the supervisord already starting (boot.py)."""
         self.settings = settings
         self.stop = threading.Event()
         self.hangup = threading.Event()
         self.notifier: Notifier | None = None
         self.inbox = Inbox()
         home = settings.home
-        home.mkdir(parents=True, exist_ok=True)
-        run_as = self._separate(settings)
+        run_as = booted.run_as
         self.board = StatusBoard(settings.repo_url.redacted(), settings.ref_label)
         self.repo = Repository(
             home / "repo",
@@ -84,10 +72,7 @@ class Agent:
             settings.shared_paths,
             int(settings.max_revision_mb * 1024 * 1024),
         )
-        timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
-        process_home = home_id(home)
-        tag_children(process_home)
-        self.supervisor = Supervisor(home / "run", timings, process_home, run_as)
+        self.supervisor = booted.supervisor
         self.updater = Updater(
             settings,
             self.repo,
@@ -156,7 +141,7 @@ class Agent:
             self.status.port,
         )
         try:
-            self.supervisor.start()  # from the main thread: see Supervisor.start
+            self.supervisor.wait_ready()
             self.loop.start()
             self._watch()
         finally:
@@ -189,43 +174,6 @@ class Agent:
             )
             sinks.append(self.notifier)
         return sinks
-
-    @staticmethod
-    def _separate(settings: Settings) -> Identity:
-        """Who code from the repository runs as; said once, at start, when that is the
-        agent itself. The home is the agent's; the app may only pass through it."""
-        run_as = identity.resolve(settings.app_user)
-        notice = identity.notice(settings.app_user, run_as)
-        if notice is not None:
-            log.warning("%s", notice)
-        if run_as.app is None:
-            return run_as
-        run_as.claim_home(settings.home, APP_OWNED)
-        for variable, path in settings.secret_files().items():
-            if run_as.can_read(path):
-                log.warning(
-                    "%s %s is readable by the app user %s: mount it mode 0400 (root's alone)",
-                    variable,
-                    path,
-                    run_as.app.name,
-                )
-        # The app user runs the agent's interpreter too (the wrapper of one-off commands,
-        # the slot launcher), and must pass through to its releases and environments.
-        for what, path in (("LIVE_PULL_HOME", settings.home), ("python", _interpreter())):
-            blocked = run_as.blocked_on_the_way(path)
-            if blocked is not None:
-                raise ConfigError(
-                    f"LIVE_PULL_APP_USER: user {run_as.app.name} cannot reach {what} {path}"
-                    f" ({blocked} is not searchable by it)"
-                )
-        run_as.private_dir(settings.home / "repo")
-        read_app_processes_as(run_as.app.uid, run_as.app.gid)
-        log.info(
-            "privilege separation on: code from the repository runs as user=%s uid=%d",
-            run_as.app.name,
-            run_as.app.uid,
-        )
-        return run_as
 
     def request_stop(self) -> None:
         self.stop.set()

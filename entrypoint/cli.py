@@ -9,16 +9,17 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-import requests
 
 from entrypoint import __version__
 from entrypoint.config import Settings, load_settings, scrub_environ, split_urls, status_url
 from entrypoint.errors import AppFailed, ConfigError, LivePullError, StartupFailed
 from entrypoint.homelock import HomeLock
 from entrypoint.logs import append_to_output_files, configure_logging
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("entrypoint")
 
@@ -116,7 +117,7 @@ def _settings() -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from entrypoint.agent import Agent
+    from entrypoint.boot import boot
 
     settings = _settings()
     configure_logging(settings.log_level, _secrets_to_mask(settings))
@@ -125,7 +126,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         lock.acquire()  # before anything in the home is read or written
         scrub_environ(settings)
-        return Agent(settings).run()
+        booted = boot(settings)  # supervisord boots while the agent's modules import
+        from entrypoint.agent import Agent
+
+        try:
+            agent = Agent(settings, booted)
+        except BaseException:
+            booted.supervisor.stop()
+            raise
+        return agent.run()
     except OSError as exc:
         raise LivePullError(str(exc)) from exc
     finally:
@@ -255,6 +264,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _request(method: str, path: str) -> requests.Response:
     """One call to the running agent; an error answer becomes the agent's own words."""
+    import requests  # not on `run`'s way to a serving app
+
     url = status_url() + path
     try:
         response = requests.request(method, url, timeout=10)

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN})
 
 POLL = 0.2
+READY_POLL = 0.02  # at start, when every moment until the app serves counts
 SOCKET_NAME = "supervisor.sock"
 RPC_USER = "live-pull"
 RPC_SLACK = 30.0
@@ -99,7 +100,12 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start supervisord with no programs and wait until it answers.
+        """Start supervisord with no programs and wait until it answers."""
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start supervisord with no programs (wait_ready waits for it to answer).
 
         The caller holds the home's lock, so a supervisord of this home still running
         belongs to a dead agent: it is stopped (and whatever it or the dead agent
@@ -124,6 +130,9 @@ class Supervisor:
             preexec_fn=die_with_parent(signal.SIGTERM),
             stdin=subprocess.DEVNULL,
         )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self._process is not None, "wait_ready before spawn"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -133,7 +142,7 @@ class Supervisor:
             with contextlib.suppress(OSError, SupervisorError):
                 self._call(lambda rpc: rpc.supervisor.getState())
                 return
-            time.sleep(POLL)
+            time.sleep(READY_POLL)
         raise SupervisorError(f"supervisord did not answer within {timeout:g}s")
 
     def alive(self) -> bool:
