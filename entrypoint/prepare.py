@@ -5,7 +5,8 @@ ref points to is fetched, verified, exported, installed and released (the releas
 step, unless skipped), and recorded as the last good one, so a later `live-pull run`
 on the same home serves it at once (offline too), then follows the remote.
 supervisord is never started; the home's lock is held throughout, so a running agent
-on the same home makes it fail before anything is touched.
+on the same home makes it fail before anything is touched; no copy of a git
+credential is left in the home (it may become an image layer).
 """
 
 from __future__ import annotations
@@ -75,4 +76,7 @@ def _stage(settings: Settings, release_step: bool) -> Staged:
         settings.ref_label,
         home,
     )
-    return updater.stage(release_step=release_step)
+    try:
+        return updater.stage(release_step=release_step)
+    finally:
+        updater.repo.auth.forget()

@@ -13,6 +13,7 @@ from pathlib import Path
 from entrypoint.processes import find_tagged, home_id
 from entrypoint.sample import SampleRepo
 from tests.conftest import AgentProcess
+from tests.git_http import GitHttpServer
 from tests.test_deps_agent import app_files, deps_env
 
 Factory = Callable[..., AgentProcess]
@@ -81,3 +82,19 @@ def test_failed_release_step_exits_non_zero_with_one_line(
     last = done.stderr.splitlines()[-1]
     assert last == "live-pull: error: release step failed code=3 (output in the log)"
     assert not (tmp_path / "home" / "current").exists()  # nothing recorded as good
+
+
+def test_no_credential_is_left_in_the_home(sample: SampleRepo, tmp_path: Path) -> None:
+    token = "ghp_prepare-secret-0123456789"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    home = tmp_path / "home"
+    with GitHttpServer(sample.remote.parent, credentials=("x-access-token", token)) as server:
+        done = prepare(
+            server.url(sample.remote.name), home, LIVE_PULL_GIT_TOKEN_FILE=str(token_file)
+        )
+    assert done.returncode == 0, done.stderr
+    assert not (home / "credentials").exists()
+    leaked = [p for p in home.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert leaked == []
+    assert token not in done.stdout + done.stderr
