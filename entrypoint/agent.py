@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from entrypoint.config import Settings, split_urls
 from entrypoint.environments import Environments, InstallOptions
 from entrypoint.events import Recorder, Sink
 from entrypoint.history import History
+from entrypoint.identity import Identity
 from entrypoint.inbox import Inbox, Pause, Resume, Rollback
 from entrypoint.installers import pick_installer
 from entrypoint.loop import ControlLoop
@@ -30,6 +32,7 @@ from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
 from entrypoint.status import Controls, StatusServer
+from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import SharedSocket
 from entrypoint.updater import Updater, pick_rollback_target
 from entrypoint.verify import Verifier
@@ -53,53 +56,19 @@ class Agent:
         self.hangup = threading.Event()
         self.notifier: Notifier | None = None
         self.inbox = Inbox()
-        home = settings.home
         run_as = booted.run_as
         self.board = StatusBoard(settings.repo_url.redacted(), settings.ref_label)
-        self.repo = Repository(
-            home / "repo",
-            settings.repo_url,
-            depth=settings.depth,
-            timeout=settings.git_timeout,
-            auth=GitAuth(settings.auth, home),
-        )
-        self.history = History(home / "history")
+        self.history = History(settings.home / "history")
         self.metrics = Metrics(self.board)
-        self.recorder = Recorder(self._sinks(), self.repo.describe)
-        self.releases = Releases(
-            home,
-            settings.app_dir,
-            settings.shared_paths,
-            int(settings.max_revision_mb * 1024 * 1024),
-        )
         self.supervisor = booted.supervisor
-        self.updater = Updater(
+        self.updater = build_updater(
             settings,
-            self.repo,
-            self.releases,
             self.supervisor,
-            StateFile(home / "state.json"),
             self.board,
             self.stop,
-            Environments(
-                home / "venvs",
-                home / "cache",
-                pick_installer(settings.installer),
-                InstallOptions(
-                    settings.lockfile,
-                    settings.install_command,
-                    settings.install_args,
-                    settings.install_timeout,
-                    settings.install_groups,
-                    settings.install_extras,
-                ),
-                self.stop,
-                run_as,
-            ),
-            Verifier(settings.verify, home),
-            self._shared_socket(),
             run_as,
-            recorder=self.recorder,
+            self._shared_socket(),
+            sinks=self._sinks(),
         )
         self.loop = ControlLoop(settings, self.updater, self.board, self.inbox)
         self.watchdog = Watchdog(
@@ -240,3 +209,53 @@ class Agent:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+
+
+def build_updater(
+    settings: Settings,
+    supervisor: Supervisor,
+    board: StatusBoard,
+    stop: threading.Event,
+    run_as: Identity,
+    shared: SharedSocket | None = None,
+    *,
+    sinks: Sequence[Sink] = (),
+) -> Updater:
+    """The update sequence wired to the home (the agent's, and `live-pull prepare`'s);
+    `sinks`: where its events go (history, metrics, notifications)."""
+    home = settings.home
+    repo = Repository(
+        home / "repo",
+        settings.repo_url,
+        depth=settings.depth,
+        timeout=settings.git_timeout,
+        auth=GitAuth(settings.auth, home),
+    )
+    releases = Releases(
+        home, settings.app_dir, settings.shared_paths, int(settings.max_revision_mb * 1024 * 1024)
+    )
+    options = InstallOptions(
+        settings.lockfile,
+        settings.install_command,
+        settings.install_args,
+        settings.install_timeout,
+        settings.install_groups,
+        settings.install_extras,
+    )
+    environments = Environments(
+        home / "venvs", home / "cache", pick_installer(settings.installer), options, stop, run_as
+    )
+    return Updater(
+        settings,
+        repo,
+        releases,
+        supervisor,
+        StateFile(home / "state.json"),
+        board,
+        stop,
+        environments,
+        Verifier(settings.verify, home),
+        shared,
+        run_as,
+        recorder=Recorder(list(sinks), repo.describe),
+    )

@@ -65,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="fetch, run and follow the app (the container's command)")
+    prepare = commands.add_parser(
+        "prepare",
+        help="fetch, install and run the release step for the ref, then exit (no app started)",
+    )
+    prepare.add_argument(
+        "--skip-release",
+        action="store_true",
+        help="leave the release step (e.g. migrations) to the first `run` on this home",
+    )
     commands.add_parser("check-config", help="validate and print the effective configuration")
     status = commands.add_parser("status", help="show a running agent's status")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -96,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     handlers = {
         "run": _run,
+        "prepare": _prepare,
         "check-config": _check_config,
         "status": _status,
         "sync": _sync,
@@ -139,6 +149,20 @@ def _run(args: argparse.Namespace) -> int:
         raise LivePullError(str(exc)) from exc
     finally:
         lock.release()
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from entrypoint.prepare import prepare
+
+    settings = _settings()
+    configure_logging(settings.log_level, _secrets_to_mask(settings))
+    scrub_environ(settings)
+    try:
+        prepared = prepare(settings, release_step=not args.skip_release)
+    except OSError as exc:
+        raise LivePullError(str(exc)) from exc
+    print(prepared.line())
+    return EXIT_OK
 
 
 def _secrets_to_mask(settings: Settings) -> list[str]:

@@ -174,7 +174,7 @@ class ControlLoop:
             if sha is None:
                 return False
             log.info("starting last good revision at once sha=%s", short(sha))
-            self.updater.go_live(self.updater.prepare(sha))
+            self.updater.start_from_disk(sha)
         except FatalError:
             raise
         except Exception as exc:

@@ -49,6 +49,14 @@ class Revision:
     environment: Environment | None
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A revision prepared without going live, and what became of its release step."""
+
+    revision: Revision
+    release: str  # none, ran, skipped, done-before
+
+
 def short(sha: str) -> str:
     return sha[:12]
 
@@ -159,6 +167,43 @@ class Updater:
             self.baking = Bake.starting(sha, self.settings.bake_seconds)
         self._record_success(revision, counted=replacing)  # 7. record, collect garbage
         return True
+
+    def stage(self, *, release_step: bool = True) -> Staged:
+        """`live-pull prepare`: steps 1 and 3 to 5 without the switch, then the revision is
+        recorded as the last good one and `current` names it, so the next start serves it
+        at once. Without `release_step` the step is left for that start
+        (start_from_disk). A failure is raised, not recorded: a one-shot may fail for
+        want of what only its surroundings lack (a database at image build time).
+        """
+        self.open()
+        remote = self._ask_remote()
+        revision = self.prepare(self._fetch(remote))
+        release = self._stage_release(revision, release_step)
+        self._record_staged(revision, released=release != "skipped")
+        return Staged(revision, release)
+
+    def _stage_release(self, revision: Revision, wanted: bool) -> str:
+        """What became of the release step: none, ran, skipped, or done before (once per
+        revision, as when the agent updates)."""
+        sha = revision.sha
+        if revision.processes.release is None:
+            return "none"
+        if sha in self.state.history and sha not in self.state.unreleased:
+            return "done-before"
+        if not wanted:
+            return "skipped"
+        self._release_step(revision)
+        return "ran"
+
+    def start_from_disk(self, sha: str) -> None:
+        """At start: serve a release on disk, running first a release step that
+        `live-pull prepare --skip-release` left to this moment."""
+        revision = self.prepare(sha)
+        if sha in self.state.unreleased:
+            self._release_step(revision)
+            self.state.released(sha)
+            self.state_file.save(self.state)
+        self.go_live(revision)
 
     def _held(self, remote: RemoteRevision, ignore_hold: bool) -> bool:
         """An update (never the first start) waits while paused or outside the update
@@ -500,6 +545,15 @@ class Updater:
         self.board.update(failed_revisions=dict(self.state.failed))
         self.collect_garbage()
         self.board.update(retained=self._retained())
+
+    def _record_staged(self, revision: Revision, *, released: bool) -> None:
+        """Prepared, not started: the last good revision, which a start serves at once."""
+        digest = revision.environment.digest if revision.environment else None
+        self.state.record_good(revision.sha, digest)  # saved by collect_garbage below
+        if not released:
+            self.state.record_unreleased(revision.sha)
+        self.releases.activate(revision.sha)
+        self.collect_garbage()
 
     def collect_garbage(self) -> None:
         """Old releases beyond the kept number, and environments none of them uses."""

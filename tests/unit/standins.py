@@ -432,6 +432,9 @@ class ScriptedUpdater:
     def prepare(self, sha: str) -> str:
         return sha
 
+    def start_from_disk(self, sha: str) -> None:
+        self.go_live(self.prepare(sha))
+
     def go_live(self, revision: str) -> None:
         self.went_live.append(revision)
         if self.go_live_error is not None:
