@@ -103,12 +103,7 @@ class Agent:
         """Run until asked to stop (return 0) or the app cannot be kept up (raise)."""
         self._install_signal_handlers()
         self.status.start()
-        log.info(
-            "live-pull starting repo=%s ref=%s status_port=%d",
-            self.settings.repo_url.redacted(),
-            self.settings.ref_label,
-            self.status.port,
-        )
+        log.info("status endpoint listening port=%d", self.status.port)
         try:
             self.supervisor.wait_ready()
             self.loop.start()

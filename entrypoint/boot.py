@@ -31,6 +31,7 @@ class Booted:
 
 def boot(settings: Settings) -> Booted:
     """From the main thread, holding the home's lock (see Supervisor.spawn)."""
+    log.info("live-pull starting repo=%s ref=%s", settings.repo_url.redacted(), settings.ref_label)
     settings.home.mkdir(parents=True, exist_ok=True)
     run_as = separate(settings)
     timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
