@@ -10,102 +10,66 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
-from pathlib import Path
+from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from entrypoint import identity
 from entrypoint.auth import GitAuth
 from entrypoint.bake import health_probe
 from entrypoint.board import StatusBoard
-from entrypoint.config import Settings
+from entrypoint.boot import Booted
+from entrypoint.config import Settings, split_urls
 from entrypoint.environments import Environments, InstallOptions
-from entrypoint.errors import ConfigError
+from entrypoint.events import Recorder, Sink
+from entrypoint.history import History
 from entrypoint.identity import Identity
 from entrypoint.inbox import Inbox, Pause, Resume, Rollback
 from entrypoint.installers import pick_installer
 from entrypoint.loop import ControlLoop
-from entrypoint.processes import home_id, read_app_processes_as, tag_children
-from entrypoint.relay import AppOutput, Inherited
+from entrypoint.metrics import Metrics
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
 from entrypoint.status import Controls, StatusServer
 from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import SharedSocket, Timings
+from entrypoint.supervisor_config import SharedSocket
 from entrypoint.updater import Updater, pick_rollback_target
 from entrypoint.verify import Verifier
 from entrypoint.watchdog import Watchdog
 from entrypoint.webhook import Webhook
 
+if TYPE_CHECKING:
+    from entrypoint.notify import Notifier
+
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0
-# What in LIVE_PULL_HOME the app user may write (see Agent._separate).
-APP_OWNED = frozenset({"shared", "scratch", "cache"})
 LOOP_JOIN_SECONDS = 1.0
 
 
-def _interpreter() -> Path:
-    return Path(sys.executable).resolve().parent
-
-
 class Agent:
-    def __init__(self, settings: Settings, output: AppOutput | None = None) -> None:
-        """`output`: where supervisord and the app write (see relay.py)."""
+    def __init__(self, settings: Settings, booted: Booted) -> None:
+        """`booted`: who the app runs as and the supervisord already starting (boot.py)."""
         self.settings = settings
-        self.output: AppOutput = output or Inherited()
+        self.output = booted.output
         self.stop = threading.Event()
         self.hangup = threading.Event()
+        self.notifier: Notifier | None = None
         self.inbox = Inbox()
-        home = settings.home
-        home.mkdir(parents=True, exist_ok=True)
-        run_as = self._separate(settings)
+        run_as = booted.run_as
         self.board = StatusBoard(settings.repo_url.redacted(), settings.ref_label)
-        self.repo = Repository(
-            home / "repo",
-            settings.repo_url,
-            depth=settings.depth,
-            timeout=settings.git_timeout,
-            auth=GitAuth(settings.auth, home),
-        )
-        self.releases = Releases(
-            home,
-            settings.app_dir,
-            settings.shared_paths,
-            int(settings.max_revision_mb * 1024 * 1024),
-        )
-        timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
-        process_home = home_id(home)
-        tag_children(process_home)
-        self.supervisor = Supervisor(home / "run", timings, process_home, run_as, self.output)
-        self.updater = Updater(
+        self.history = History(settings.home / "history")
+        self.metrics = Metrics(self.board)
+        self.supervisor = booted.supervisor
+        self.updater = build_updater(
             settings,
-            self.repo,
-            self.releases,
             self.supervisor,
-            StateFile(home / "state.json"),
             self.board,
             self.stop,
-            Environments(
-                home / "venvs",
-                home / "cache",
-                pick_installer(settings.installer),
-                InstallOptions(
-                    settings.lockfile,
-                    settings.install_command,
-                    settings.install_args,
-                    settings.install_timeout,
-                    settings.install_groups,
-                    settings.install_extras,
-                ),
-                self.stop,
-                run_as,
-            ),
-            Verifier(settings.verify, home),
-            self._shared_socket(),
             run_as,
+            self._shared_socket(),
+            sinks=self._sinks(),
         )
         self.loop = ControlLoop(settings, self.updater, self.board, self.inbox)
         self.watchdog = Watchdog(
@@ -132,6 +96,7 @@ class Agent:
                 sync_now=lambda: self.inbox.check("sync", ignore_hold=True),
             ),
         )
+        self.status.add_readers(self.history.events, self.metrics.exposition)
 
     # -- public -------------------------------------------------------------------
 
@@ -139,15 +104,9 @@ class Agent:
         """Run until asked to stop (return 0) or the app cannot be kept up (raise)."""
         self._install_signal_handlers()
         self.status.start()
-        log.info(
-            "live-pull starting repo=%s ref=%s status_port=%d",
-            self.settings.repo_url.redacted(),
-            self.settings.ref_label,
-            self.status.port,
-        )
-        self.output.start()
+        log.info("status endpoint listening port=%d", self.status.port)
         try:
-            self.supervisor.start()  # from the main thread: see Supervisor.start
+            self.supervisor.wait_ready()
             self.loop.start()
             self._watch()
         finally:
@@ -165,42 +124,21 @@ class Agent:
         )
         return target
 
-    @staticmethod
-    def _separate(settings: Settings) -> Identity:
-        """Who code from the repository runs as; said once, at start, when that is the
-        agent itself. The home is the agent's; the app may only pass through it."""
-        run_as = identity.resolve(settings.app_user)
-        notice = identity.notice(settings.app_user, run_as)
-        if notice is not None:
-            log.warning("%s", notice)
-        if run_as.app is None:
-            return run_as
-        run_as.claim_home(settings.home, APP_OWNED)
-        for variable, path in settings.secret_files().items():
-            if run_as.can_read(path):
-                log.warning(
-                    "%s %s is readable by the app user %s: mount it mode 0400 (root's alone)",
-                    variable,
-                    path,
-                    run_as.app.name,
-                )
-        # The app user runs the agent's interpreter too (the wrapper of one-off commands,
-        # the slot launcher), and must pass through to its releases and environments.
-        for what, path in (("LIVE_PULL_HOME", settings.home), ("python", _interpreter())):
-            blocked = run_as.blocked_on_the_way(path)
-            if blocked is not None:
-                raise ConfigError(
-                    f"LIVE_PULL_APP_USER: user {run_as.app.name} cannot reach {what} {path}"
-                    f" ({blocked} is not searchable by it)"
-                )
-        run_as.private_dir(settings.home / "repo")
-        read_app_processes_as(run_as.app.uid, run_as.app.gid)
-        log.info(
-            "privilege separation on: code from the repository runs as user=%s uid=%d",
-            run_as.app.name,
-            run_as.app.uid,
-        )
-        return run_as
+    def _sinks(self) -> list[Sink]:
+        """Where events go: the history, the metrics, and notifications if configured."""
+        sinks: list[Sink] = [self.history, self.metrics]
+        urls = self.settings.notify_urls
+        if urls is not None:
+            from entrypoint.notify import Notifier  # Apprise is heavy: only when wanted
+
+            self.notifier = Notifier(
+                lambda: split_urls(urls.read()),
+                self.settings.notify_on,
+                self.settings.repo_url.url,
+                self.settings.ref_label,
+            )
+            sinks.append(self.notifier)
+        return sinks
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -253,6 +191,8 @@ class Agent:
         log.info("stopping app and supervisord")
         self.supervisor.stop()
         self.output.stop()  # after supervisord: its last lines are written first
+        if self.notifier is not None:
+            self.notifier.close()
         self.status.stop()
         log.info("stopped")
 
@@ -266,3 +206,53 @@ class Agent:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+
+
+def build_updater(
+    settings: Settings,
+    supervisor: Supervisor,
+    board: StatusBoard,
+    stop: threading.Event,
+    run_as: Identity,
+    shared: SharedSocket | None = None,
+    *,
+    sinks: Sequence[Sink] = (),
+) -> Updater:
+    """The update sequence wired to the home (the agent's, and `live-pull prepare`'s);
+    `sinks`: where its events go (history, metrics, notifications)."""
+    home = settings.home
+    repo = Repository(
+        home / "repo",
+        settings.repo_url,
+        depth=settings.depth,
+        timeout=settings.git_timeout,
+        auth=GitAuth(settings.auth, home),
+    )
+    releases = Releases(
+        home, settings.app_dir, settings.shared_paths, int(settings.max_revision_mb * 1024 * 1024)
+    )
+    options = InstallOptions(
+        settings.lockfile,
+        settings.install_command,
+        settings.install_args,
+        settings.install_timeout,
+        settings.install_groups,
+        settings.install_extras,
+    )
+    environments = Environments(
+        home / "venvs", home / "cache", pick_installer(settings.installer), options, stop, run_as
+    )
+    return Updater(
+        settings,
+        repo,
+        releases,
+        supervisor,
+        StateFile(home / "state.json"),
+        board,
+        stop,
+        environments,
+        Verifier(settings.verify, home),
+        shared,
+        run_as,
+        recorder=Recorder(list(sinks), repo.describe),
+    )

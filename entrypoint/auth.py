@@ -138,6 +138,12 @@ class GitAuth:
         env.update(credential_helper_config(self.credentials_file, self.settings.origin))
         return env
 
+    def forget(self) -> None:
+        """Remove the copies of secrets made for git: `live-pull prepare` leaves none
+        behind (in an image layer, say)."""
+        self.credentials_file.unlink(missing_ok=True)
+        self.key_copy.unlink(missing_ok=True)
+
     def explain(self, error: GitError) -> GitError:
         """An authentication failure names the method, instead of git's raw words alone."""
         if self.settings.method != "none" and any(s in str(error) for s in AUTH_FAILURES):

@@ -9,17 +9,18 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import requests
-
 from entrypoint import __version__
-from entrypoint.config import Settings, load_settings, scrub_environ, status_url
+from entrypoint.config import Settings, load_settings, scrub_environ, split_urls, status_url
 from entrypoint.errors import AppFailed, ConfigError, LivePullError, StartupFailed
 from entrypoint.homelock import HomeLock
 from entrypoint.logs import Masker, append_to_output_files, configure_logging, json_output
 from entrypoint.relay import app_output
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("entrypoint")
 
@@ -68,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="fetch, run and follow the app (the container's command)")
+    prepare = commands.add_parser(
+        "prepare",
+        help="fetch, install and run the release step for the ref, then exit (no app started)",
+    )
+    prepare.add_argument(
+        "--skip-release",
+        action="store_true",
+        help="leave the release step (e.g. migrations) to the first `run` on this home",
+    )
     commands.add_parser("check-config", help="validate and print the effective configuration")
     status = commands.add_parser("status", help="show a running agent's status")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -88,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         "rollback", help="switch a running agent to the previous (or a named) retained release"
     )
     rollback.add_argument("sha", nargs="?", help="a retained release (full or short sha)")
+    history = commands.add_parser(
+        "history", help="show a running agent's last updates and rollbacks (newest last)"
+    )
+    history.add_argument("--json", action="store_true", help="print the raw JSON list")
     commands.add_parser("version", help="print the version")
     demo = commands.add_parser("demo", help="run against a sample app and push a commit")
     demo.add_argument(
@@ -95,9 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     handlers = {
         "run": _run,
+        "prepare": _prepare,
         "check-config": _check_config,
         "status": _status,
         "sync": _sync,
+        "history": _history,
         "probe": _probe,
         "rollback": _rollback,
         "pause": _pause,
@@ -115,7 +131,7 @@ def _settings() -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from entrypoint.agent import Agent
+    from entrypoint.boot import boot
 
     settings = _settings()
     secrets = _secrets_to_mask(settings)
@@ -125,17 +141,44 @@ def _run(args: argparse.Namespace) -> int:
     try:
         lock.acquire()  # before anything in the home is read or written
         scrub_environ(settings)
-        return Agent(settings, app_output(settings.log_format, Masker(secrets))).run()
+        output = app_output(settings.log_format, Masker(secrets))
+        booted = boot(settings, output)  # supervisord boots while the agent's modules import
+        from entrypoint.agent import Agent
+
+        try:
+            agent = Agent(settings, booted)
+        except BaseException:
+            booted.supervisor.stop()
+            output.stop()
+            raise
+        return agent.run()
     except OSError as exc:
         raise LivePullError(str(exc)) from exc
     finally:
         lock.release()
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from entrypoint.prepare import prepare
+
+    settings = _settings()
+    configure_logging(settings.log_level, _secrets_to_mask(settings), settings.log_format)
+    scrub_environ(settings)
+    try:
+        prepared = prepare(settings, release_step=not args.skip_release)
+    except OSError as exc:
+        raise LivePullError(str(exc)) from exc
+    print(prepared.line())
+    return EXIT_OK
+
+
 def _secrets_to_mask(settings: Settings) -> list[str]:
     """Every secret known at start, masked in the log as a last guard."""
     auth = settings.auth
     found = auth.inline_secrets()
+    if settings.notify_urls is not None:
+        with contextlib.suppress(LivePullError):
+            found.extend(split_urls(settings.notify_urls.read()))
     if auth.url_credentials is not None:
         found.append(auth.url_credentials.username)
     for secret in (auth.token, auth.password):
@@ -252,6 +295,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _request(method: str, path: str) -> requests.Response:
     """One call to the running agent; an error answer becomes the agent's own words."""
+    import requests  # not on `run`'s way to a serving app
+
     url = status_url() + path
     try:
         response = requests.request(method, url, timeout=10)
@@ -264,6 +309,47 @@ def _request(method: str, path: str) -> requests.Response:
             error = ""
         raise LivePullError(error or f"{url} answered HTTP {response.status_code}")
     return response
+
+
+def _history(args: argparse.Namespace) -> int:
+    events = _request("GET", "/history").json()
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return EXIT_OK
+    for line in history_table(events):
+        print(line)
+    return EXIT_OK
+
+
+HISTORY_COLUMNS = ("WHEN", "KIND", "TRIGGER", "FROM", "TO", "OUTCOME", "TOOK", "REASON")
+
+
+def history_table(events: list[dict[str, Any]]) -> list[str]:
+    """Events as aligned columns for a person, oldest first (the reason last, whole)."""
+    rows = [HISTORY_COLUMNS, *(_history_row(event) for event in events)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HISTORY_COLUMNS) - 1)]
+    return ["  ".join([*map(str.ljust, row[:-1], widths), row[-1]]).rstrip() for row in rows]
+
+
+def _history_row(event: dict[str, Any]) -> tuple[str, ...]:
+    took = event.get("duration_seconds")
+    to = _sha(event.get("to_revision"))
+    if event.get("to_subject"):
+        to = f"{to} {str(event['to_subject'])[:40]}"
+    return (
+        str(event.get("at", "-"))[:19].replace("T", " "),
+        _show(event.get("kind")),
+        _show(event.get("trigger")),
+        _sha(event.get("from_revision")),
+        to,
+        _show(event.get("outcome")),
+        "-" if took is None else f"{took:.1f}s",
+        _show(event.get("reason")),
+    )
+
+
+def _sha(value: Any) -> str:
+    return str(value)[:12] if value else "-"
 
 
 def _version(args: argparse.Namespace) -> int:

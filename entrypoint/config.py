@@ -36,6 +36,7 @@ from entrypoint.credentials import (
 )
 from entrypoint.errors import ConfigError
 from entrypoint.github_app import GitHubAppSettings
+from entrypoint.notify import DEFAULT_EVENTS, EVENTS, unusable
 from entrypoint.verify import VerifySettings
 from entrypoint.windows import UpdateWindows, parse_windows
 
@@ -46,7 +47,13 @@ APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_ENV", "LIVE_PULL_PROCES
 APP_KEEPS = frozenset({"REPO_URL", "REPO_REF", "PORT"})
 # Variables whose value may hold a secret: never echoed, never passed to the app.
 SECRET_VARIABLES = frozenset(
-    {"REPO_URL", "LIVE_PULL_GIT_TOKEN", "LIVE_PULL_GIT_PASSWORD", "LIVE_PULL_WEBHOOK_SECRET"}
+    {
+        "REPO_URL",
+        "LIVE_PULL_GIT_TOKEN",
+        "LIVE_PULL_GIT_PASSWORD",
+        "LIVE_PULL_WEBHOOK_SECRET",
+        "LIVE_PULL_NOTIFY_URLS",
+    }
 )
 
 
@@ -193,6 +200,16 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(
         "text", validation_alias=AliasChoices("LIVE_PULL_LOG_FORMAT")
+    )
+    # Apprise URLs hold tokens: a secret as a whole (see notify_urls).
+    notify_urls_value: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_URLS")
+    )
+    notify_urls_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_URLS_FILE")
+    )
+    notify_on: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_EVENTS, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_ON")
     )
 
     @field_validator("*", mode="before")
@@ -342,6 +359,33 @@ class Settings(BaseSettings):
         identity.lookup(value.strip())
         return value.strip()
 
+    @field_validator("notify_urls_value")
+    @classmethod
+    def _apprise_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        """Each URL one Apprise can send to; the error names its place, never the URL."""
+        if value is None:
+            return None
+        problem = _url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return value if split_urls(value.get_secret_value()) else None
+
+    @field_validator("notify_on", mode="before")
+    @classmethod
+    def _notify_events(cls, value: object) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        names = tuple(str(item).strip().lower() for item in items if str(item).strip())
+        for name in names:
+            if name not in EVENTS:
+                raise ValueError(f"{name!r} is not an event ({', '.join(EVENTS)})")
+        return names or DEFAULT_EVENTS
+
+    @property
+    def notify_urls(self) -> Secret | None:
+        """Where the Apprise URLs are (None: notifications off); read them with
+        split_urls(secret.read()), at every use: a rotated file is taken up."""
+        return _secret("LIVE_PULL_NOTIFY_URLS", self.notify_urls_value, self.notify_urls_file)
+
     @field_validator("install_args", mode="before")
     @classmethod
     def _split_args(cls, value: object) -> tuple[str, ...]:
@@ -361,6 +405,7 @@ class Settings(BaseSettings):
             "ssh_key_file",
             "github_app_private_key_file",
             "webhook_secret_file",
+            "notify_urls_file",
         )
         found = {_variable_of(name): getattr(self, name) for name in names}
         return {variable: path for variable, path in found.items() if path is not None}
@@ -440,6 +485,34 @@ def _shown_tuple(field_name: str, value: tuple[object, ...]) -> str:
     return ",".join(str(item) for item in value)
 
 
+def split_urls(value: str) -> tuple[str, ...]:
+    """LIVE_PULL_NOTIFY_URLS (or its file's text): comma-separated, newlines allowed."""
+    return tuple(url.strip() for url in value.replace("\n", ",").split(",") if url.strip())
+
+
+def _url_problem(text: str) -> str | None:
+    """What is wrong with a list of Apprise URLs, naming a URL by its place, never by
+    itself."""
+    problem = unusable(split_urls(text))
+    if problem is None:
+        return None
+    position, scheme = problem
+    return f"URL {position} ({scheme}://...) is not one Apprise can send to"
+
+
+def _check_notify(settings: Settings) -> None:
+    """LIVE_PULL_NOTIFY_URLS or its _FILE (not both); the file's URLs are checked too."""
+    if settings.notify_urls_value is not None and settings.notify_urls_file is not None:
+        raise ConfigError(
+            "LIVE_PULL_NOTIFY_URLS: set either it or LIVE_PULL_NOTIFY_URLS_FILE, not both"
+        )
+    _check_readable(settings, "notify_urls_file")
+    if settings.notify_urls_file is not None:
+        problem = _url_problem(settings.notify_urls_file.read_text(errors="replace"))
+        if problem is not None:
+            raise ConfigError(f"LIVE_PULL_NOTIFY_URLS_FILE: {problem}")
+
+
 def _relative_inside(value: str, *, allow_empty: bool) -> str:
     cleaned = value.strip()
     if not cleaned:
@@ -473,6 +546,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
     _check_auth(settings)
+    _check_notify(settings)
     return settings
 
 

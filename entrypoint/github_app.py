@@ -15,12 +15,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-
-import requests
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from typing import TYPE_CHECKING
 
 from entrypoint.errors import GitError
+
+if TYPE_CHECKING:  # imported where used: only an agent with a GitHub App needs them
+    import requests
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class GitHubApp:
             return self._token.value
 
     def _request_token(self) -> _Token:
+        import requests
+
         s = self.settings
         url = f"{s.api_url.rstrip('/')}/app/installations/{s.installation_id}/access_tokens"
         headers = {
@@ -80,6 +83,9 @@ class GitHubApp:
         return _Token(body["token"], expires)
 
     def _jwt(self) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
         now = int(time.time())
         header = {"alg": "RS256", "typ": "JWT"}
         claims = {"iat": now - CLOCK_SKEW, "exp": now + JWT_LIFETIME, "iss": self.settings.app_id}
@@ -90,6 +96,9 @@ class GitHubApp:
         return f"{signing_input}.{_b64(signature)}"
 
     def _private_key(self) -> rsa.RSAPrivateKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         try:
             key = serialization.load_pem_private_key(
                 self.settings.private_key_file.read_bytes(), password=None

@@ -174,7 +174,7 @@ class ControlLoop:
             if sha is None:
                 return False
             log.info("starting last good revision at once sha=%s", short(sha))
-            self.updater.go_live(self.updater.prepare(sha))
+            self.updater.start_from_disk(sha)
         except FatalError:
             raise
         except Exception as exc:
@@ -233,7 +233,7 @@ class ControlLoop:
         try:
             target = self._rollback_target(request)
             self.board.update(rollback={"to": target, "status": "pending", "error": None})
-            self.updater.rollback(target, request.reason)
+            self.updater.rollback(target, request.reason, trigger=_trigger(request))
         except Exception as exc:
             error = self._describe(exc)
             self.board.update(rollback={"to": target, "status": "failed", "error": error})
@@ -241,9 +241,15 @@ class ControlLoop:
         self.board.update(rollback={"to": target, "status": "done", "error": None})
 
     def _rollback_target(self, request: Rollback) -> str:
-        if request.trigger == "crash":
-            return self.updater.crash_rollback_target()
-        return self.updater.rollback_target(request.target)
+        try:
+            if request.trigger == "crash":
+                return self.updater.crash_rollback_target()
+            return self.updater.rollback_target(request.target)
+        except RevisionError as exc:  # nothing to roll back to: a failed rollback too
+            running = self.updater.running
+            reason = f"{request.reason}; {exc}"
+            self.updater.recorder.refused("rollback", _trigger(request), running, reason)
+            raise
 
     def _roll_back_after_crash(self, crash: Crashed) -> None:
         """A revision down within its bake time, or LIVE_PULL_ROLLBACK_ON_CRASH: the newest
@@ -303,3 +309,8 @@ class ControlLoop:
     @staticmethod
     def _next_poll(delay: float | None) -> float | None:
         return None if delay is None else time.monotonic() + delay
+
+
+def _trigger(request: Rollback) -> str:
+    """What a history calls a rollback's trigger: rollback (an operator's) or crash."""
+    return "crash" if request.trigger == "crash" else "rollback"

@@ -22,6 +22,7 @@ from entrypoint import tags
 from entrypoint.auth import GitAuth
 from entrypoint.credentials import RepoUrl
 from entrypoint.errors import GitDiskError, GitError, LocalGitError, RefNotFound
+from entrypoint.events import Commit
 from entrypoint.files import remove_path
 from entrypoint.submodules import (
     Submodule,
@@ -240,6 +241,17 @@ class Repository:
         except GitError as exc:
             return str(exc)
         return None
+
+    def describe(self, sha: str) -> Commit | None:
+        """A commit's subject and author name, if the commit is here (no network)."""
+        if not FULL_SHA.match(sha):
+            return None
+        try:
+            output = self._git("log", "-1", "--format=%an%x1f%s", sha, "--")
+        except GitError:
+            return None
+        author, _, subject = output.strip().partition("\x1f")
+        return Commit(sha, subject or None, author or None)
 
     def submodules(self, sha: str) -> list[tuple[Submodule, str]]:
         """Each submodule of the revision with the commit it records."""

@@ -46,6 +46,8 @@ class State:
     failed: dict[str, str] = field(default_factory=dict)  # sha -> reason
     environments: dict[str, str] = field(default_factory=dict)  # sha -> environment digest
     paused: Paused | None = None  # kept across restarts; lost only with state.json itself
+    # Prepared with `live-pull prepare --skip-release`: the release step runs at first start.
+    unreleased: list[str] = field(default_factory=list)
 
     def record_good(self, sha: str, environment: str | None) -> None:
         self.last_good = sha
@@ -53,6 +55,15 @@ class State:
             self.environments[sha] = environment
         self.history = [s for s in self.history if s != sha] + [sha]
         self.failed.pop(sha, None)
+        self.released(sha)
+
+    def record_unreleased(self, sha: str) -> None:
+        """Good to serve once its release step has run (see Updater.start_from_disk)."""
+        if sha not in self.unreleased:
+            self.unreleased.append(sha)
+
+    def released(self, sha: str) -> None:
+        self.unreleased = [s for s in self.unreleased if s != sha]
 
     def record_failed(self, sha: str, reason: str) -> None:
         self.failed[sha] = reason
@@ -67,6 +78,7 @@ class State:
         """Drop what is known of revisions no longer retained."""
         self.history = [sha for sha in self.history if sha in kept]
         self.environments = {sha: d for sha, d in self.environments.items() if sha in kept}
+        self.unreleased = [sha for sha in self.unreleased if sha in kept]
 
 
 class _StoredPause(BaseModel):
@@ -86,11 +98,17 @@ class _Stored(BaseModel):
     failed: dict[Sha, str] = {}
     environments: dict[Sha, Digest] = {}
     paused: _StoredPause | None = None
+    unreleased: list[Sha] = []
 
     def to_state(self) -> State:
         paused = Paused(self.paused.reason, self.paused.since) if self.paused else None
         return State(
-            self.last_good, list(self.history), dict(self.failed), dict(self.environments), paused
+            self.last_good,
+            list(self.history),
+            dict(self.failed),
+            dict(self.environments),
+            paused,
+            list(self.unreleased),
         )
 
 

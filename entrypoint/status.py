@@ -79,6 +79,12 @@ class StatusServer:
     def port(self) -> int:
         return int(self._socket.getsockname()[1])
 
+    def add_readers(
+        self, history: Callable[[], list[dict[str, Any]]], metrics: Callable[[], bytes]
+    ) -> None:
+        """Serve GET /history (events, oldest first) and GET /metrics (Prometheus text)."""
+        self._routes.add_readers(history, metrics)
+
     def start(self) -> None:
         self._thread.start()
         self._started.wait(10)
@@ -207,6 +213,22 @@ class _Routes:
     async def readyz(self, request: web.BaseRequest) -> web.Response:
         ready = self.board.ready()
         return _json(200 if ready else 503, {"ready": ready})
+
+    def add_readers(
+        self, history: Callable[[], list[dict[str, Any]]], metrics: Callable[[], bytes]
+    ) -> None:
+        self.history, self.metrics = history, metrics
+        self.table[("GET", "/history")] = self.history_list
+        self.table[("GET", "/metrics")] = self.metrics_text
+
+    async def history_list(self, request: web.BaseRequest) -> web.Response:
+        text = json.dumps(self.history(), indent=2) + "\n"
+        return web.Response(status=200, text=text, content_type="application/json")
+
+    async def metrics_text(self, request: web.BaseRequest) -> web.Response:
+        response = web.Response(status=200, body=self.metrics())
+        response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return response
 
     async def status(self, request: web.BaseRequest) -> web.Response:
         return _json(200, self.board.snapshot())

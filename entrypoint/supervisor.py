@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN})
 
 POLL = 0.2
+READY_POLL = 0.02  # at start, when every moment until the app serves counts
 SOCKET_NAME = "supervisor.sock"
 RPC_USER = "live-pull"
 RPC_SLACK = 30.0
@@ -108,7 +109,12 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start supervisord with no programs and wait until it answers.
+        """Start supervisord with no programs and wait until it answers."""
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start supervisord with no programs (wait_ready waits for it to answer).
 
         The caller holds the home's lock, so a supervisord of this home still running
         belongs to a dead agent: it is stopped (and whatever it or the dead agent
@@ -136,6 +142,9 @@ class Supervisor:
                 stdout=streams.get("stdout"),  # None: ours (LIVE_PULL_LOG_FORMAT=text)
                 stderr=streams.get("stderr"),
             )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self._process is not None, "wait_ready before spawn"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -145,7 +154,7 @@ class Supervisor:
             with contextlib.suppress(OSError, SupervisorError):
                 self._call(lambda rpc: rpc.supervisor.getState())
                 return
-            time.sleep(POLL)
+            time.sleep(READY_POLL)
         raise SupervisorError(f"supervisord did not answer within {timeout:g}s")
 
     def alive(self) -> bool:

@@ -37,6 +37,14 @@ class SharedSocket:
     handoff: str = "auto"  # LIVE_PULL_HANDOFF: how the socket reaches web (doors.py)
     name: str = "web"
 
+    def local_url(self, path: str) -> str:
+        """`path` on the shared socket, as a client on this machine reaches it."""
+        host, port = self.listen.removeprefix("tcp://").rsplit(":", 1)
+        host = host.strip("[]")
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
 
 @dataclass(frozen=True)
 class Timings:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from entrypoint import events
 from entrypoint.bake import Bake
 from entrypoint.board import StatusBoard, now_iso
 from entrypoint.commands import run_release_step
@@ -47,6 +49,14 @@ class Revision:
     environment: Environment | None
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A revision prepared without going live, and what became of its release step."""
+
+    revision: Revision
+    release: str  # none, ran, skipped, done-before
+
+
 def short(sha: str) -> str:
     return sha[:12]
 
@@ -65,8 +75,10 @@ class Updater:
         verifier: Verifier,
         shared: SharedSocket | None = None,
         run_as: Identity = AS_AGENT,
+        recorder: events.Recorder | None = None,
     ) -> None:
         self.settings = settings
+        self.recorder = recorder or events.Recorder()  # history, metrics, notifications (events.py)
         self.run_as = run_as  # who code from the repository runs as (identity.py)
         self.scratch = ScratchDirs(settings.home / "scratch", run_as)
         self.repo = repo
@@ -121,18 +133,24 @@ class Updater:
         log.debug("checking the remote trigger=%s", trigger)
         self.open()
         remote = self._ask_remote()  # 1. one round trip, no objects
+        self.recorder.checked(self._check_result(remote.sha, retry_failed))
         if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
             self.board.update(waiting=None)
             return False
         if self._held(remote, ignore_hold):  # paused, or outside the update windows
             return False
         try:
+            self.recorder.begin("update", trigger, self.running, remote.sha)  # seen: timed
             sha = self._fetch(remote)  # 3. fetch, verify, prepare releases/<sha>
         except RevisionError as exc:
             self._record_failure(remote.sha, str(exc))
             raise
+        except Exception as exc:  # transient: retried, the revision is not marked failed
+            self._record_interrupted(exc)
+            raise
         if not self._wanted(sha, retry_failed):
             return False
+        self.recorder.fetched(sha)
         replacing = self.running is not None
         try:
             revision = self.prepare(sha)  # 4. environment, built only if missing
@@ -142,10 +160,50 @@ class Updater:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
                 self._record_failure(sha, str(exc))
             raise
+        except Exception as exc:
+            self._record_interrupted(exc)
+            raise
         if replacing:  # on probation: the watchdog brings the previous one back if it fails
             self.baking = Bake.starting(sha, self.settings.bake_seconds)
         self._record_success(revision, counted=replacing)  # 7. record, collect garbage
         return True
+
+    def stage(self, *, release_step: bool = True) -> Staged:
+        """`live-pull prepare`: steps 1 and 3 to 5 without the switch, then the revision is
+        recorded as the last good one and `current` names it, so the next start serves it
+        at once. Without `release_step` the step is left for that start
+        (start_from_disk). A failure is raised, not recorded: a one-shot may fail for
+        want of what only its surroundings lack (a database at image build time).
+        """
+        self.open()
+        remote = self._ask_remote()
+        revision = self.prepare(self._fetch(remote))
+        release = self._stage_release(revision, release_step)
+        self._record_staged(revision, released=release != "skipped")
+        return Staged(revision, release)
+
+    def _stage_release(self, revision: Revision, wanted: bool) -> str:
+        """What became of the release step: none, ran, skipped, or done before (once per
+        revision, as when the agent updates)."""
+        sha = revision.sha
+        if revision.processes.release is None:
+            return "none"
+        if sha in self.state.history and sha not in self.state.unreleased:
+            return "done-before"
+        if not wanted:
+            return "skipped"
+        self._release_step(revision)
+        return "ran"
+
+    def start_from_disk(self, sha: str) -> None:
+        """At start: serve a release on disk, running first a release step that
+        `live-pull prepare --skip-release` left to this moment."""
+        revision = self.prepare(sha)
+        if sha in self.state.unreleased:
+            self._release_step(revision)
+            self.state.released(sha)
+            self.state_file.save(self.state)
+        self.go_live(revision)
 
     def _held(self, remote: RemoteRevision, ignore_hold: bool) -> bool:
         """An update (never the first start) waits while paused or outside the update
@@ -160,6 +218,7 @@ class Updater:
         self.state.paused = Paused(reason, now_iso())
         log.info("paused reason=%s", reason or "-")
         self._show_pause()
+        self.recorder.record(events.Event(kind="pause", reason=reason))
         self.state_file.save(self.state)  # in force even if this fails (then shown as error)
 
     def resume(self) -> None:
@@ -170,6 +229,7 @@ class Updater:
         self.state.paused = None
         log.info("resumed")
         self._show_pause()
+        self.recorder.record(events.Event(kind="resume"))
         self.state_file.save(self.state)
 
     def _show_pause(self) -> None:
@@ -192,7 +252,10 @@ class Updater:
         self.run_as.hand_over(self.releases.path(sha))
         self.run_as.hand_over(self.releases.shared_root)
         self._step("installing", 2 * self.settings.install_timeout)
+        installs = self.environments.installs
         environment = self.environments.ensure(app_path, self.releases.path(sha))
+        if self.environments.installs > installs:
+            self.recorder.installed(self.environments.last_install_seconds)
         self.board.update(
             installs=self.environments.installs,
             last_install_seconds=self.environments.last_install_seconds,
@@ -223,6 +286,9 @@ class Updater:
         self._step("checking", 2 * self.settings.git_timeout)
         try:
             remote = self._unless_damaged(lambda: self.repo.resolve(self.settings.repo_ref))
+        except Exception:
+            self.recorder.checked("error")
+            raise
         finally:
             self.board.count_check()
         ref = self.settings.repo_ref if remote.tag else remote.ref_name  # a range stays shown
@@ -250,6 +316,12 @@ class Updater:
             log.debug("skipping revision that failed before sha=%s", short(sha))
             return False
         return True
+
+    def _check_result(self, sha: str, retry_failed: bool) -> str:
+        """What a check found, as the metrics count it."""
+        if sha == self.running:
+            return "unchanged"
+        return "skipped" if sha in self.state.failed and not retry_failed else "new"
 
     def _fetch(self, remote: RemoteRevision) -> str:
         """Fetch and export the revision (a damaged repository is rebuilt once)."""
@@ -295,14 +367,18 @@ class Updater:
         if revision.processes.release is None:
             return
         self._step("releasing", self.settings.release_timeout)
-        run_release_step(
-            revision.processes.release,
-            self.releases.app_path(revision.sha),
-            self.app_environment(revision),
-            timeout=self.settings.release_timeout,
-            stop=self.stop,
-            run_as=self.run_as,
-        )
+        started = time.monotonic()
+        try:
+            run_release_step(
+                revision.processes.release,
+                self.releases.app_path(revision.sha),
+                self.app_environment(revision),
+                timeout=self.settings.release_timeout,
+                stop=self.stop,
+                run_as=self.run_as,
+            )
+        finally:
+            self.recorder.released(time.monotonic() - started)
 
     def go_live(self, revision: Revision) -> None:
         """Switch to the revision: start it beside the running one, prove it, promote it,
@@ -438,13 +514,19 @@ class Updater:
             if sha != self.running and self.releases.exists(sha)
         ]
 
-    def rollback(self, target: str, reason: str) -> None:
+    def rollback(self, target: str, reason: str, *, trigger: str = "rollback") -> None:
         """Switch to a retained release through the same path as an update. The revision
-        left is recorded as failed, so polling does not bring it back until the ref moves."""
+        left is recorded as failed, so polling does not bring it back until the ref moves.
+        `trigger`: rollback (asked by an operator) or crash (the watchdog's finding)."""
         left = self.running
         log.warning("rolling back to sha=%s reason=%s", short(target), reason)
-        revision = self.prepare(target)
-        self.go_live(revision)
+        self.recorder.begin("rollback", trigger, left, target, reason)
+        try:
+            revision = self.prepare(target)
+            self.go_live(revision)
+        except Exception as exc:
+            self._record_interrupted(exc)
+            raise
         if left is not None:
             self.state.record_failed(left, reason)
         self._record_success(revision, counted=True)
@@ -458,10 +540,20 @@ class Updater:
         self.state.record_good(revision.sha, digest)  # saved by collect_garbage below
         if counted:
             self.board.count_update()
+        self.recorder.succeeded(digest)
         self.board.error(None)
         self.board.update(failed_revisions=dict(self.state.failed))
         self.collect_garbage()
         self.board.update(retained=self._retained())
+
+    def _record_staged(self, revision: Revision, *, released: bool) -> None:
+        """Prepared, not started: the last good revision, which a start serves at once."""
+        digest = revision.environment.digest if revision.environment else None
+        self.state.record_good(revision.sha, digest)  # saved by collect_garbage below
+        if not released:
+            self.state.record_unreleased(revision.sha)
+        self.releases.activate(revision.sha)
+        self.collect_garbage()
 
     def collect_garbage(self) -> None:
         """Old releases beyond the kept number, and environments none of them uses."""
@@ -488,9 +580,16 @@ class Updater:
         log.error("revision failed sha=%s reason=%s", short(sha), reason)
         self._take_back(sha)
         self.state.record_failed(sha, reason)
+        self.recorder.failed(reason)
         self.state_file.save(self.state)
         self.board.error(reason, "rejected")
         self.board.update(failed_revisions=dict(self.state.failed), state=self.resting_state())
+
+    def _record_interrupted(self, exc: Exception) -> None:
+        """An attempt ended by an error that does not mark the revision (remote, disk,
+        supervisord), or a failed rollback; a stop says nothing of the revision."""
+        if not self.stop.is_set():
+            self.recorder.failed(str(exc) or type(exc).__name__)
 
 
 def pick_rollback_target(retained: list[str], wanted: str | None) -> str:

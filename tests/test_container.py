@@ -26,7 +26,7 @@ from tests.conftest import wait_until
 from tests.git_http import GitHttpServer
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "localhost/live-pull:test"
+IMAGE = os.environ.get("LIVE_PULL_TEST_IMAGE", "localhost/live-pull:test")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CONTAINER_UID = 10001
 BOOT = 120.0
@@ -162,6 +162,7 @@ def run_container(image: str) -> Iterator[RunContainer]:
         *extra: str,
         volume: str | None = None,
         volume_options: str = "",
+        from_image: str | None = None,
         **env: str,
     ) -> Container:
         volume = volume or f"lp-test-{uuid.uuid4().hex[:8]}"
@@ -190,7 +191,7 @@ def run_container(image: str) -> Iterator[RunContainer]:
         ]
         for key, value in variables.items():
             args += ["-e", f"{key}={value}"]
-        podman(*args, image)
+        podman(*args, from_image or image)
         made.append(container)
         return container
 
@@ -543,3 +544,35 @@ def test_a_project_is_installed_per_release_as_the_app_user(
     assert owners.split("\n")[:2] == ["0 755", "0 755"]
     denied = podman("exec", "--user", "app", container.name, "touch", f"{layer}/bin/x", check=False)
     assert denied.returncode != 0
+
+
+def test_a_derived_image_starts_offline_from_its_baked_release(
+    image: str, run_container, tmp_path: Path
+) -> None:
+    """docker/Dockerfile.baked as the README gives it: `RUN live-pull prepare` in the
+    build (the release step included), then the container starts from the baked
+    release with the repository out of reach."""
+    sample = create_sample_repo(tmp_path / "git")
+    step = 'release: echo "$LIVE_PULL_REVISION" > baked-release\n'
+    sha = sample.commit({"Procfile": "web: python app.py\n" + step}, "with a release step")
+    baked = f"localhost/live-pull-baked:test-{uuid.uuid4().hex[:8]}"
+    context = tmp_path / "context"
+    context.mkdir()
+    dockerfile = (ROOT / "docker" / "Dockerfile.baked").read_text()
+    with GitHttpServer(tmp_path / "git") as server:
+        url = server.url(sample.remote.name)
+        adapted = dockerfile.replace("FROM live-pull", f"FROM {image}")
+        (context / "Dockerfile").write_text(adapted.replace("https://github.com/org/app.git", url))
+        built = podman("build", "--network", "host", "-t", baked, str(context), check=False)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert f"prepared sha={sha}" in built.stdout + built.stderr
+    try:
+        container = run_container(Remote(sample, url), from_image=baked)  # nothing answers
+        assert "hello from revision" in container.serving(sha)
+        marker = f"/srv/live-pull/releases/{sha}/baked-release"
+        assert podman("exec", container.name, "cat", marker).stdout.strip() == sha
+        wait_until(  # and it still asks the remote
+            lambda: "check failed kind=transient" in container.logs(), 60, container.logs
+        )
+    finally:
+        podman("rmi", "-f", baked, check=False)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import socket_handoff_line
+from entrypoint.switching.behind import start_app
+from entrypoint.switching.plan import ProxyPlan
 
 SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 
@@ -30,11 +32,12 @@ def main() -> int:
     os.environ.update(assignment["env"])
     os.environ[TAG_VARIABLE] = tag(home, slot)
     if assignment.get("proxy") is not None:
-        from entrypoint.switching.plan import ProxyPlan
-        from entrypoint.switching.proxy import serve  # aiohttp: only in proxy slots
-
         plan = ProxyPlan.from_json(assignment["proxy"])
-        return serve(assignment["command"], dict(os.environ), plan)
+        app = start_app(assignment["command"], dict(os.environ), plan)
+        # aiohttp only in proxy slots, and imported while the app starts
+        from entrypoint.switching.proxy import serve
+
+        return serve(app, plan)
     os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])
 
 

@@ -41,8 +41,6 @@ from yarl import URL
 
 from entrypoint.errors import AppFailed
 from entrypoint.health import stop_process_group, wait_healthy
-from entrypoint.processes import BEHIND_PROXY, TAG_VARIABLE, die_with_parent
-from entrypoint.shell import shell_line
 from entrypoint.switching.plan import ProxyPlan
 
 log = logging.getLogger("live-pull proxy")
@@ -70,19 +68,10 @@ REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods (RFC 9110 9.2
 GOING_AWAY = 1001  # the websocket close code of a server going down
 
 
-def serve(command: str, env: dict[str, str], plan: ProxyPlan) -> int:
-    """Run the app on its private port, prove it, then serve fd 0 until SIGTERM.
-    Returns the exit code for the slot."""
+def serve(app: subprocess.Popen[bytes], plan: ProxyPlan) -> int:
+    """Prove the app (started by behind.py) on its private port, then serve fd 0 until
+    SIGTERM. Returns the exit code for the slot."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    app = subprocess.Popen(
-        ["/bin/sh", "-c", shell_line(command)],
-        # Tagged apart from the slot: the agent's stop of the slot SIGTERMs what carries
-        # the slot's tag at once, while this app must outlive the proxy's drain.
-        env={**env, "PORT": str(plan.port), TAG_VARIABLE: env[TAG_VARIABLE] + BEHIND_PROXY},
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,  # the drain order is ours: the app stops after the proxy
-        preexec_fn=die_with_parent(),
-    )
     try:
         wait_healthy(
             plan.url(plan.proof_path),

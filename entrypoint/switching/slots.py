@@ -106,6 +106,17 @@ class WebSlots:
             any_but_5xx=plan.any_but_5xx,
         )
 
+    def wait_joined(self, slot: str) -> None:
+        """The proof through the shared socket itself: only when no other slot serves
+        (at start), so the answer can only come from `slot`."""
+        assert self.active is None, "a serving slot could answer the proof"
+        wait_healthy(
+            self.shared.local_url(self.proof.url_path),
+            self.proof.timeout,
+            lambda: self._running(slot),
+            any_but_5xx=self.proof.any_but_5xx,
+        )
+
     def _running(self, slot: str) -> bool:
         return self.supervisor.states().get(slot, {}).get("statename") == "RUNNING"
 

@@ -73,8 +73,12 @@ class StartFirst:
 
 class SocketHandoff(StartFirst):
     def prove(self, new: Lineup) -> None:
-        """A probe instance of the web command, on a private socket, as the app user."""
+        """A probe instance of the web command, on a private socket, as the app user.
+        When no web serves yet (at start), nothing is gained by proving it apart: the
+        slot itself is proven as it joins (see promote), which halves the start."""
         assert new.web is not None
+        if self.slots.active is None:
+            return
         proof = self.slots.proof
         with self.supervisor.output.child_streams(self.slots.shared.name) as streams:
             probe_before_joining(
@@ -86,7 +90,11 @@ class SocketHandoff(StartFirst):
     def promote(self, new: Lineup) -> None:
         """Proven: an instance of it joins the socket (and takes connections at once)."""
         assert new.web is not None
+        first = self.slots.active is None
         self._join(new.web, None)
+        if first:
+            assert self.joining is not None
+            self.slots.wait_joined(self.joining)
         super().promote(new)
 
 

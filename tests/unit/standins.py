@@ -30,6 +30,7 @@ from entrypoint.errors import (
     RefNotFound,
     SupervisorError,
 )
+from entrypoint.events import Recorder
 from entrypoint.installers import pick_installer
 from entrypoint.releases import Releases
 from entrypoint.repository import RemoteRevision
@@ -384,6 +385,7 @@ class ScriptedUpdater:
         self.running: str | None = None
         self.pauses: list[str | None] = []  # pause(reason) calls, then "resume" for resume()
         self.opened = 0
+        self.recorder = Recorder()
         self._changed = threading.Condition()
         self._gate = threading.Event()
         self._gate.set()
@@ -430,6 +432,9 @@ class ScriptedUpdater:
     def prepare(self, sha: str) -> str:
         return sha
 
+    def start_from_disk(self, sha: str) -> None:
+        self.go_live(self.prepare(sha))
+
     def go_live(self, revision: str) -> None:
         self.went_live.append(revision)
         if self.go_live_error is not None:
@@ -465,7 +470,7 @@ class ScriptedUpdater:
     def crash_rollback_target(self) -> str:
         return self.rollback_target(None)
 
-    def rollback(self, target: str, reason: str) -> None:
+    def rollback(self, target: str, reason: str, *, trigger: str = "rollback") -> None:
         self.rollbacks.append((target, reason))
         if self.rollback_error is not None:
             raise self.rollback_error

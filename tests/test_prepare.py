@@ -1,0 +1,100 @@
+"""`live-pull prepare` end to end: a real repository, real installs from local wheels, a
+real release step; then `live-pull run` on the prepared home, offline, then online."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from entrypoint.processes import find_tagged, home_id
+from entrypoint.sample import SampleRepo
+from tests.conftest import AgentProcess
+from tests.git_http import GitHttpServer
+from tests.test_deps_agent import app_files, deps_env
+
+Factory = Callable[..., AgentProcess]
+
+RELEASE = 'release: python -c "import tinypkg; print(tinypkg.VERSION)" > migrated\n'
+PREPARE_TIMEOUT = 120.0
+
+
+def prepare(url: str, home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REPO_URL": url, "LIVE_PULL_HOME": str(home), **extra}
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoint", "prepare"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PREPARE_TIMEOUT,
+        check=False,
+    )
+
+
+def with_release_step(files: dict[str, str], step: str = RELEASE) -> dict[str, str]:
+    return {**files, "Procfile": files["Procfile"] + step}
+
+
+def test_prepared_home_serves_offline_then_follows(
+    sample: SampleRepo, agent_factory: Factory, wheelhouse: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    sha = sample.commit(with_release_step(app_files("tinypkg==1.0", "baked")), "v1")
+
+    done = prepare(sample.url, home, **deps_env(wheelhouse))
+
+    assert done.returncode == 0, done.stderr
+    line = re.fullmatch(r"prepared sha=(\w+) digest=(\w+) release=ran in [\d.]+s\n", done.stdout)
+    assert line is not None and line[1] == sha, done.stdout
+    assert (home / "venvs" / line[2]).is_dir()
+    assert (home / "releases" / sha / "migrated").read_text() == "1.0\n"  # in its environment
+    assert os.readlink(home / "current") == f"releases/{sha}"
+    assert not (home / "run").exists()  # supervisord never started
+    assert find_tagged(home_id(home)) == []  # and nothing of this home still runs
+
+    offline = sample.remote.rename(sample.remote.with_name("moved.git"))
+    agent = agent_factory(sample.url, home=home, **deps_env(wheelhouse))
+    assert "baked tinypkg=1.0" in agent.wait_serving(sha)
+    busy = prepare(sample.url, home, **deps_env(wheelhouse))
+    assert busy.returncode == 1
+    assert busy.stderr.splitlines()[-1].startswith("live-pull: error: another live-pull agent")
+
+    offline.rename(sample.remote)
+    newer = sample.commit(with_release_step(app_files("tinypkg==1.0", "followed")), "v2")
+    assert "followed tinypkg=1.0" in agent.wait_serving(newer)
+    assert agent.wait_status(state="running")["installs"] == 0  # the baked environment
+    assert agent.stop()[0] == 0
+
+
+def test_failed_release_step_exits_non_zero_with_one_line(
+    sample: SampleRepo, tmp_path: Path
+) -> None:
+    step = "release: echo no database >&2; exit 3\n"
+    sample.commit(with_release_step(app_files("tinypkg==1.0"), step), "needs a database")
+
+    done = prepare(sample.url, tmp_path / "home", LIVE_PULL_INSTALL_COMMAND="true")
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    last = done.stderr.splitlines()[-1]
+    assert last == "live-pull: error: release step failed code=3 (output in the log)"
+    assert not (tmp_path / "home" / "current").exists()  # nothing recorded as good
+
+
+def test_no_credential_is_left_in_the_home(sample: SampleRepo, tmp_path: Path) -> None:
+    token = "ghp_prepare-secret-0123456789"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    home = tmp_path / "home"
+    with GitHttpServer(sample.remote.parent, credentials=("x-access-token", token)) as server:
+        done = prepare(
+            server.url(sample.remote.name), home, LIVE_PULL_GIT_TOKEN_FILE=str(token_file)
+        )
+    assert done.returncode == 0, done.stderr
+    assert not (home / "credentials").exists()
+    leaked = [p for p in home.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert leaked == []
+    assert token not in done.stdout + done.stderr
