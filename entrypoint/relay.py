@@ -170,7 +170,7 @@ def line_fields(source: Source, when: str, line: Line, mask: Masker) -> dict[str
 def encode_batch(batch: Batch, mask: Masker) -> bytes:
     """The batch's lines as JSON lines, each the object line_fields describes. For the
     app's lines, what they share is encoded once per batch and each message by json's
-    own string encoder: a flood costs the agent a third of the CPU it would otherwise."""
+    own string encoder, so the writer keeps up with a flood (bench/log_flood.py)."""
     when, source = utc_time(batch.when), batch.source
     if source.program == SUPERVISORD:
         return b"".join(json_line(line_fields(source, when, line, mask)) for line in batch.lines)
