@@ -267,9 +267,19 @@ class JsonRelay:
         self._wake()
         deadline = time.monotonic() + STOP_WAIT
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.ident is not None:  # started
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in self._threads):
+            self._close_all()
         if self.logs_dir is not None:
             shutil.rmtree(self.logs_dir, ignore_errors=True)
+
+    def _close_all(self) -> None:
+        self._selector.close()
+        for fd in [self._wake_r, self._wake_w, *(source.fd for source in self._sources)]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._sources.clear()
 
     # -- what supervisord and the agent's children write to --------------------------
 

@@ -96,6 +96,10 @@ def output_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+def test_a_relay_never_started_stops_quietly() -> None:
+    JsonRelay(Masker([])).stop()  # an agent that failed before supervisord was spawned
+
+
 def test_a_childs_output_becomes_json_lines(capfd: pytest.CaptureFixture[str]) -> None:
     relay = JsonRelay(Masker([]))
     relay.start()
