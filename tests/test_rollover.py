@@ -123,20 +123,21 @@ def update(agent: AgentProcess, sample: SampleRepo, files: dict[str, str], messa
     return sha
 
 
-def test_twenty_updates_under_load_fail_no_request(
+def test_ten_updates_under_load_fail_no_request(
     sample: SampleRepo, agent_factory: Factory
 ) -> None:
+    # bench/rollover.py runs 20 per server; the suite's time is shared with the rest.
     agent, first = start(sample, agent_factory)
     shas = [first]
     with load(f"http://127.0.0.1:{agent.port}/") as generator:
-        for n in range(1, 21):
+        for n in range(1, 11):
             shas.append(update(agent, sample, fd_files(f"v{n}"), f"v{n}"))
             agent.wait_status(state="running", revision=shas[-1], timeout=60)
         time.sleep(1)
     assert generator.failures == []
     assert set(generator.ok) <= {sha[:12] for sha in shas}
     assert sum(generator.ok.values()) > 100
-    assert agent.status()["updates"] == 20
+    assert agent.status()["updates"] == 10
 
 
 def test_broken_revisions_fail_no_request_and_old_keeps_serving(
@@ -404,7 +405,7 @@ def test_real_servers_roll_over_without_a_failed_request(
     assert f"web is served start-first on tcp://0.0.0.0:{port}, {way}" in agent.output()
     shas = [first]
     with load(f"http://127.0.0.1:{port}/") as generator:
-        for n in range(1, 6):
+        for n in range(1, 4):
             shas.append(update(agent, sample, files(f"v{n}"), f"v{n}"))
             agent.wait_status(state="running", revision=shas[-1], timeout=60)
         time.sleep(1)
