@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import requests
+from entrypoint.health import answer
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,7 @@ def health_probe(url: str | None) -> Callable[[], str | None]:
     else what it gave."""
 
     def probe() -> str | None:
-        if url is None:
-            return None
-        try:
-            status = requests.get(url, timeout=1).status_code
-        except requests.RequestException as exc:
-            return type(exc).__name__
-        return None if 200 <= status < 300 else f"HTTP {status}"
+        return None if url is None else answer(url, timeout=1.0)
 
     return probe
 

@@ -40,19 +40,25 @@ def wait_healthy(
     proof when no health path is configured); raise AppFailed on timeout or if the app
     dies."""
     deadline = time.monotonic() + timeout
-    last = "no answer"
+    last: str | None = "no answer"
     while time.monotonic() < deadline:
         if not alive():
             raise AppFailed(f"health check: the app exited before answering {url}")
-        try:
-            response = requests.get(url, timeout=2, allow_redirects=not any_but_5xx)
-            if _proves(response.status_code, any_but_5xx):
-                return
-            last = f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
-            last = type(exc).__name__
+        last = answer(url, any_but_5xx=any_but_5xx)
+        if last is None:
+            return
         time.sleep(POLL_SECONDS)
     raise AppFailed(f"health check failed: {url} gave {last} for {timeout:g}s")
+
+
+def answer(url: str, *, any_but_5xx: bool = False, timeout: float = 2.0) -> str | None:
+    """None when `url` proves the app (2xx; with `any_but_5xx`, anything but a 5xx,
+    redirects not followed), else what it gave."""
+    try:
+        response = requests.get(url, timeout=timeout, allow_redirects=not any_but_5xx)
+    except requests.RequestException as exc:
+        return type(exc).__name__
+    return None if _proves(response.status_code, any_but_5xx) else f"HTTP {response.status_code}"
 
 
 def _proves(status: int, any_but_5xx: bool) -> bool:

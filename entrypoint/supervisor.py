@@ -44,6 +44,7 @@ from entrypoint.supervisor_config import (
     SharedSocket,
     Timings,
     process_programs,
+    program_name,
     render_main,
     render_programs,
 )
@@ -346,7 +347,7 @@ def first_fatal(states: dict[str, dict[str, Any]], only: Iterable[str] | None = 
     for name, info in sorted(states.items()):
         if name in watched and info.get("statename") == "FATAL":
             detail = info.get("spawnerr") or info.get("description") or "exited too quickly"
-            return f"program {name} went FATAL after its retries: {detail}"
+            return f"program {program_name(name)} went FATAL after its retries: {detail}"
     return None
 
 

@@ -17,6 +17,12 @@ from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import shell_line
 
 SLOTS = 2  # processes of the shared socket's program (see switching/slots.py)
+SLOT_NAMES = ("web_0", "web_1")  # as supervisord names them: `<program>_<n>`
+
+
+def program_name(process: str) -> str:
+    """What an operator calls a process: either slot is `web`."""
+    return "web" if process in SLOT_NAMES else process
 
 
 @dataclass(frozen=True)

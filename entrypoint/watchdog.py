@@ -21,7 +21,7 @@ from entrypoint.board import StatusBoard
 from entrypoint.errors import AppFailed, OutOfResources, SupervisorError
 from entrypoint.inbox import Inbox
 from entrypoint.supervisor import Supervisor, first_fatal
-from entrypoint.switching.slots import program_name
+from entrypoint.supervisor_config import program_name
 from entrypoint.updater import Updater
 
 log = logging.getLogger(__name__)

@@ -123,9 +123,7 @@ def update(agent: AgentProcess, sample: SampleRepo, files: dict[str, str], messa
     return sha
 
 
-def test_ten_updates_under_load_fail_no_request(
-    sample: SampleRepo, agent_factory: Factory
-) -> None:
+def test_ten_updates_under_load_fail_no_request(sample: SampleRepo, agent_factory: Factory) -> None:
     # bench/rollover.py runs 20 per server; the suite's time is shared with the rest.
     agent, first = start(sample, agent_factory)
     shas = [first]

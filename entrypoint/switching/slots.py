@@ -16,18 +16,12 @@ from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.ports import unused_port
 from entrypoint.processes import BEHIND_PROXY
 from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import ProgramSpec, SharedSocket
+from entrypoint.supervisor_config import SLOT_NAMES, ProgramSpec, SharedSocket
 from entrypoint.switching.plan import ProxyPlan
 
 log = logging.getLogger(__name__)
 
-SLOTS = ("web_0", "web_1")
 PROXY_PROOF_MARGIN = 10.0
-
-
-def program_name(process: str) -> str:
-    """What an operator calls a process: either slot is `web`."""
-    return "web" if process in SLOTS else process
 
 
 @dataclass(frozen=True)
@@ -62,7 +56,7 @@ class WebSlots:
         self.active: str | None = None  # the slot serving the running revision
 
     def free(self) -> str:
-        return SLOTS[1] if self.active == SLOTS[0] else SLOTS[0]
+        return SLOT_NAMES[1] if self.active == SLOT_NAMES[0] else SLOT_NAMES[0]
 
     def start(self, web: ProgramSpec, plan: ProxyPlan | None) -> str:
         """Start `web` in the free slot (behind the proxy of `plan`, if any) and wait
