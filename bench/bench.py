@@ -66,8 +66,16 @@ def wait_for(url: str, text: str) -> float:
 
 
 def start_agent(
-    sample: SampleRepo, home: Path, port: int, installer: str, house: Path
+    sample: SampleRepo,
+    home: Path,
+    port: int,
+    installer: str,
+    house: Path,
+    extra: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
+    """`extra`: more of the agent's environment; `cwd`: where it runs (bench/start.py runs
+    another tree's package from there)."""
     env = {
         **os.environ,
         "REPO_URL": sample.url,
@@ -78,9 +86,11 @@ def start_agent(
         "LIVE_PULL_INSTALL_ARGS": f"--no-index --find-links {house}",
         "LIVE_PULL_LOG_LEVEL": "WARNING",
         "PORT": str(port),
+        **(extra or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "entrypoint", "run"],
+        cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -15,8 +15,6 @@ The baseline runs from a temporary worktree of that commit, with this venv.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import app_files, build_wheelhouse, wait_for
+import bench
+from bench import app_files, build_wheelhouse, stop, wait_for
 from entrypoint.demo import free_port
 from entrypoint.sample import SampleRepo, create_sample_repo
 
@@ -37,31 +36,9 @@ IDLE_SECONDS = 3.0  # after the first answer, for the agent to settle before RSS
 
 def start_agent(tree: Path, sample: SampleRepo, home: Path, port: int, house: Path,
                 listen: str) -> subprocess.Popen[bytes]:  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(tree),  # the tree's own package, ahead of the editable install
-        "REPO_URL": sample.url,
-        "LIVE_PULL_HOME": str(home),
-        "LIVE_PULL_STATUS_PORT": str(free_port()),
-        "LIVE_PULL_INSTALLER": "pip",
-        "LIVE_PULL_INSTALL_ARGS": f"--no-index --find-links {house}",
-        "LIVE_PULL_LOG_LEVEL": "WARNING",
-        "PORT": str(port),
-    }
-    if listen:
-        env["LIVE_PULL_LISTEN"] = listen
-    return subprocess.Popen(
-        [sys.executable, "-m", "entrypoint", "run"],
-        cwd=tree,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    """bench.py's agent, running `tree`'s own package ahead of the editable install."""
+    extra = {"PYTHONPATH": str(tree), **({"LIVE_PULL_LISTEN": listen} if listen else {})}
+    return bench.start_agent(sample, home, port, "pip", house, extra=extra, cwd=tree)
 
 
 def children(pid: int) -> list[int]:
