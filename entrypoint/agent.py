@@ -22,6 +22,7 @@ from entrypoint.boot import Booted
 from entrypoint.config import Settings, split_urls
 from entrypoint.environments import Environments, InstallOptions
 from entrypoint.events import Recorder, Sink
+from entrypoint.fleet.store import Fleet, open_fleet
 from entrypoint.history import History
 from entrypoint.identity import Identity
 from entrypoint.inbox import Inbox, Pause, Resume, Rollback
@@ -62,6 +63,7 @@ class Agent:
         self.history = History(settings.home / "history")
         self.metrics = Metrics(self.board)
         self.supervisor = booted.supervisor
+        self.fleet = open_fleet(settings)
         self.updater = build_updater(
             settings,
             self.supervisor,
@@ -70,6 +72,7 @@ class Agent:
             run_as,
             self._shared_socket(),
             sinks=self._sinks(),
+            fleet=self.fleet,
         )
         self.loop = ControlLoop(settings, self.updater, self.board, self.inbox)
         self.watchdog = Watchdog(
@@ -85,15 +88,15 @@ class Agent:
             settings.status_host,
             settings.status_port,
             self.board,
-            lambda: self.inbox.check("sync"),
+            lambda: self._push_heard("sync"),
             webhook=Webhook(
-                settings.webhook_secret, self._tracked_ref, lambda: self.inbox.check("webhook")
+                settings.webhook_secret, self._tracked_ref, lambda: self._push_heard("webhook")
             ),
             controls=Controls(
                 rollback=self.request_rollback,
                 pause=lambda reason: self.inbox.pausing(Pause(reason)),
                 resume=lambda: self.inbox.pausing(Resume()),
-                sync_now=lambda: self.inbox.check("sync", ignore_hold=True),
+                sync_now=lambda: self._push_heard("sync", ignore_hold=True),
             ),
         )
         self.status.add_readers(self.history.events, self.metrics.exposition)
@@ -105,6 +108,7 @@ class Agent:
         self._install_signal_handlers()
         self.status.start()
         log.info("status endpoint listening port=%d", self.status.port)
+        self.fleet.start(lambda: self.inbox.check("peer"), self.board)
         try:
             self.supervisor.wait_ready()
             self.loop.start()
@@ -139,6 +143,11 @@ class Agent:
             )
             sinks.append(self.notifier)
         return sinks
+
+    def _push_heard(self, trigger: str, *, ignore_hold: bool = False) -> None:
+        """A webhook or a sync: check here, and tell the fleet's other replicas."""
+        self.inbox.check(trigger, ignore_hold=ignore_hold)
+        self.fleet.announce()
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -188,6 +197,7 @@ class Agent:
         # The loop's one-off commands die on the stop event, and go_live starts nothing
         # once it is set; the app's stop timeout is not spent waiting for a git command.
         self.loop.join(LOOP_JOIN_SECONDS)
+        self.fleet.close()  # its locks (a switching place) end with its connections
         log.info("stopping app and supervisord")
         self.supervisor.stop()
         self.output.stop()  # after supervisord: its last lines are written first
@@ -217,6 +227,7 @@ def build_updater(
     shared: SharedSocket | None = None,
     *,
     sinks: Sequence[Sink] = (),
+    fleet: Fleet | None = None,
 ) -> Updater:
     """The update sequence wired to the home (the agent's, and `live-pull prepare`'s);
     `sinks`: where its events go (history, metrics, notifications)."""
@@ -255,4 +266,5 @@ def build_updater(
         shared,
         run_as,
         recorder=Recorder(list(sinks), repo.describe),
+        fleet=fleet,
     )

@@ -10,6 +10,7 @@ import os
 import posixpath
 import re
 import shlex
+import socket
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -53,6 +54,7 @@ SECRET_VARIABLES = frozenset(
         "LIVE_PULL_GIT_PASSWORD",
         "LIVE_PULL_WEBHOOK_SECRET",
         "LIVE_PULL_NOTIFY_URLS",
+        "LIVE_PULL_FLEET_URL",
     }
 )
 
@@ -210,6 +212,19 @@ class Settings(BaseSettings):
     )
     notify_on: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_EVENTS, validation_alias=AliasChoices("LIVE_PULL_NOTIFY_ON")
+    )
+    # A PostgreSQL URL (with its password: a secret as a whole) or `kubernetes`.
+    fleet_url_value: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_FLEET_URL")
+    )
+    fleet_url_file: Path | None = Field(
+        None, validation_alias=AliasChoices("LIVE_PULL_FLEET_URL_FILE")
+    )
+    fleet_replica: str = Field(
+        default_factory=socket.gethostname, validation_alias=AliasChoices("LIVE_PULL_FLEET_REPLICA")
+    )
+    fleet_max_switching: int = Field(
+        1, ge=1, validation_alias=AliasChoices("LIVE_PULL_FLEET_MAX_SWITCHING")
     )
 
     @field_validator("*", mode="before")
@@ -386,6 +401,28 @@ class Settings(BaseSettings):
         split_urls(secret.read()), at every use: a rotated file is taken up."""
         return _secret("LIVE_PULL_NOTIFY_URLS", self.notify_urls_value, self.notify_urls_file)
 
+    @field_validator("fleet_url_value")
+    @classmethod
+    def _fleet_store(cls, value: SecretStr | None) -> SecretStr | None:
+        """A store the fleet already has; the error never repeats the URL (a password)."""
+        if value is not None:
+            fleet_store_kind(value.get_secret_value())
+        return value
+
+    @field_validator("fleet_replica")
+    @classmethod
+    def _replica_name(cls, value: str) -> str:
+        name = value.strip()
+        if not GROUP_NAME.fullmatch(name) or len(name) > 253:
+            raise ValueError(f"{name!r} is not a replica name (letters, digits, . _ -)")
+        return name
+
+    @property
+    def fleet_url(self) -> Secret | None:
+        """Where the fleet's store is (None: this replica is on its own); read at every
+        connection, so a rotated file is taken up."""
+        return _secret("LIVE_PULL_FLEET_URL", self.fleet_url_value, self.fleet_url_file)
+
     @field_validator("install_args", mode="before")
     @classmethod
     def _split_args(cls, value: object) -> tuple[str, ...]:
@@ -406,6 +443,7 @@ class Settings(BaseSettings):
             "github_app_private_key_file",
             "webhook_secret_file",
             "notify_urls_file",
+            "fleet_url_file",
         )
         found = {_variable_of(name): getattr(self, name) for name in names}
         return {variable: path for variable, path in found.items() if path is not None}
@@ -513,6 +551,31 @@ def _check_notify(settings: Settings) -> None:
             raise ConfigError(f"LIVE_PULL_NOTIFY_URLS_FILE: {problem}")
 
 
+def fleet_store_kind(url: str) -> str:
+    """postgresql or kubernetes, from LIVE_PULL_FLEET_URL; ValueError naming the problem."""
+    text = url.strip()
+    if text == "kubernetes":
+        return "kubernetes"
+    scheme, _, rest = text.partition("://")
+    if scheme in ("postgresql", "postgres") and rest:
+        return "postgresql"
+    raise ValueError("must be a postgresql:// URL or `kubernetes`")
+
+
+def _check_fleet(settings: Settings) -> None:
+    """LIVE_PULL_FLEET_URL or its _FILE (not both); the file's store is checked too."""
+    if settings.fleet_url_value is not None and settings.fleet_url_file is not None:
+        raise ConfigError(
+            "LIVE_PULL_FLEET_URL: set either it or LIVE_PULL_FLEET_URL_FILE, not both"
+        )
+    _check_readable(settings, "fleet_url_file")
+    if settings.fleet_url_file is not None:
+        try:
+            fleet_store_kind(settings.fleet_url_file.read_text(errors="replace"))
+        except ValueError as exc:
+            raise ConfigError(f"LIVE_PULL_FLEET_URL_FILE: {exc}") from None
+
+
 def _relative_inside(value: str, *, allow_empty: bool) -> str:
     cleaned = value.strip()
     if not cleaned:
@@ -547,6 +610,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(_one_line(exc)) from None
     _check_auth(settings)
     _check_notify(settings)
+    _check_fleet(settings)
     return settings
 
 

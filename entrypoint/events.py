@@ -24,7 +24,7 @@ from entrypoint.board import bounded
 log = logging.getLogger(__name__)
 
 # kind: update, rollback (and pause, resume: recorded by whoever pauses)
-# trigger: start, poll, sync, webhook, signal (updates); rollback, crash (rollbacks)
+# trigger: start, poll, sync, webhook, signal, peer (updates); rollback, crash (rollbacks)
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 ROLLED_BACK = "rolled_back"  # a rollback brought an earlier release back

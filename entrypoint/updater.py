@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ from entrypoint.errors import (
     RevisionRefused,
 )
 from entrypoint.files import OutsideRoot, resolve_inside
+from entrypoint.fleet.store import Fleet, Solo
 from entrypoint.hold import UpdateGate
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
 from entrypoint.procfile import WEB, Processes, load_processes
@@ -76,8 +78,10 @@ class Updater:
         shared: SharedSocket | None = None,
         run_as: Identity = AS_AGENT,
         recorder: events.Recorder | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.settings = settings
+        self.fleet = fleet or Solo()  # the replicas this one shares a store with (fleet/)
         self.recorder = recorder or events.Recorder()  # history, metrics, notifications (events.py)
         self.run_as = run_as  # who code from the repository runs as (identity.py)
         self.scratch = ScratchDirs(settings.home / "scratch", run_as)
@@ -311,10 +315,22 @@ class Updater:
     def _wanted(self, sha: str, retry_failed: bool) -> bool:
         if sha == self.running:
             return False
-        reason = self.state.failed.get(sha)
-        if reason is not None and not retry_failed:
+        if retry_failed:
+            return True
+        if sha in self.state.failed:
             log.debug("skipping revision that failed before sha=%s", short(sha))
             return False
+        return not self._refused_by_fleet(sha)
+
+    def _refused_by_fleet(self, sha: str) -> bool:
+        """A revision another replica refused is skipped here too, and kept as failed."""
+        reason = self.fleet.verdict(sha)
+        if reason is None:
+            return False
+        log.warning("skipping revision sha=%s reason=%s", short(sha), reason)
+        self.state.record_failed(sha, reason)
+        self.board.update(failed_revisions=dict(self.state.failed))
+        self.state_file.save(self.state)
         return True
 
     def _check_result(self, sha: str, retry_failed: bool) -> str:
@@ -366,24 +382,34 @@ class Updater:
     def _release_step(self, revision: Revision) -> None:
         if revision.processes.release is None:
             return
-        self._step("releasing", self.settings.release_timeout)
+        release = revision.processes.release
+        # A fleet's replicas wait for the one running it: their budget is twice the step's.
+        self._step("releasing", 2 * self.settings.release_timeout)
         started = time.monotonic()
-        try:
+
+        def step() -> None:
             run_release_step(
-                revision.processes.release,
+                release,
                 self.releases.app_path(revision.sha),
                 self.app_environment(revision),
                 timeout=self.settings.release_timeout,
                 stop=self.stop,
                 run_as=self.run_as,
             )
+
+        try:
+            outcome = self.fleet.release_once(revision.sha, step, self.stop)
         finally:
             self.recorder.released(time.monotonic() - started)
+        if outcome != "ran":
+            log.info("release step skipped sha=%s %s", short(revision.sha), outcome)
 
-    def go_live(self, revision: Revision) -> None:
+    def go_live(self, revision: Revision, *, urgent: bool = False) -> None:
         """Switch to the revision: start it beside the running one, prove it, promote it,
         and let the old one drain. If it does not come up, the running one keeps (or goes
         back to) serving; the strategy (switching/) decides how, the steps are the same.
+        In a fleet, a replica that serves waits for a switching place first, unless
+        `urgent` (what it serves fell over).
         """
         names = ",".join(revision.processes.programs)
         log.info("starting revision sha=%s programs=%s", short(revision.sha), names)
@@ -391,7 +417,23 @@ class Updater:
             raise RevisionError("the agent is stopping")
         new, old = self._lineup(revision), self.live
         switch = self.switches.pick(new)
-        self._step("switching", self._switch_budget(old, new))
+        budget = self._switch_budget(old, new)
+        with self._switching_place(old is None or urgent, budget):
+            self._switch(revision, switch, new, old, budget)
+
+    def _switching_place(
+        self, free: bool, budget: float
+    ) -> contextlib.AbstractContextManager[None]:
+        """One of the fleet's switching places (a replica not serving needs none)."""
+        if free:
+            return contextlib.nullcontext()
+        self._step("waiting for the fleet", budget)
+        return self.fleet.switching(budget, self.stop)
+
+    def _switch(
+        self, revision: Revision, switch: Switch, new: Lineup, old: Lineup | None, budget: float
+    ) -> None:
+        self._step("switching", budget)
         with self.switching:
             self.generation += 1
             self.baking = None
@@ -523,12 +565,14 @@ class Updater:
         self.recorder.begin("rollback", trigger, left, target, reason)
         try:
             revision = self.prepare(target)
-            self.go_live(revision)
+            self.go_live(revision, urgent=trigger == "crash")
         except Exception as exc:
             self._record_interrupted(exc)
             raise
         if left is not None:
             self.state.record_failed(left, reason)
+            if trigger == "crash":  # the revision fell over: no replica should take it
+                self.fleet.refuse(left, reason)
         self._record_success(revision, counted=True)
 
     # -- recording --------------------------------------------------------------------
@@ -580,6 +624,7 @@ class Updater:
         log.error("revision failed sha=%s reason=%s", short(sha), reason)
         self._take_back(sha)
         self.state.record_failed(sha, reason)
+        self.fleet.refuse(sha, reason)
         self.recorder.failed(reason)
         self.state_file.save(self.state)
         self.board.error(reason, "rejected")

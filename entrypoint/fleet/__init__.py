@@ -1,0 +1,6 @@
+"""Fleets: replicas of one app that share a coordination store (LIVE_PULL_FLEET_URL).
+
+store.py is what the updater and the agent ask of a fleet; postgres.py and
+kubernetes.py keep it in a store the fleet already has. Without a store a replica is
+on its own (`Solo`), as before fleets.
+"""

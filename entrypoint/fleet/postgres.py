@@ -1,0 +1,350 @@
+"""The fleet kept in PostgreSQL: advisory locks, two small tables, LISTEN/NOTIFY.
+
+- The release step runs under a session advisory lock keyed by (fleet, sha): when the
+  replica holding it dies, its connection ends and PostgreSQL frees the lock, so a
+  waiting replica takes it, finds no record, and runs the step again.
+- `live_pull_revisions` records per (fleet, sha) that the step is done, or why the
+  revision was refused; `live_pull_replicas` what each replica serves, for /status.
+- The switching semaphore is LIVE_PULL_FLEET_MAX_SWITCHING advisory locks, tried in turn.
+- A push heard by one replica is a NOTIFY on one channel; every replica LISTENs.
+
+Two connections per replica: the control loop's (locks, records) and the store
+thread's (LISTEN, NOTIFY, the view). psycopg is imported here only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+
+from entrypoint.auth import Secret
+from entrypoint.board import StatusBoard
+from entrypoint.errors import RevisionError, TransientError
+from entrypoint.fleet.store import FleetIdentity, ReleaseStep, ReplicaReport, fleet_view
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "live_pull"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS live_pull_revisions (
+    fleet text NOT NULL,
+    sha text NOT NULL,
+    released_at timestamptz,
+    released_by text,
+    refused_reason text,
+    refused_by text,
+    refused_at timestamptz,
+    PRIMARY KEY (fleet, sha)
+);
+CREATE TABLE IF NOT EXISTS live_pull_replicas (
+    fleet text NOT NULL,
+    replica text NOT NULL,
+    revision text,
+    state text,
+    seen_at timestamptz NOT NULL,
+    PRIMARY KEY (fleet, replica)
+);
+"""
+CONNECT_TIMEOUT = 5  # seconds; a store that does not answer is a transient error
+STATEMENT_TIMEOUT_MS = 10_000
+WAIT_STEP = 0.5  # how often a replica waiting for a peer's step or a place looks again
+LISTEN_STEP = 0.2  # how long the store thread waits for a notice before other work
+VIEW_EVERY = 2.0  # seconds between reports of this replica (and reads of the others')
+FORGET_AFTER = "1 hour"  # replicas not seen for this long leave the view
+# A waiting replica allows the holder's own release timeout and this much more.
+WAIT_SLACK = 30.0
+
+
+def lock_key(*parts: str) -> int:
+    """A 64-bit advisory lock key for these names (the same in every replica)."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PostgresFleet:
+    def __init__(self, url: Secret, me: FleetIdentity) -> None:
+        self.url = url  # read at every connection: a rotated secret file is taken up
+        self.me = me
+        self.fleet_id = hashlib.sha256(me.fleet.encode()).hexdigest()[:16]
+        self._control: psycopg.Connection[Any] | None = None  # the control loop's only
+        self._notices: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._schema_ready = False
+        self._store_error: str | None = None
+
+    # -- connections --------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(
+            self.url.read().strip(),
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=f"live-pull {self.me.replica}"[:63],
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        )
+        if not self._schema_ready:
+            with conn.transaction():  # replicas starting together create it once
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("live-pull schema"),))
+                conn.execute(SCHEMA)
+            self._schema_ready = True
+        return conn
+
+    @contextlib.contextmanager
+    def _store(self) -> Iterator[psycopg.Connection[Any]]:
+        """The control loop's connection, made again after it failed."""
+        try:
+            if self._control is None or self._control.closed or self._control.broken:
+                self._control = self._connect()
+            yield self._control
+        except psycopg.Error as exc:
+            self._drop_control()
+            raise TransientError(f"fleet store: {describe(exc)}") from exc
+
+    def _drop_control(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            with contextlib.suppress(psycopg.Error):
+                control.close()
+
+    def close(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(2 * LISTEN_STEP + CONNECT_TIMEOUT)
+        self._drop_control()
+
+    # -- verdicts -----------------------------------------------------------------------
+
+    def verdict(self, sha: str) -> str | None:
+        try:
+            with self._store() as db:
+                row = db.execute(
+                    "SELECT refused_by, refused_reason FROM live_pull_revisions"
+                    " WHERE fleet = %s AND sha = %s AND refused_reason IS NOT NULL",
+                    (self.me.fleet, sha),
+                ).fetchone()
+        except TransientError as exc:
+            log.warning("fleet verdict unknown, deciding alone error=%s", exc)
+            return None
+        return None if row is None else refused_by(row[0], row[1])
+
+    def refuse(self, sha: str, reason: str) -> None:
+        """The first reason stays: replicas refusing after it only agree."""
+        try:
+            with self._store() as db:
+                db.execute(
+                    "INSERT INTO live_pull_revisions (fleet, sha, refused_reason, refused_by,"
+                    " refused_at) VALUES (%s, %s, %s, %s, now())"
+                    " ON CONFLICT (fleet, sha) DO UPDATE SET"
+                    " refused_reason = EXCLUDED.refused_reason,"
+                    " refused_by = EXCLUDED.refused_by, refused_at = EXCLUDED.refused_at"
+                    " WHERE live_pull_revisions.refused_reason IS NULL",
+                    (self.me.fleet, sha, reason[:2000], self.me.replica),
+                )
+        except TransientError as exc:
+            log.warning("fleet not told of the refused revision sha=%s error=%s", sha[:12], exc)
+
+    # -- the release step ---------------------------------------------------------------
+
+    def release_once(self, sha: str, step: ReleaseStep, stop: threading.Event) -> str:
+        key = lock_key(self.me.fleet, "release", sha)
+        deadline = time.monotonic() + self.me.release_timeout + WAIT_SLACK
+        said = False
+        while True:
+            with self._store() as db:
+                done_by = self._release_record(db, sha)
+                if done_by is not None:
+                    return f"done by {done_by}"
+                if self._try_lock(db, key):
+                    try:
+                        return self._release_locked(db, sha, step)
+                    finally:
+                        self._unlock(db, key)
+            if not said:
+                log.info("release step running on another replica, waiting sha=%s", sha[:12])
+                said = True
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"the release step of {sha[:12]} did not finish on another replica within"
+                    f" {self.me.release_timeout + WAIT_SLACK:g}s"
+                )
+            if stop.wait(WAIT_STEP):
+                raise RevisionError("the agent is stopping")
+
+    def _release_locked(self, db: psycopg.Connection[Any], sha: str, step: ReleaseStep) -> str:
+        """Holding the lock: a peer may have finished just before we took it."""
+        done_by = self._release_record(db, sha)
+        if done_by is not None:
+            return f"done by {done_by}"
+        step()
+        db.execute(
+            "INSERT INTO live_pull_revisions (fleet, sha, released_at, released_by)"
+            " VALUES (%s, %s, now(), %s) ON CONFLICT (fleet, sha) DO UPDATE SET"
+            " released_at = EXCLUDED.released_at, released_by = EXCLUDED.released_by",
+            (self.me.fleet, sha, self.me.replica),
+        )
+        return "ran"
+
+    def _release_record(self, db: psycopg.Connection[Any], sha: str) -> str | None:
+        """Who ran the step, if anyone did; RevisionError if the fleet refused it."""
+        row = db.execute(
+            "SELECT released_by, refused_by, refused_reason FROM live_pull_revisions"
+            " WHERE fleet = %s AND sha = %s",
+            (self.me.fleet, sha),
+        ).fetchone()
+        if row is None:
+            return None
+        if row[2] is not None:
+            raise RevisionError(refused_by(row[1], row[2]))
+        return str(row[0]) if row[0] is not None else None
+
+    # -- switching ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def switching(self, budget: float, stop: threading.Event) -> Iterator[None]:
+        places = [
+            lock_key(self.me.fleet, "switching", str(n)) for n in range(self.me.max_switching)
+        ]
+        key = self._take_place(places, budget, stop)
+        log.info("fleet switching place taken of=%d", len(places))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(TransientError), self._store() as db:
+                self._unlock(db, key)
+            log.info("fleet switching place given back")
+
+    def _take_place(self, places: list[int], budget: float, stop: threading.Event) -> int:
+        deadline = time.monotonic() + budget
+        said = False
+        while True:
+            with self._store() as db:
+                for key in places:
+                    if self._try_lock(db, key):
+                        return key
+            if not said:
+                log.info("waiting for a switching place held by other replicas of=%d", len(places))
+                said = True
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"other replicas held every switching place for {budget:g}s"
+                    " (LIVE_PULL_FLEET_MAX_SWITCHING)"
+                )
+            if stop.wait(WAIT_STEP):
+                raise RevisionError("the agent is stopping")
+
+    @staticmethod
+    def _try_lock(db: psycopg.Connection[Any], key: int) -> bool:
+        row = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        return bool(row and row[0])
+
+    @staticmethod
+    def _unlock(db: psycopg.Connection[Any], key: int) -> None:
+        """A broken connection has freed its locks already."""
+        with contextlib.suppress(psycopg.Error):
+            db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    # -- peers: the store's thread ---------------------------------------------------------
+
+    def announce(self) -> None:
+        self._notices.put(json.dumps({"fleet": self.fleet_id, "from": self.me.replica}))
+
+    def start(self, on_push: Callable[[], None], board: StatusBoard) -> None:
+        board.update(fleet=fleet_view("postgresql", self.me.replica, [], None))
+        self._thread = threading.Thread(
+            target=self._listen, args=(on_push, board), name="fleet", daemon=True
+        )
+        self._thread.start()
+
+    def _listen(self, on_push: Callable[[], None], board: StatusBoard) -> None:
+        """Reconnect with backoff for as long as the agent runs; say once what is wrong."""
+        delay = 1.0
+        while not self._stopped.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._reachable(True, None)
+                    delay = 1.0
+                    self._serve_peers(conn, on_push, board)
+            except psycopg.Error as exc:
+                self._reachable(False, describe(exc))
+                board.update(fleet=fleet_view("postgresql", self.me.replica, [], self._store_error))
+                self._stopped.wait(delay)
+                delay = min(2 * delay, 30.0)
+
+    def _reachable(self, reachable: bool, error: str | None) -> None:
+        if reachable and self._store_error is not None:
+            log.info("fleet store reachable again")
+        elif not reachable and error != self._store_error:
+            log.warning("fleet store unreachable, retrying error=%s", error)
+        self._store_error = error
+
+    def _serve_peers(
+        self, conn: psycopg.Connection[Any], on_push: Callable[[], None], board: StatusBoard
+    ) -> None:
+        next_view = 0.0
+        while not self._stopped.is_set():
+            self._send_notices(conn)
+            for notice in conn.notifies(timeout=LISTEN_STEP):
+                if self._from_peer(notice.payload):
+                    log.info("push heard from a peer, checking")
+                    on_push()
+            if time.monotonic() >= next_view:
+                board.update(fleet=self._report_and_view(conn, board))
+                next_view = time.monotonic() + VIEW_EVERY
+
+    def _send_notices(self, conn: psycopg.Connection[Any]) -> None:
+        while True:
+            try:
+                payload = self._notices.get_nowait()
+            except queue.Empty:
+                return
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+    def _from_peer(self, payload: str) -> bool:
+        try:
+            notice = json.loads(payload)
+        except ValueError:
+            return False
+        return (
+            isinstance(notice, dict)
+            and notice.get("fleet") == self.fleet_id
+            and notice.get("from") != self.me.replica
+        )
+
+    def _report_and_view(self, conn: psycopg.Connection[Any], board: StatusBoard) -> dict[str, Any]:
+        """Say what this replica serves; read what the others said."""
+        snapshot = board.snapshot()
+        conn.execute(
+            "INSERT INTO live_pull_replicas (fleet, replica, revision, state, seen_at)"
+            " VALUES (%s, %s, %s, %s, now()) ON CONFLICT (fleet, replica) DO UPDATE SET"
+            " revision = EXCLUDED.revision, state = EXCLUDED.state, seen_at = now()",
+            (self.me.fleet, self.me.replica, snapshot["revision"], snapshot["state"]),
+        )
+        rows = conn.execute(
+            "SELECT replica, revision, state, extract(epoch FROM now() - seen_at)::float8"
+            " FROM live_pull_replicas WHERE fleet = %s"
+            f" AND seen_at > now() - interval '{FORGET_AFTER}' ORDER BY replica",
+            (self.me.fleet,),
+        ).fetchall()
+        reports = [ReplicaReport(str(r[0]), r[1], r[2], float(r[3])) for r in rows]
+        return fleet_view("postgresql", self.me.replica, reports, None)
+
+
+def refused_by(replica: str | None, reason: str) -> str:
+    return f"refused by replica {replica or '?'}: {reason}"
+
+
+def describe(exc: psycopg.Error) -> str:
+    """psycopg's message on one line (it never holds the password)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

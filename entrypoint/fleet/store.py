@@ -1,0 +1,162 @@
+"""What the update sequence asks of a fleet, and the fleet of one (no store).
+
+A store keeps, per fleet (the repository and ref that its replicas follow):
+- the release step's record: run once per revision, under a lock that the store frees
+  when its holder dies (so another replica runs the step again);
+- the verdict on a revision: refused on one replica, skipped by all;
+- a switching semaphore: at most LIVE_PULL_FLEET_MAX_SWITCHING replicas switch at once;
+- push notices: a webhook or a sync heard by one replica reaches the others;
+- each replica's revision and state, for /status's view of the fleet.
+
+The control loop's thread makes the calls that block (release_once, switching); the
+store's own thread listens for peers and refreshes the view.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from entrypoint.board import StatusBoard
+
+if TYPE_CHECKING:
+    from entrypoint.config import Settings
+
+# The release step: raises if it failed.
+ReleaseStep = Callable[[], None]
+
+
+class Fleet(Protocol):
+    def start(self, on_push: Callable[[], None], board: StatusBoard) -> None:
+        """Listen for peers' push notices (on_push asks for a check) and keep the
+        board's `fleet` view fresh, on the store's own thread."""
+
+    def close(self) -> None:
+        """Stop listening; locks held end with the connections."""
+
+    def announce(self) -> None:
+        """A push was heard here (webhook, sync): tell the peers. Never blocks."""
+
+    def verdict(self, sha: str) -> str | None:
+        """Why the fleet refused the revision, or None (also when the store is down)."""
+
+    def refuse(self, sha: str, reason: str) -> None:
+        """Record the revision as refused for the whole fleet (best effort)."""
+
+    def release_once(self, sha: str, step: ReleaseStep, stop: threading.Event) -> str:
+        """Run the release step here, or wait for a peer's: 'ran' or 'done by <replica>'.
+
+        Raises RevisionError when a peer refused the revision meanwhile, TransientError
+        when the store cannot be reached or a peer's step outlasts the release timeout.
+        """
+
+    def switching(
+        self, budget: float, stop: threading.Event
+    ) -> contextlib.AbstractContextManager[None]:
+        """Hold one of the fleet's switching places while the body runs."""
+
+
+class Solo:
+    """No store: a replica on its own (LIVE_PULL_FLEET_URL unset)."""
+
+    def start(self, on_push: Callable[[], None], board: StatusBoard) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def announce(self) -> None:
+        pass
+
+    def verdict(self, sha: str) -> str | None:
+        return None
+
+    def refuse(self, sha: str, reason: str) -> None:
+        pass
+
+    def release_once(self, sha: str, step: ReleaseStep, stop: threading.Event) -> str:
+        step()
+        return "ran"
+
+    @contextlib.contextmanager
+    def switching(self, budget: float, stop: threading.Event) -> Iterator[None]:
+        yield
+
+
+def open_fleet(settings: Settings) -> Fleet:
+    """The fleet that LIVE_PULL_FLEET_URL names; its client is imported only then."""
+    store = settings.fleet_url
+    if store is None:
+        return Solo()
+    from entrypoint.config import fleet_store_kind
+
+    identity = FleetIdentity.of(settings)
+    if fleet_store_kind(store.read()) == "kubernetes":
+        from entrypoint.errors import ConfigError
+
+        raise ConfigError("LIVE_PULL_FLEET_URL: kubernetes is not available yet")
+    from entrypoint.fleet.postgres import PostgresFleet
+
+    return PostgresFleet(store, identity)
+
+
+class FleetIdentity:
+    """Who is asking: the fleet (what its replicas follow), this replica, and the
+    limits that the fleet's settings give."""
+
+    def __init__(
+        self, fleet: str, replica: str, max_switching: int, release_timeout: float
+    ) -> None:
+        self.fleet = fleet
+        self.replica = replica
+        self.max_switching = max_switching
+        self.release_timeout = release_timeout
+
+    @classmethod
+    def of(cls, settings: Settings) -> FleetIdentity:
+        fleet = f"{settings.repo_url.redacted()}#{settings.repo_ref or 'HEAD'}"
+        return cls(
+            fleet, settings.fleet_replica, settings.fleet_max_switching, settings.release_timeout
+        )
+
+
+# A replica that has not reported for this long is shown as stale and left out of the
+# fleet's revision (a pod gone, or cut off from the store).
+STALE_SECONDS = 30.0
+
+
+class ReplicaReport(NamedTuple):
+    name: str
+    revision: str | None
+    state: str | None
+    seen_seconds_ago: float
+
+
+def fleet_view(
+    store: str, me: str, reports: list[ReplicaReport], error: str | None
+) -> dict[str, Any]:
+    """/status's `fleet`: which revision the fleet is on (the one most of its live
+    replicas serve) and what each replica reported."""
+    live = [report.revision for report in reports if report.seen_seconds_ago <= STALE_SECONDS]
+    counts = collections.Counter(sha for sha in live if sha)
+    revision = counts.most_common(1)[0][0] if counts else None
+    return {
+        "store": store,
+        "replica": me,
+        "revision": revision,
+        "converged": bool(live) and len(set(live)) == 1 and revision is not None,
+        "replicas": [
+            {
+                "name": report.name,
+                "revision": report.revision,
+                "state": report.state,
+                "seen_seconds_ago": round(report.seen_seconds_ago, 1),
+                "stale": report.seen_seconds_ago > STALE_SECONDS,
+            }
+            for report in reports
+        ],
+        "error": error,
+    }
