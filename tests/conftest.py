@@ -18,6 +18,7 @@ from entrypoint.demo import free_port
 from entrypoint.processes import end_tagged, home_id
 from entrypoint.sample import SampleRepo, create_sample_repo
 from tests.git_http import GitHttpServer
+from tests.postgres import PostgresServer
 from tests.wheels import build_wheel
 
 WAIT = 45.0
@@ -185,6 +186,13 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_wheel(house, "tinypkg", "1.0", ("tinydep>=1",))
     build_wheel(house, "tinypkg", "2.0", ("tinydep>=1",))
     return house
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (each test its own fleet, by repository)."""
+    with PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture

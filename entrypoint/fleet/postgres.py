@@ -78,6 +78,7 @@ class PostgresFleet:
         self._control: psycopg.Connection[Any] | None = None  # the control loop's only
         self._notices: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._stopped = threading.Event()
+        self._listening = threading.Event()  # peers' notices reach this replica now
         self._thread: threading.Thread | None = None
         self._schema_ready = False
         self._store_error: str | None = None
@@ -272,10 +273,12 @@ class PostgresFleet:
             try:
                 with self._connect() as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._listening.set()
                     self._reachable(True, None)
                     delay = 1.0
                     self._serve_peers(conn, on_push, board)
             except psycopg.Error as exc:
+                self._listening.clear()
                 self._reachable(False, describe(exc))
                 board.update(fleet=fleet_view("postgresql", self.me.replica, [], self._store_error))
                 self._stopped.wait(delay)

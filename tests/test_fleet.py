@@ -1,0 +1,173 @@
+"""Fleets end to end: agents with separate homes, one remote, one real PostgreSQL.
+
+The app's release step writes a row into its own database (DATABASE_URL, which the
+app keeps) and a line into a file per attempt, so the tests count both."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+from entrypoint.processes import end_tagged, home_id
+from entrypoint.sample import APP, SampleRepo
+from tests.conftest import AgentProcess, wait_until
+from tests.postgres import PASSWORD, PostgresServer
+
+Factory = Callable[..., AgentProcess]
+
+RELEASE = """\
+set -e
+echo "$REPLICA_NAME" >> "$ATTEMPTS"
+sleep {sleep}
+{fail}
+psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 \\
+  -c "INSERT INTO migrations (sha, replica) VALUES ('$LIVE_PULL_REVISION', '$REPLICA_NAME')"
+"""
+
+
+def files(message: str, *, sleep: float = 0.5, fail: bool = False) -> dict[str, str]:
+    return {
+        "app.py": APP.format(message=message),
+        "release.sh": RELEASE.format(sleep=sleep, fail="exit 3" if fail else ""),
+        "Procfile": "release: sh release.sh\nweb: python app.py\n",
+    }
+
+
+def database(postgres: PostgresServer, name: str) -> str:
+    """A database of the test's own: the app's table, and the fleet's tables too."""
+    postgres.query(f"DROP DATABASE IF EXISTS {name}")
+    postgres.query(f"CREATE DATABASE {name}")
+    url = postgres.url(name)
+    with __import__("psycopg").connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE migrations (sha text, replica text)")
+    return url
+
+
+def migrations(url: str, sha: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT replica FROM migrations WHERE sha = %s", (sha,)).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def replicas(
+    agent_factory: Factory, sample: SampleRepo, tmp_path: Path, url: str, names: str, **extra: str
+) -> list[AgentProcess]:
+    return [
+        agent_factory(
+            sample.url,
+            home=tmp_path / f"home-{name}",
+            LIVE_PULL_FLEET_URL=url,
+            LIVE_PULL_FLEET_REPLICA=name,
+            LIVE_PULL_LISTEN="off",  # stop-then-start: the fleet keeps the capacity
+            LIVE_PULL_POLL_INTERVAL="600",  # pushes reach them through the store
+            REPLICA_NAME=name,
+            DATABASE_URL=url,
+            ATTEMPTS=str(tmp_path / "attempts"),
+            **extra,
+        )
+        for name in names
+    ]
+
+
+def attempts(tmp_path: Path) -> list[str]:
+    path = tmp_path / "attempts"
+    return path.read_text().split() if path.exists() else []
+
+
+def switching_intervals(agent: AgentProcess) -> list[tuple[datetime, datetime]]:
+    """When the agent held a switching place, from its log's timestamps."""
+    taken: list[datetime] = []
+    given: list[datetime] = []
+    for line in agent.output().splitlines():
+        if "fleet switching place taken" in line:
+            taken.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
+        elif "fleet switching place given back" in line:
+            given.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
+    assert len(taken) == len(given)
+    return list(zip(taken, given, strict=True))
+
+
+def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_revision(
+    sample: SampleRepo, agent_factory: Factory, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = database(postgres, "fleet_three")
+    first = sample.commit(files("v0"), "v0 with a release step")
+    fleet = replicas(agent_factory, sample, tmp_path, url, "abc")
+    for agent in fleet:
+        agent.wait_serving(first)
+    assert len(migrations(url, first)) == 1  # three starts at once, one release step
+    assert len(attempts(tmp_path)) == 1
+
+    # A sync on one replica reaches all three; they switch one at a time.
+    second = sample.commit(files("v1"), "v1")
+    synced = time.monotonic()
+    requests.post(fleet[0].status_url("/sync"), timeout=5).raise_for_status()
+    for agent in fleet:
+        agent.wait_serving(second)
+    converged = time.monotonic() - synced
+    assert len(migrations(url, second)) == 1
+    assert len(attempts(tmp_path)) == 2
+    for agent in fleet[1:]:
+        assert "push heard from a peer" in agent.output()
+    held = sorted(span for agent in fleet for span in switching_intervals(agent))
+    assert len(held) == 3  # each replica switched once, holding a place
+    for (_, given_back), (taken, _) in zip(held, held[1:], strict=False):
+        assert given_back <= taken, f"two replicas switching at once: {held}"
+    assert converged < 40  # polling alone (600 s) would not have moved them
+
+    # A revision whose release step fails on one replica is skipped by all three.
+    broken = sample.commit(files("v2", fail=True), "v2 whose migration fails")
+    requests.post(fleet[1].status_url("/sync"), timeout=5).raise_for_status()
+    for agent in fleet:
+        wait_until(
+            lambda agent=agent: broken in agent.status().get("failed_revisions", {}),
+            30,
+            lambda agent=agent: f"v2 refused: {agent.status()}\n{agent.output()[-3000:]}",
+        )
+        assert f"revision {second[:12]}" in (agent.app() or "")
+    assert len(attempts(tmp_path)) == 3  # the failing step ran once in the fleet
+    reasons = [agent.status()["failed_revisions"][broken] for agent in fleet]
+    assert sum("release step failed" in reason for reason in reasons) == 3
+    assert sum(reason.startswith("refused by replica") for reason in reasons) == 2
+
+    view = wait_until(lambda: _converged_view(fleet[2], second), 10, "the fleet's view")
+    assert sorted(replica["name"] for replica in view["replicas"]) == ["a", "b", "c"]
+    for agent in fleet:
+        assert PASSWORD not in agent.output()
+        assert PASSWORD not in str(agent.status())
+
+
+def _converged_view(agent: AgentProcess, sha: str) -> dict[str, object] | None:
+    view = agent.status().get("fleet") or {}
+    revisions = {replica["revision"] for replica in view.get("replicas", [])}
+    return view if view.get("converged") and revisions == {sha} else None
+
+
+def test_a_replica_killed_mid_release_leaves_the_step_to_another(
+    sample: SampleRepo, agent_factory: Factory, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = database(postgres, "fleet_killed")
+    plain = {"app.py": APP.format(message="v0"), "Procfile": "web: python app.py\n"}
+    first = sample.commit(plain, "v0 without a release step")
+    fleet = replicas(agent_factory, sample, tmp_path, url, "ab")
+    for agent in fleet:
+        agent.wait_serving(first)
+
+    second = sample.commit(files("v1", sleep=6), "v1 with a slow migration")
+    requests.post(fleet[0].status_url("/sync"), timeout=5).raise_for_status()
+    holder_name = wait_until(lambda: attempts(tmp_path), 30, "a replica running the step")[0]
+    holder = fleet["ab".index(holder_name)]
+    survivor = fleet[1 - "ab".index(holder_name)]
+    holder.stop(signal.SIGKILL)
+    end_tagged(home_id(holder.home), None, time.monotonic() + 10)  # the pod is gone
+
+    survivor.wait_serving(second, timeout=60)
+    assert attempts(tmp_path) == [holder_name, survivor.env["REPLICA_NAME"]]
+    assert migrations(url, second) == [survivor.env["REPLICA_NAME"]]
