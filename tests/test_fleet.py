@@ -5,6 +5,7 @@ app keeps) and a line into a file per attempt, so the tests count both."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from collections.abc import Callable
@@ -118,7 +119,7 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
         assert "push heard from a peer" in agent.output()
     held = sorted(span for agent in fleet for span in switching_intervals(agent))
     assert len(held) == 3  # each replica switched once, holding a place
-    for (_, given_back), (taken, _) in zip(held, held[1:], strict=False):
+    for (_, given_back), (taken, _) in itertools.pairwise(held):
         assert given_back <= taken, f"two replicas switching at once: {held}"
     assert converged < 40  # polling alone (600 s) would not have moved them
 

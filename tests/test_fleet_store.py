@@ -117,10 +117,13 @@ def test_at_most_max_switching_replicas_switch_at_once(
     assert most == 2
     assert time.monotonic() - started >= 1.6  # the third waited for a place
     # A place that is never given back runs out the waiting replica's budget.
-    with members[0].switching(30.0, stop), members[1].switching(30.0, stop):
-        with pytest.raises(TransientError, match="LIVE_PULL_FLEET_MAX_SWITCHING"):
-            with members[2].switching(0.5, stop):
-                pytest.fail("a third replica switched")
+    with (
+        members[0].switching(30.0, stop),
+        members[1].switching(30.0, stop),
+        pytest.raises(TransientError, match="LIVE_PULL_FLEET_MAX_SWITCHING"),
+        members[2].switching(0.5, stop),
+    ):
+        pytest.fail("a third replica switched")
     for fleet in members:
         fleet.close()
 
@@ -163,9 +166,8 @@ def test_a_store_that_is_down_is_transient_and_never_shows_its_password(fleet_na
         fleet.release_once(SHA, lambda: pytest.fail("ran without the lock"), stop)
     assert PASSWORD not in str(caught.value)
     assert fleet.verdict(SHA) is None  # unknown: the replica decides alone
-    with pytest.raises(TransientError):
-        with fleet.switching(5.0, stop):
-            pytest.fail("switched without a place")
+    with pytest.raises(TransientError), fleet.switching(5.0, stop):
+        pytest.fail("switched without a place")
     fleet.close()
 
 
