@@ -55,6 +55,12 @@ BAD = [
     ({"LIVE_PULL_POLL_INTERVALL": "5"}, "LIVE_PULL_POLL_INTERVALL: unknown setting"),
     ({"LIVE_PULL_GIT_AUTH": "token"}, "LIVE_PULL_GIT_AUTH: is token but the settings give none"),
     ({"LIVE_PULL_GIT_AUTH": "ssh"}, "LIVE_PULL_GIT_AUTH: Input should be"),
+    (
+        {"LIVE_PULL_FLEET_URL": "mysql://db/fleet"},
+        "LIVE_PULL_FLEET_URL: must be a postgresql:// URL or `kubernetes`",
+    ),
+    ({"LIVE_PULL_FLEET_MAX_SWITCHING": "0"}, "LIVE_PULL_FLEET_MAX_SWITCHING: Input should be"),
+    ({"LIVE_PULL_FLEET_REPLICA": "a b"}, "LIVE_PULL_FLEET_REPLICA: 'a b' is not a replica name"),
 ]
 
 
@@ -91,6 +97,11 @@ def test_bad_configuration_exits_2_with_one_line(
 def test_secret_never_echoed_in_config_errors() -> None:
     result = run_cli("check-config", env={"REPO_URL": "ftp://user:hunter2secret@host/r.git"})
     assert result.returncode == 2
+    assert "hunter2secret" not in result.stderr + result.stdout
+    fleet = {"REPO_URL": GOOD_URL, "LIVE_PULL_FLEET_URL": "postgres:/u:hunter2secret@db/x"}
+    result = run_cli("check-config", env=fleet)
+    assert result.returncode == 2
+    assert "LIVE_PULL_FLEET_URL" in result.stderr
     assert "hunter2secret" not in result.stderr + result.stdout
 
 
