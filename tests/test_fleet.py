@@ -172,3 +172,31 @@ def test_a_replica_killed_mid_release_leaves_the_step_to_another(
     survivor.wait_serving(second, timeout=60)
     assert attempts(tmp_path) == [holder_name, survivor.env["REPLICA_NAME"]]
     assert migrations(url, second) == [survivor.env["REPLICA_NAME"]]
+
+
+def test_a_store_that_goes_down_keeps_the_serving_revision_and_is_recovered_from(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    with PostgresServer() as own:
+        url = database(own, "fleet_down")
+        first = sample.commit(files("v0"), "v0")
+        (agent,) = replicas(agent_factory, sample, tmp_path, url, "a")
+        agent.wait_serving(first)
+        wait_until(lambda: (agent.status().get("fleet") or {}).get("replicas"), 15, "a report")
+
+        own.stop()
+        second = sample.commit(files("v1"), "v1, whose release step needs the store")
+        requests.post(agent.status_url("/sync"), timeout=5).raise_for_status()
+        status = agent.wait_status(error_kind="transient", timeout=30)
+        assert "fleet store" in status["last_error"]
+        assert PASSWORD not in status["last_error"]
+        assert status["revision"] == first
+        assert f"revision {first[:12]}" in (agent.app() or "")
+        wait_until(lambda: (agent.status().get("fleet") or {}).get("error"), 15, "fleet.error")
+
+        own.start()  # retried with the backoff: no sync needed
+        agent.wait_serving(second, timeout=60)
+        assert migrations(url, second) == ["a"]
+        wait_until(lambda: (agent.status().get("fleet") or {}).get("error") is None, 15, "ok")
+        assert "fleet store reachable again" in agent.output()
+        assert PASSWORD not in agent.output()

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +59,7 @@ WAIT_STEP = 0.5  # how often a replica waiting for a peer's step or a place look
 LISTEN_STEP = 0.2  # how long the store thread waits for a notice before other work
 VIEW_EVERY = 2.0  # seconds between reports of this replica (and reads of the others')
 FORGET_AFTER = "1 hour"  # replicas not seen for this long leave the view
+KEEP_RECORDS = "90 days"  # a revision's record (done, refused) is kept this long
 # A waiting replica allows the holder's own release timeout and this much more.
 WAIT_SLACK = 30.0
 
@@ -76,7 +76,8 @@ class PostgresFleet:
         self.me = me
         self.fleet_id = hashlib.sha256(me.fleet.encode()).hexdigest()[:16]
         self._control: psycopg.Connection[Any] | None = None  # the control loop's only
-        self._notices: queue.SimpleQueue[str] = queue.SimpleQueue()
+        # A push to tell the peers of: one pending notice says it all, however many came.
+        self._push_pending = threading.Event()
         self._stopped = threading.Event()
         self._listening = threading.Event()  # peers' notices reach this replica now
         self._thread: threading.Thread | None = None
@@ -193,6 +194,11 @@ class PostgresFleet:
             " released_at = EXCLUDED.released_at, released_by = EXCLUDED.released_by",
             (self.me.fleet, sha, self.me.replica),
         )
+        db.execute(
+            "DELETE FROM live_pull_revisions WHERE fleet = %s"
+            f" AND coalesce(released_at, refused_at) < now() - interval '{KEEP_RECORDS}'",
+            (self.me.fleet,),
+        )
         return "ran"
 
     def _release_record(self, db: psycopg.Connection[Any], sha: str) -> str | None:
@@ -257,7 +263,7 @@ class PostgresFleet:
     # -- peers: the store's thread ---------------------------------------------------------
 
     def announce(self) -> None:
-        self._notices.put(json.dumps({"fleet": self.fleet_id, "from": self.me.replica}))
+        self._push_pending.set()
 
     def start(self, on_push: Callable[[], None], board: StatusBoard) -> None:
         board.update(fleet=fleet_view("postgresql", self.me.replica, [], None))
@@ -296,7 +302,7 @@ class PostgresFleet:
     ) -> None:
         next_view = 0.0
         while not self._stopped.is_set():
-            self._send_notices(conn)
+            self._send_notice(conn)
             for notice in conn.notifies(timeout=LISTEN_STEP):
                 if self._from_peer(notice.payload):
                     log.info("push heard from a peer, checking")
@@ -305,13 +311,15 @@ class PostgresFleet:
                 board.update(fleet=self._report_and_view(conn, board))
                 next_view = time.monotonic() + VIEW_EVERY
 
-    def _send_notices(self, conn: psycopg.Connection[Any]) -> None:
-        while True:
+    def _send_notice(self, conn: psycopg.Connection[Any]) -> None:
+        if self._push_pending.is_set():
+            self._push_pending.clear()
+            payload = json.dumps({"fleet": self.fleet_id, "from": self.me.replica})
             try:
-                payload = self._notices.get_nowait()
-            except queue.Empty:
-                return
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            except psycopg.Error:
+                self._push_pending.set()  # sent once the store is back
+                raise
 
     def _from_peer(self, payload: str) -> bool:
         try:
