@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,10 @@ DAMAGE = (
     "reference broken",
     "broken ref",
 )
+# The remote's HEAD cannot be asked for alone (ls-remote then lists every ref the remote
+# has, a host's refs/pull/* included), so the default branch it names is learnt and
+# asked for as a branch, and learnt again after this long (or when it is gone).
+DEFAULT_BRANCH_SECONDS = 600.0
 READS = frozenset({"rev-parse", "update-ref", "cat-file", "ls-tree", "read-tree", "checkout-index"})
 
 
@@ -117,6 +122,7 @@ class Repository:
         self._env = _git_environment(url)
         self._repo: git.Repo | None = None
         self._damage: str | None = None  # what a read found broken since the last rebuild
+        self._default_branch: tuple[str, float] | None = None  # (name, when learnt)
 
     # -- the local repository -------------------------------------------------
 
@@ -190,7 +196,7 @@ class Repository:
         if tags.is_range(ref):
             return self._resolve_range(ref)
         names = [ref, f"{ref}^{{}}"] if ref.startswith("refs/") else _candidates(ref)
-        found = _parse_ls_remote(self._remote_git("ls-remote", REMOTE, *names))
+        found = _parse_ls_remote(self._remote_git("ls-remote", *_scope(names), REMOTE, *names))
         for name in names:
             peeled = found.get(f"{name}^{{}}")
             if name in found:
@@ -198,6 +204,17 @@ class Repository:
         raise RefNotFound(f"ref not found on the remote: ref={ref}")
 
     def _resolve_default_branch(self) -> RemoteRevision:
+        learnt = self._default_branch
+        if learnt is not None and time.monotonic() - learnt[1] < DEFAULT_BRANCH_SECONDS:
+            branch = learnt[0]
+            found = _parse_ls_remote(self._remote_git("ls-remote", "--heads", REMOTE, branch))
+            if branch in found:
+                return RemoteRevision(found[branch], branch)
+        return self._learn_default_branch()
+
+    def _learn_default_branch(self) -> RemoteRevision:
+        """Ask the remote's HEAD (every ref comes with it) and remember its branch."""
+        self._default_branch = None
         output = self._remote_git("ls-remote", "--symref", REMOTE, "HEAD")
         branch = None
         for line in output.splitlines():
@@ -206,6 +223,8 @@ class Repository:
         sha = _parse_ls_remote(output).get("HEAD")
         if sha is None:
             raise RefNotFound("the remote has no default branch (empty repository?)")
+        if branch is not None and branch.startswith("refs/heads/"):
+            self._default_branch = (branch, time.monotonic())
         return RemoteRevision(sha, branch)
 
     def _resolve_range(self, ref: str) -> RemoteRevision:
@@ -394,6 +413,15 @@ def _trusting_upload_pack(path: str | None) -> list[str]:
         command += ["-c", f"safe.directory={path.rstrip('/') + suffix}"]
     command.append("upload-pack")
     return ["-c", f"remote.{REMOTE}.uploadpack={shlex.join(command)}"]
+
+
+def _scope(names: list[str]) -> list[str]:
+    """ls-remote's patterns only filter what the remote sends, and match the ends of
+    names, so the remote would send every ref it has (a host's refs/pull/* included);
+    --heads and --tags make it send branches and tags only, when that is all we want."""
+    if all(name.startswith(("refs/heads/", "refs/tags/")) for name in names):
+        return ["--heads", "--tags"]
+    return []
 
 
 def _candidates(ref: str) -> list[str]:

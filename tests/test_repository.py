@@ -204,3 +204,27 @@ def test_disk_full_is_a_local_error_not_damage(
         repo.fetch(RemoteRevision(sha, "refs/heads/main"))
     assert "No space left on device" in str(caught.value)
     assert repo.healthy()
+
+
+# -- the remote's default branch -------------------------------------------------------
+
+
+def test_the_default_branch_is_learnt_and_learnt_again(
+    sample: SampleRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks ask for the learnt branch alone (not every ref of the remote); a branch
+    gone is learnt again at once, a new default branch once the learnt one is old."""
+    repo = repository(tmp_path / "home", sample.url)
+    repo.open()
+    main = head(sample)
+    assert repo.resolve(None) == RemoteRevision(main, "refs/heads/main")
+    remote = git.Repo(sample.remote)
+    other = sample.commit({"other.txt": "x"}, "on other", branch="other")
+    remote.git.symbolic_ref("HEAD", "refs/heads/other")
+    assert repo.resolve(None) == RemoteRevision(main, "refs/heads/main")  # learnt: main
+    monkeypatch.setattr("entrypoint.repository.DEFAULT_BRANCH_SECONDS", 0.0)
+    assert repo.resolve(None) == RemoteRevision(other, "refs/heads/other")
+    monkeypatch.undo()
+    remote.git.symbolic_ref("HEAD", "refs/heads/main")
+    remote.git.branch("-D", "other")
+    assert repo.resolve(None) == RemoteRevision(main, "refs/heads/main")  # gone: asked again
