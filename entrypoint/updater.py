@@ -137,6 +137,8 @@ class Updater:
         log.debug("checking the remote trigger=%s", trigger)
         self.open()
         remote = self._ask_remote()  # 1. one round trip, no objects
+        if retry_failed:  # the first start
+            remote = self._unless_refused_by_fleet(remote)
         self.recorder.checked(self._check_result(remote.sha, retry_failed))
         if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
             self.board.update(waiting=None)
@@ -321,6 +323,21 @@ class Updater:
             log.debug("skipping revision that failed before sha=%s", short(sha))
             return False
         return not self._refused_by_fleet(sha)
+
+    def _unless_refused_by_fleet(self, remote: RemoteRevision) -> RemoteRevision:
+        """A replica starting with nothing on disk (a new pod) does not try the remote's
+        revision if the fleet refused it: it starts the revision the fleet serves."""
+        reason = self.fleet.verdict(remote.sha)
+        serving = self.fleet.serving() if reason is not None else None
+        if serving is None or serving == remote.sha:
+            return remote
+        log.warning(
+            "starting the fleet's revision sha=%s instead of refused sha=%s reason=%s",
+            short(serving),
+            short(remote.sha),
+            reason,
+        )
+        return RemoteRevision(serving, None)
 
     def _refused_by_fleet(self, sha: str) -> bool:
         """A revision another replica refused is skipped here too, and kept as failed."""

@@ -140,6 +140,13 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
 
     view = wait_until(lambda: _converged_view(fleet[2], second), 10, "the fleet's view")
     assert sorted(replica["name"] for replica in view["replicas"]) == ["a", "b", "c"]
+
+    # A new replica (nothing on disk) starts what the fleet serves, not the refused head.
+    (late,) = replicas(agent_factory, sample, tmp_path, url, "d")
+    late.wait_serving(second)
+    assert "starting the fleet's revision" in late.output()
+    assert len(attempts(tmp_path)) == 3  # its release step was done by the fleet
+    fleet.append(late)
     for agent in fleet:
         assert PASSWORD not in agent.output()
         assert PASSWORD not in str(agent.status())

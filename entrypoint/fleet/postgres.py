@@ -28,7 +28,13 @@ import psycopg
 from entrypoint.auth import Secret
 from entrypoint.board import StatusBoard
 from entrypoint.errors import RevisionError, TransientError
-from entrypoint.fleet.store import FleetIdentity, ReleaseStep, ReplicaReport, fleet_view
+from entrypoint.fleet.store import (
+    STALE_SECONDS,
+    FleetIdentity,
+    ReleaseStep,
+    ReplicaReport,
+    fleet_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +160,21 @@ class PostgresFleet:
                 )
         except TransientError as exc:
             log.warning("fleet not told of the refused revision sha=%s error=%s", sha[:12], exc)
+
+    def serving(self) -> str | None:
+        try:
+            with self._store() as db:
+                row = db.execute(
+                    "SELECT revision FROM live_pull_replicas WHERE fleet = %s"
+                    " AND replica <> %s AND revision IS NOT NULL"
+                    f" AND seen_at > now() - interval '{STALE_SECONDS:g} seconds'"
+                    " GROUP BY revision ORDER BY count(*) DESC, max(seen_at) DESC LIMIT 1",
+                    (self.me.fleet, self.me.replica),
+                ).fetchone()
+        except TransientError as exc:
+            log.warning("the fleet's revision unknown error=%s", exc)
+            return None
+        return None if row is None else str(row[0])
 
     # -- the release step ---------------------------------------------------------------
 

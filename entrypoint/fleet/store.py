@@ -46,6 +46,9 @@ class Fleet(Protocol):
     def refuse(self, sha: str, reason: str) -> None:
         """Record the revision as refused for the whole fleet (best effort)."""
 
+    def serving(self) -> str | None:
+        """The revision most of the other live replicas serve (None: none, or unknown)."""
+
     def release_once(self, sha: str, step: ReleaseStep, stop: threading.Event) -> str:
         """Run the release step here, or wait for a peer's: 'ran' or 'done by <replica>'.
 
@@ -76,6 +79,9 @@ class Solo:
 
     def refuse(self, sha: str, reason: str) -> None:
         pass
+
+    def serving(self) -> str | None:
+        return None
 
     def release_once(self, sha: str, step: ReleaseStep, stop: threading.Event) -> str:
         step()
