@@ -34,7 +34,7 @@ from entrypoint.repository import Repository
 from entrypoint.state import StateFile
 from entrypoint.status import Controls, StatusServer
 from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import SharedSocket
+from entrypoint.supervisor_config import SharedSocket, local_url
 from entrypoint.updater import Updater, pick_rollback_target
 from entrypoint.verify import Verifier
 from entrypoint.watchdog import Watchdog
@@ -158,9 +158,7 @@ class Agent:
         path = self.settings.healthcheck_path
         if path is None:
             return None
-        address = self.settings.listen_address
-        port = address.rsplit(":", 1)[1] if address else str(self.settings.port)
-        return f"http://127.0.0.1:{port}{path}"
+        return local_url(self.settings.listen_address, self.settings.port, path)
 
     def _shared_socket(self) -> SharedSocket | None:
         """Unless LIVE_PULL_LISTEN=off, `web` rolls over on a socket supervisord holds."""

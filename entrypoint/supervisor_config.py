@@ -45,11 +45,19 @@ class SharedSocket:
 
     def local_url(self, path: str) -> str:
         """`path` on the shared socket, as a client on this machine reaches it."""
-        host, port = self.listen.removeprefix("tcp://").rsplit(":", 1)
+        return local_url(self.listen, 0, path)
+
+
+def local_url(listen: str | None, port: int, path: str) -> str:
+    """`path` where the app serves (LIVE_PULL_LISTEN's address, else 127.0.0.1 and
+    PORT), as a client on this machine reaches it."""
+    host, port_text = "127.0.0.1", str(port)
+    if listen is not None:
+        host, port_text = listen.removeprefix("tcp://").rsplit(":", 1)
         host = host.strip("[]")
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port_text}{path}"
 
 
 @dataclass(frozen=True)

@@ -315,14 +315,12 @@ class Updater:
             return git_step()
 
     def _wanted(self, sha: str, retry_failed: bool) -> bool:
-        if sha == self.running:
-            return False
-        if retry_failed:
-            return True
-        if sha in self.state.failed:
+        result = self._check_result(sha, retry_failed)
+        if result == "skipped":
             log.debug("skipping revision that failed before sha=%s", short(sha))
+        if result != "new":
             return False
-        return not self._refused_by_fleet(sha)
+        return retry_failed or not self._refused_by_fleet(sha)
 
     def _unless_refused_by_fleet(self, remote: RemoteRevision) -> RemoteRevision:
         """A replica starting with nothing on disk (a new pod) does not try the remote's

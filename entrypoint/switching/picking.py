@@ -9,7 +9,7 @@ from entrypoint.board import StatusBoard
 from entrypoint.config import Settings
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import SharedSocket
+from entrypoint.supervisor_config import SharedSocket, local_url
 from entrypoint.switching.slots import Proof, WebSlots
 from entrypoint.switching.start_first import ByCommand
 from entrypoint.switching.stop_then_start import StopThenStart
@@ -36,7 +36,7 @@ def switches_for(
     run_as: Identity = AS_AGENT,
 ) -> Switches:
     path = settings.healthcheck_path
-    health_url = f"http://127.0.0.1:{settings.port}{path}" if path is not None else None
+    health_url = local_url(None, settings.port, path) if path is not None else None
     timeout = settings.healthcheck_timeout
     stop_then_start = StopThenStart(supervisor, board, health_url, timeout, stopping)
     if shared is None:

@@ -92,20 +92,19 @@ class WebSlots:
 
     def wait_proxied_app(self, slot: str, plan: ProxyPlan) -> None:
         """The agent proves the app on its private port too (the proxy starts accepting
-        as soon as it sees the same), while the slot stays up."""
-        wait_healthy(
-            plan.url(plan.proof_path),
-            self.proof.timeout,
-            lambda: self._running(slot),
-            any_but_5xx=plan.any_but_5xx,
-        )
+        as soon as it sees the same)."""
+        self._wait_answers(slot, plan.url(plan.proof_path))
 
     def wait_joined(self, slot: str) -> None:
         """The proof through the shared socket itself: only when no other slot serves
         (at start), so the answer can only come from `slot`."""
         assert self.active is None, "a serving slot could answer the proof"
+        self._wait_answers(slot, self.shared.local_url(self.proof.url_path))
+
+    def _wait_answers(self, slot: str, url: str) -> None:
+        """The proof's answer from `url`, while the slot stays up."""
         wait_healthy(
-            self.shared.local_url(self.proof.url_path),
+            url,
             self.proof.timeout,
             lambda: self._running(slot),
             any_but_5xx=self.proof.any_but_5xx,
