@@ -44,8 +44,12 @@ from entrypoint.windows import UpdateWindows, parse_windows
 PREFIX = "LIVE_PULL_"
 # Variables live-pull sets for the app itself; seeing them is not a typo.
 APP_FACING = frozenset({"LIVE_PULL_REVISION", "LIVE_PULL_ENV", "LIVE_PULL_PROCESS"})
+# What Kubernetes sets in every pod: where the API server is (LIVE_PULL_FLEET_URL=kubernetes).
+POD_VARIABLES = frozenset({"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"})
+# Where Kubernetes mounts the pod's service account: token, ca.crt, namespace.
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 # Settings the app keeps seeing (REPO_URL with its credentials removed).
-APP_KEEPS = frozenset({"REPO_URL", "REPO_REF", "PORT"})
+APP_KEEPS = frozenset({"REPO_URL", "REPO_REF", "PORT", *POD_VARIABLES})
 # Variables whose value may hold a secret: never echoed, never passed to the app.
 SECRET_VARIABLES = frozenset(
     {
@@ -225,6 +229,14 @@ class Settings(BaseSettings):
     )
     fleet_max_switching: int = Field(
         1, ge=1, validation_alias=AliasChoices("LIVE_PULL_FLEET_MAX_SWITCHING")
+    )
+    # Set by Kubernetes, not by the operator: checked only when the fleet's store is
+    # kubernetes, never shown by check-config, and left in the app's environment.
+    kubernetes_service_host: str | None = Field(
+        None, validation_alias=AliasChoices("KUBERNETES_SERVICE_HOST")
+    )
+    kubernetes_service_port: str | None = Field(
+        None, validation_alias=AliasChoices("KUBERNETES_SERVICE_PORT")
     )
 
     @field_validator("*", mode="before")
@@ -418,6 +430,14 @@ class Settings(BaseSettings):
         return name
 
     @property
+    def kubernetes_api(self) -> str | None:
+        """The API server as this pod reaches it (None: not in a pod)."""
+        host, port = self.kubernetes_service_host, self.kubernetes_service_port
+        if host is None:
+            return None
+        return f"https://{f'[{host}]' if ':' in host else host}:{port or 443}"
+
+    @property
     def fleet_url(self) -> Secret | None:
         """Where the fleet's store is (None: this replica is on its own); read at every
         connection, so a rotated file is taken up."""
@@ -493,6 +513,8 @@ class Settings(BaseSettings):
         used as an environment, means the same configuration again."""
         names = type(self).model_fields
         shown = {_variable_of(name): _shown(name, getattr(self, name)) for name in names}
+        for variable in POD_VARIABLES:
+            del shown[variable]
         shown["LIVE_PULL_GIT_AUTH"] = self.auth.kind
         return shown
 
@@ -569,11 +591,32 @@ def _check_fleet(settings: Settings) -> None:
             "LIVE_PULL_FLEET_URL: set either it or LIVE_PULL_FLEET_URL_FILE, not both"
         )
     _check_readable(settings, "fleet_url_file")
+    variable, kind = "LIVE_PULL_FLEET_URL", None
+    if settings.fleet_url_value is not None:
+        kind = fleet_store_kind(settings.fleet_url_value.get_secret_value())
     if settings.fleet_url_file is not None:
+        variable = "LIVE_PULL_FLEET_URL_FILE"
         try:
-            fleet_store_kind(settings.fleet_url_file.read_text(errors="replace"))
+            kind = fleet_store_kind(settings.fleet_url_file.read_text(errors="replace"))
         except ValueError as exc:
-            raise ConfigError(f"LIVE_PULL_FLEET_URL_FILE: {exc}") from None
+            raise ConfigError(f"{variable}: {exc}") from None
+    if kind == "kubernetes":
+        _check_pod(settings, variable)
+
+
+def _check_pod(settings: Settings, variable: str) -> None:
+    """LIVE_PULL_FLEET_URL=kubernetes: the API server and the service account of a pod."""
+    if settings.kubernetes_service_host is None:
+        raise ConfigError(f"{variable}: kubernetes, but not in a pod (no KUBERNETES_SERVICE_HOST)")
+    port = settings.kubernetes_service_port
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"{variable}: kubernetes, but KUBERNETES_SERVICE_PORT is not a port")
+    for name in ("token", "namespace"):
+        if not (SERVICE_ACCOUNT_DIR / name).is_file():
+            raise ConfigError(
+                f"{variable}: kubernetes, but the pod has no service account {name}"
+                f" ({SERVICE_ACCOUNT_DIR / name}; automountServiceAccountToken: false?)"
+            )
 
 
 def _relative_inside(value: str, *, allow_empty: bool) -> str:

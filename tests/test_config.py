@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from entrypoint import config
 from entrypoint.config import load_settings
 from entrypoint.credentials import parse_repo_url
 from entrypoint.errors import ConfigError
@@ -264,3 +265,64 @@ def test_blank_optional_settings_mean_unset() -> None:
     settings = load_settings({"REPO_URL": GOOD_URL, **blank})
     assert settings.auth.kind == "none"
     assert settings.ssh_known_hosts_file is None and settings.repo_ref is None
+
+
+def outside_a_pod() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_kubernetes_fleet_outside_a_pod_exits_2(command: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {"REPO_URL": GOOD_URL, "LIVE_PULL_HOME": str(home), "LIVE_PULL_FLEET_URL": "kubernetes"}
+    result = subprocess.run(
+        [sys.executable, "-m", "entrypoint", command],
+        env={**outside_a_pod(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "live-pull: configuration error: LIVE_PULL_FLEET_URL: kubernetes, but not in a pod"
+        " (no KUBERNETES_SERVICE_HOST)"
+    )
+    assert not home.exists()
+
+
+def test_a_kubernetes_fleet_needs_the_service_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account = tmp_path / "serviceaccount"
+    monkeypatch.setattr(config, "SERVICE_ACCOUNT_DIR", account)
+    pod = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    stored = tmp_path / "fleet-url"
+    stored.write_text("kubernetes\n")
+    for fleet in ({"LIVE_PULL_FLEET_URL": "kubernetes"}, {"LIVE_PULL_FLEET_URL_FILE": str(stored)}):
+        with pytest.raises(ConfigError, match=r"kubernetes, but the pod has no service account"):
+            load_settings({"REPO_URL": GOOD_URL, **pod, **fleet})
+    account.mkdir()
+    (account / "token").write_text("t")
+    (account / "namespace").write_text("default")
+    settings = load_settings({"REPO_URL": GOOD_URL, **pod, "LIVE_PULL_FLEET_URL": "kubernetes"})
+    assert settings.kubernetes_api == "https://10.96.0.1:443"
+    ipv6 = load_settings({"REPO_URL": GOOD_URL, "KUBERNETES_SERVICE_HOST": "fd00::1"})
+    assert ipv6.kubernetes_api == "https://[fd00::1]:443"
+    with pytest.raises(ConfigError, match="KUBERNETES_SERVICE_PORT is not a port"):
+        load_settings(
+            {
+                "REPO_URL": GOOD_URL,
+                **pod,
+                "KUBERNETES_SERVICE_PORT": "https",
+                "LIVE_PULL_FLEET_URL": "kubernetes",
+            }
+        )
+
+
+def test_the_pods_variables_are_neither_shown_nor_taken_from_the_app() -> None:
+    pod = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    settings = load_settings({"REPO_URL": GOOD_URL, **pod})
+    assert not any(name.startswith("KUBERNETES_") for name in settings.effective())
+    environ = {"REPO_URL": GOOD_URL, **pod}
+    config.scrub_environ(settings, environ)
+    assert environ == {"REPO_URL": GOOD_URL, **pod}  # the app's Kubernetes clients need them

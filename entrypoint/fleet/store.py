@@ -101,9 +101,14 @@ def open_fleet(settings: Settings) -> Fleet:
 
     identity = FleetIdentity.of(settings)
     if fleet_store_kind(store.read()) == "kubernetes":
+        from entrypoint.config import SERVICE_ACCOUNT_DIR
         from entrypoint.errors import ConfigError
+        from entrypoint.fleet.kubernetes import KubernetesFleet
 
-        raise ConfigError("LIVE_PULL_FLEET_URL: kubernetes is not available yet")
+        api = settings.kubernetes_api
+        if api is None:  # the file's store changed to kubernetes since the settings' check
+            raise ConfigError("LIVE_PULL_FLEET_URL: kubernetes needs to run in a pod")
+        return KubernetesFleet(identity, api, service_account=SERVICE_ACCOUNT_DIR)
     from entrypoint.fleet.postgres import PostgresFleet
 
     return PostgresFleet(store, identity)
@@ -127,6 +132,16 @@ class FleetIdentity:
         return cls(
             fleet, settings.fleet_replica, settings.fleet_max_switching, settings.release_timeout
         )
+
+
+# A replica waiting for a peer's release step allows the holder's own release timeout
+# and this much more.
+WAIT_SLACK = 30.0
+
+
+def refused_by(replica: str | None, reason: str) -> str:
+    """A fleet's verdict, as every store words it."""
+    return f"refused by replica {replica or '?'}: {reason}"
 
 
 # A replica that has not reported for this long is shown as stale and left out of the
