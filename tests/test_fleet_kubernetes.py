@@ -266,6 +266,8 @@ def test_a_push_reaches_the_other_replicas(fleet: Factory) -> None:
     assert view["store"] == "kubernetes" and view["replica"] == "b"
     assert {r["name"]: r["revision"] for r in view["replicas"]} == {"a": SHA, "b": None}
     assert view["error"] is None
+    assert b.serving() == SHA  # what the others serve: a new replica starts it
+    assert a.serving() is None  # its own report is left out
 
 
 def test_an_unreachable_api_is_a_transient_error(fleet: Factory) -> None:

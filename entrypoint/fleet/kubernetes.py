@@ -50,6 +50,7 @@ from entrypoint.fleet.store import (
     FleetIdentity,
     ReleaseStep,
     ReplicaReport,
+    fleet_revision,
     fleet_view,
     refused_by,
 )
@@ -84,6 +85,7 @@ class KubernetesFleet:
     ) -> None:
         self.me = me
         self.fleet_id = digest(me.fleet)
+        self._fleet_lease = f"live-pull-fleet-{self.fleet_id}"  # pushes and reports
         labels = {"app.kubernetes.io/managed-by": "live-pull", MARK + "fleet": self.fleet_id}
         self.api = LeaseApi(api_url, service_account, labels)
         self.lease_seconds = lease_seconds
@@ -161,6 +163,14 @@ class KubernetesFleet:
         notes = notes_of(lease)
         reason = notes.get(REFUSED_REASON)
         return None if reason is None else refused_by(notes.get(REFUSED_BY), reason)
+
+    def serving(self) -> str | None:
+        try:
+            lease = self.api.get(self._fleet_lease)
+        except TransientError as exc:
+            log.warning("the fleet's revision unknown error=%s", exc)
+            return None
+        return fleet_revision(reports(lease), leaving_out=self.me.replica)
 
     def refuse(self, sha: str, reason: str) -> None:
         """The first reason stays: replicas refusing after it only agree."""
@@ -306,7 +316,7 @@ class KubernetesFleet:
         self._store_error = error
 
     def _serve_peers(self, on_push: Callable[[], None], board: StatusBoard) -> None:
-        name = f"live-pull-fleet-{self.fleet_id}"
+        name = self._fleet_lease
         heard: str | None = None
         first = True
         while not self._stopped.is_set():

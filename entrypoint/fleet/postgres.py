@@ -30,10 +30,12 @@ from entrypoint.board import StatusBoard
 from entrypoint.errors import RevisionError, TransientError
 from entrypoint.fleet.store import (
     STALE_SECONDS,
+    WAIT_SLACK,
     FleetIdentity,
     ReleaseStep,
     ReplicaReport,
     fleet_view,
+    refused_by,
 )
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,6 @@ LISTEN_STEP = 0.2  # how long the store thread waits for a notice before other w
 VIEW_EVERY = 2.0  # seconds between reports of this replica (and reads of the others')
 FORGET_AFTER = "1 hour"  # replicas not seen for this long leave the view
 KEEP_RECORDS = "90 days"  # a revision's record (done, refused) is kept this long
-# A waiting replica allows the holder's own release timeout and this much more.
-WAIT_SLACK = 30.0
 
 
 def lock_key(*parts: str) -> int:
@@ -370,10 +370,6 @@ class PostgresFleet:
         ).fetchall()
         reports = [ReplicaReport(str(r[0]), r[1], r[2], float(r[3])) for r in rows]
         return fleet_view("postgresql", self.me.replica, reports, None)
-
-
-def refused_by(replica: str | None, reason: str) -> str:
-    return f"refused by replica {replica or '?'}: {reason}"
 
 
 def describe(exc: psycopg.Error) -> str:

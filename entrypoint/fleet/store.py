@@ -156,14 +156,24 @@ class ReplicaReport(NamedTuple):
     seen_seconds_ago: float
 
 
+def fleet_revision(reports: list[ReplicaReport], leaving_out: str | None = None) -> str | None:
+    """The revision most of the live replicas serve (`leaving_out` one of them)."""
+    counts = collections.Counter(
+        report.revision
+        for report in reports
+        if report.revision
+        and report.seen_seconds_ago <= STALE_SECONDS
+        and report.name != leaving_out
+    )
+    return counts.most_common(1)[0][0] if counts else None
+
+
 def fleet_view(
     store: str, me: str, reports: list[ReplicaReport], error: str | None
 ) -> dict[str, Any]:
-    """/status's `fleet`: which revision the fleet is on (the one most of its live
-    replicas serve) and what each replica reported."""
+    """/status's `fleet`: which revision the fleet is on and what each replica reported."""
     live = [report.revision for report in reports if report.seen_seconds_ago <= STALE_SECONDS]
-    counts = collections.Counter(sha for sha in live if sha)
-    revision = counts.most_common(1)[0][0] if counts else None
+    revision = fleet_revision(reports)
     return {
         "store": store,
         "replica": me,
