@@ -208,6 +208,33 @@ def test_a_refused_revision_is_refused_everywhere(fleet: Factory) -> None:
         fleet("d").release_once(SHA, slow_step, threading.Event())
 
 
+def test_a_step_that_fails_is_refused_before_a_waiting_replica_takes_over(
+    fleet: Factory,
+) -> None:
+    a, b = fleet("a"), fleet("b")
+    stepping = threading.Event()
+    b_ran: list[str] = []
+
+    def failing() -> None:
+        stepping.set()
+        time.sleep(1.0)  # b waits meanwhile
+        raise RevisionError("release step failed code=3")
+
+    def a_runs() -> str:
+        return a.release_once(SHA, failing, threading.Event())
+
+    def b_waits() -> str:
+        stepping.wait(10)
+        return b.release_once(SHA, lambda: b_ran.append("b"), threading.Event())
+
+    outcomes = in_threads(a_runs, b_waits)
+    assert [str(outcome) for outcome in outcomes] == [
+        "release step failed code=3",
+        "refused by replica a: release step failed code=3",
+    ]
+    assert b_ran == []  # the lease was let go with the refusal on it
+
+
 def test_at_most_max_switching_replicas_switch_at_once(fleet: Factory) -> None:
     replicas = [fleet(name, max_switching=2) for name in ("a", "b", "c", "d")]
     lock = threading.Lock()

@@ -174,7 +174,12 @@ class KubernetesFleet:
 
     def refuse(self, sha: str, reason: str) -> None:
         """The first reason stays: replicas refusing after it only agree."""
+        try:
+            self.api.modify(self._release_lease(sha), self._refusal(sha, reason))
+        except TransientError as exc:
+            log.warning("fleet not told of the refused revision sha=%s error=%s", sha[:12], exc)
 
+    def _refusal(self, sha: str, reason: str) -> Change:
         def record(lease: Lease) -> bool:
             notes = writable_notes(lease)
             if REFUSED_REASON in notes:
@@ -189,10 +194,7 @@ class KubernetesFleet:
             )
             return True
 
-        try:
-            self.api.modify(self._release_lease(sha), record)
-        except TransientError as exc:
-            log.warning("fleet not told of the refused revision sha=%s error=%s", sha[:12], exc)
+        return record
 
     # -- the release step ---------------------------------------------------------------
 
@@ -223,7 +225,7 @@ class KubernetesFleet:
             if RELEASED_BY in notes:
                 return f"done by {notes[RELEASED_BY]}"
             if taken:
-                return self._run_held(name, step)
+                return self._run_held(sha, name, step)
             if not said:
                 log.info("release step running on another replica, waiting sha=%s", sha[:12])
                 said = True
@@ -235,13 +237,15 @@ class KubernetesFleet:
             if stop.wait(WAIT_STEP):
                 raise RevisionError("the agent is stopping")
 
-    def _run_held(self, name: str, step: ReleaseStep) -> str:
+    def _run_held(self, sha: str, name: str, step: ReleaseStep) -> str:
         hold = self._hold(name)
         try:
             step()
-        except BaseException:
+        except BaseException as exc:
+            # A refusal is recorded as the Lease is let go: no waiting peer runs it again.
+            refused = self._refusal(sha, str(exc)) if isinstance(exc, RevisionError) else None
             with contextlib.suppress(TransientError):
-                self._let_go(hold)
+                self._let_go(hold, refused)
             raise
 
         def record(lease: Lease) -> bool:

@@ -146,20 +146,23 @@ class PostgresFleet:
         return None if row is None else refused_by(row[0], row[1])
 
     def refuse(self, sha: str, reason: str) -> None:
-        """The first reason stays: replicas refusing after it only agree."""
         try:
             with self._store() as db:
-                db.execute(
-                    "INSERT INTO live_pull_revisions (fleet, sha, refused_reason, refused_by,"
-                    " refused_at) VALUES (%s, %s, %s, %s, now())"
-                    " ON CONFLICT (fleet, sha) DO UPDATE SET"
-                    " refused_reason = EXCLUDED.refused_reason,"
-                    " refused_by = EXCLUDED.refused_by, refused_at = EXCLUDED.refused_at"
-                    " WHERE live_pull_revisions.refused_reason IS NULL",
-                    (self.me.fleet, sha, reason[:2000], self.me.replica),
-                )
+                self._record_refusal(db, sha, reason)
         except TransientError as exc:
             log.warning("fleet not told of the refused revision sha=%s error=%s", sha[:12], exc)
+
+    def _record_refusal(self, db: psycopg.Connection[Any], sha: str, reason: str) -> None:
+        """The first reason stays: replicas refusing after it only agree."""
+        db.execute(
+            "INSERT INTO live_pull_revisions (fleet, sha, refused_reason, refused_by,"
+            " refused_at) VALUES (%s, %s, %s, %s, now())"
+            " ON CONFLICT (fleet, sha) DO UPDATE SET"
+            " refused_reason = EXCLUDED.refused_reason,"
+            " refused_by = EXCLUDED.refused_by, refused_at = EXCLUDED.refused_at"
+            " WHERE live_pull_revisions.refused_reason IS NULL",
+            (self.me.fleet, sha, reason[:2000], self.me.replica),
+        )
 
     def serving(self) -> str | None:
         try:
@@ -208,7 +211,12 @@ class PostgresFleet:
         done_by = self._release_record(db, sha)
         if done_by is not None:
             return f"done by {done_by}"
-        step()
+        try:
+            step()
+        except RevisionError as exc:  # recorded before the lock is given back, so that
+            with contextlib.suppress(psycopg.Error):  # no waiting replica runs it again
+                self._record_refusal(db, sha, str(exc))
+            raise
         db.execute(
             "INSERT INTO live_pull_revisions (fleet, sha, released_at, released_by)"
             " VALUES (%s, %s, now(), %s) ON CONFLICT (fleet, sha) DO UPDATE SET"
