@@ -5,7 +5,10 @@ app keeps) and a line into a file per attempt, so the tests count both."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +23,7 @@ from tests.conftest import AgentProcess, wait_until
 from tests.postgres import PASSWORD, PostgresServer
 
 Factory = Callable[..., AgentProcess]
+WEBHOOK_SECRET = "fleet-hook-secret"
 
 RELEASE = """\
 set -e
@@ -71,6 +75,7 @@ def replicas(
             REPLICA_NAME=name,
             DATABASE_URL=url,
             ATTEMPTS=str(tmp_path / "attempts"),
+            LIVE_PULL_WEBHOOK_SECRET=WEBHOOK_SECRET,
             **extra,
         )
         for name in names
@@ -82,15 +87,19 @@ def attempts(tmp_path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def logged_at(agent: AgentProcess, message: str) -> list[datetime]:
+    """When the agent logged `message`, from its log's timestamps."""
+    return [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        for line in agent.output().splitlines()
+        if message in line
+    ]
+
+
 def switching_intervals(agent: AgentProcess) -> list[tuple[datetime, datetime]]:
     """When the agent held a switching place, from its log's timestamps."""
-    taken: list[datetime] = []
-    given: list[datetime] = []
-    for line in agent.output().splitlines():
-        if "fleet switching place taken" in line:
-            taken.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
-        elif "fleet switching place given back" in line:
-            given.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
+    taken = logged_at(agent, "fleet switching place taken")
+    given = logged_at(agent, "fleet switching place given back")
     assert len(taken) == len(given)
     return list(zip(taken, given, strict=True))
 
@@ -106,17 +115,22 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
     assert len(migrations(url, first)) == 1  # three starts at once, one release step
     assert len(attempts(tmp_path)) == 1
 
-    # A sync on one replica reaches all three; they switch one at a time.
+    # A webhook to one replica reaches all three within 2 s; they switch one at a time.
     second = sample.commit(files("v1"), "v1")
-    synced = time.monotonic()
-    requests.post(fleet[0].status_url("/sync"), timeout=5).raise_for_status()
+    pushed, synced = datetime.now(), time.monotonic()
+    body = json.dumps({"ref": "refs/heads/main", "after": second}).encode()
+    signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"X-Hub-Signature-256": f"sha256={signature}", "X-GitHub-Event": "push"}
+    answer = requests.post(fleet[0].status_url("/webhook"), data=body, headers=headers, timeout=5)
+    assert answer.status_code == 202
     for agent in fleet:
         agent.wait_serving(second)
     converged = time.monotonic() - synced
     assert len(migrations(url, second)) == 1
     assert len(attempts(tmp_path)) == 2
     for agent in fleet[1:]:
-        assert "push heard from a peer" in agent.output()
+        heard = logged_at(agent, "push heard from a peer")
+        assert heard and (heard[0] - pushed).total_seconds() < 2.0, (pushed, heard)
     held = sorted(span for agent in fleet for span in switching_intervals(agent))
     assert len(held) == 3  # each replica switched once, holding a place
     for (_, given_back), (taken, _) in itertools.pairwise(held):
