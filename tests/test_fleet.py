@@ -15,12 +15,13 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 import requests
 
 from entrypoint.processes import end_tagged, home_id
 from entrypoint.sample import APP, SampleRepo
 from tests.conftest import AgentProcess, wait_until
-from tests.postgres import PASSWORD, PostgresServer
+from tests.postgres import PASSWORD, PostgresServer, server_binaries
 
 Factory = Callable[..., AgentProcess]
 WEBHOOK_SECRET = "fleet-hook-secret"
@@ -198,6 +199,10 @@ def test_a_replica_killed_mid_release_leaves_the_step_to_another(
 def test_a_store_that_goes_down_keeps_the_serving_revision_and_is_recovered_from(
     sample: SampleRepo, agent_factory: Factory, tmp_path: Path
 ) -> None:
+    if server_binaries() is None:
+        pytest.skip(
+            "no PostgreSQL server (Debian's postgresql) on this machine: fleet tests skipped"
+        )
     with PostgresServer() as own:
         url = database(own, "fleet_down")
         first = sample.commit(files("v0"), "v0")
