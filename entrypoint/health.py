@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import requests
-
 from entrypoint.errors import AppFailed
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.shell import socket_handoff_line
@@ -54,14 +52,16 @@ def wait_healthy(
 def answer(url: str, *, any_but_5xx: bool = False, timeout: float = 2.0) -> str | None:
     """None when `url` proves the app (2xx; with `any_but_5xx`, anything but a 5xx,
     redirects not followed), else what it gave."""
+    import requests  # here: the proxy proves its app with the client it has (aiohttp)
+
     try:
         response = requests.get(url, timeout=timeout, allow_redirects=not any_but_5xx)
     except requests.RequestException as exc:
         return type(exc).__name__
-    return None if _proves(response.status_code, any_but_5xx) else f"HTTP {response.status_code}"
+    return None if proves(response.status_code, any_but_5xx) else f"HTTP {response.status_code}"
 
 
-def _proves(status: int, any_but_5xx: bool) -> bool:
+def proves(status: int, any_but_5xx: bool) -> bool:
     return status < 500 if any_but_5xx else 200 <= status < 300
 
 

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from aiohttp import (
     ClientResponse,
@@ -39,8 +40,7 @@ from aiohttp.client_exceptions import (
 from multidict import CIMultiDict
 from yarl import URL
 
-from entrypoint.errors import AppFailed
-from entrypoint.health import stop_process_group, wait_healthy
+from entrypoint.health import POLL_SECONDS, proves, stop_process_group
 from entrypoint.switching.plan import ProxyPlan
 
 log = logging.getLogger("live-pull proxy")
@@ -62,6 +62,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 CONNECT_SECONDS = 10.0
+PROOF_REQUEST_SECONDS = 2.0  # one request of the proof, as health.answer allows it
 ACCEPTED_GRACE_SECONDS = 1.0
 ACCEPT_TASK_ITERATIONS = 3  # loop iterations for accepted connections to attach
 REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods (RFC 9110 9.2.1)
@@ -72,15 +73,9 @@ def serve(app: subprocess.Popen[bytes], plan: ProxyPlan) -> int:
     """Prove the app (started by behind.py) on its private port, then serve fd 0 until
     SIGTERM. Returns the exit code for the slot."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    try:
-        wait_healthy(
-            plan.url(plan.proof_path),
-            plan.proof_timeout,
-            lambda: app.poll() is None,
-            any_but_5xx=plan.any_but_5xx,
-        )
-    except AppFailed as exc:
-        log.error("the app did not come up on its private port: %s", exc)
+    problem = asyncio.run(_prove(app, plan))
+    if problem is not None:
+        log.error("the app did not come up on its private port: %s", problem)
         stop_process_group(app, plan.app_stop_seconds)
         return 1
     log.info("the app answers on 127.0.0.1:%d; serving the shared socket", plan.port)
@@ -88,6 +83,34 @@ def serve(app: subprocess.Popen[bytes], plan: ProxyPlan) -> int:
     stop_process_group(app, plan.app_stop_seconds)
     log.info("the app stopped (%s)", _how_it_ended(app.returncode))
     return code
+
+
+async def _prove(app: subprocess.Popen[bytes], plan: ProxyPlan) -> str | None:
+    """None once the app proves itself on its private port, as health.wait_healthy
+    proves it for the agent, but with the HTTP client the proxy has loaded anyway;
+    else why not."""
+    url = plan.url(plan.proof_path)
+    deadline = time.monotonic() + plan.proof_timeout
+    last = "no answer"
+    async with ClientSession(timeout=ClientTimeout(total=PROOF_REQUEST_SECONDS)) as session:
+        while time.monotonic() < deadline:
+            if app.poll() is not None:
+                return f"health check: the app exited before answering {url}"
+            last = await _answer(session, url, plan.any_but_5xx) or ""
+            if not last:
+                return None
+            await asyncio.sleep(POLL_SECONDS)
+    return f"health check failed: {url} gave {last} for {plan.proof_timeout:g}s"
+
+
+async def _answer(session: ClientSession, url: str, any_but_5xx: bool) -> str | None:
+    """None when the answer proves the app (see health.answer), else what it gave."""
+    try:
+        async with session.get(url, allow_redirects=not any_but_5xx) as response:
+            status = response.status
+    except (ClientError, TimeoutError) as exc:
+        return type(exc).__name__
+    return None if proves(status, any_but_5xx) else f"HTTP {status}"
 
 
 def _how_it_ended(returncode: int) -> str:
