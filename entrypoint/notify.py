@@ -63,6 +63,9 @@ class Notifier(Sink):
         self.repo = repo
         self.ref = ref
         logging.getLogger("apprise").setLevel(logging.WARNING)  # its debug lines show URLs
+        # The failure said last: a fault that outlasts its retries (a remote down, a full
+        # disk) is said once, not at every retry, until something else happens.
+        self._last_failure: tuple[str | None, ...] | None = None
         self._known: tuple[str, ...] = ()
         self._services: list[tuple[str, apprise.Apprise | None]] = []
         self._queue: queue.Queue[Message | None] = queue.Queue(maxsize=QUEUE_SIZE)
@@ -77,8 +80,18 @@ class Notifier(Sink):
 
     def record(self, event: Event) -> None:
         topic = _TOPICS.get(event.outcome or "")
+        if topic is None or self._said_before(event, topic):
+            return
         if topic in self.on:
             self._put(self.message(event, topic))
+
+    def _said_before(self, event: Event, topic: str) -> bool:
+        failure = (event.kind, event.to_revision, event.reason) if topic == "failure" else None
+        again = failure is not None and failure == self._last_failure
+        self._last_failure = failure
+        if again:
+            log.info("the same failure again, not notified reason=%s", event.reason)
+        return again
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Let what is queued go out, for `timeout` seconds at most."""

@@ -98,3 +98,30 @@ def test_a_rotated_url_file_is_read_at_the_next_message(tmp_path: Path) -> None:
         for receiver in (first, second):
             receiver.server.shutdown()
             receiver.server.server_close()
+
+
+def test_a_failure_that_repeats_is_notified_once_until_something_else_happens() -> None:
+    receiver = Receiver()
+    notifier = Notifier(lambda: [receiver.url], ("failure", "success"), GOOD_URL, "main")
+    down = Event(kind="update", outcome="failed", to_revision="a" * 40, reason="remote down")
+    try:
+        for _ in range(3):  # the retries of one fault
+            notifier.record(down)
+        notifier.record(Event(kind="update", outcome="failed", to_revision="a" * 40, reason="disk"))
+        notifier.record(Event(kind="update", outcome="succeeded", to_revision="a" * 40))
+        notifier.record(down)  # the same fault, after a success: said again
+        wait_until(lambda: len(receiver.messages) >= 4, 30, "four messages")
+        notifier.close(10)
+        reasons = [m["message"].split("reason: ")[-1].split("\n")[0] for m in receiver.messages]
+        titles = [m["title"] for m in receiver.messages]
+        assert titles == [
+            "live-pull: update to aaaaaaaaaaaa failed",
+            "live-pull: update to aaaaaaaaaaaa failed",
+            "live-pull: aaaaaaaaaaaa is live",
+            "live-pull: update to aaaaaaaaaaaa failed",
+        ]
+        assert [reasons[0], reasons[1], reasons[3]] == ["remote down", "disk", "remote down"]
+    finally:
+        notifier.close(10)
+        receiver.server.shutdown()
+        receiver.server.server_close()
