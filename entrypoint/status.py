@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import resource
@@ -42,7 +43,6 @@ KEEPALIVE_SECONDS = 5.0
 MAX_CONNECTIONS = 4096
 FD_RESERVE = 256  # descriptors the agent keeps for git, supervisord and the app
 SWEEP_SECONDS = 0.5
-LOCALHOST = ("127.0.0.1", "::1")
 YES = ("1", "true", "yes")
 
 
@@ -238,14 +238,14 @@ class _Routes:
         if request.query.get("now", "").lower() not in YES:
             self.on_sync()
             return _json(202, {"sync": "requested"})
-        if request.remote not in LOCALHOST:
+        if not from_this_machine(request.remote):
             return _refused("sync now")
         self.controls.sync_now()
         return _json(202, {"sync": "requested", "now": True})
 
     async def rollback(self, request: web.BaseRequest) -> web.Response:
         """Only from this machine or pod: it changes what runs."""
-        if request.remote not in LOCALHOST:
+        if not from_this_machine(request.remote):
             return _refused("rollback")
         try:
             target = self.controls.rollback(request.query.get("sha"))
@@ -255,14 +255,14 @@ class _Routes:
 
     async def pause(self, request: web.BaseRequest) -> web.Response:
         """`?reason=...` is shown in /status and logged."""
-        if request.remote not in LOCALHOST:
+        if not from_this_machine(request.remote):
             return _refused("pause")
         reason = bounded(request.query.get("reason") or None)  # one line, bounded
         self.controls.pause(reason)
         return _json(202, {"pause": "requested", "reason": reason})
 
     async def resume(self, request: web.BaseRequest) -> web.Response:
-        if request.remote not in LOCALHOST:
+        if not from_this_machine(request.remote):
             return _refused("resume")
         self.controls.resume()
         return _json(202, {"resume": "requested"})
@@ -297,3 +297,17 @@ def _raise_open_file_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
     return int(soft if soft != resource.RLIM_INFINITY else MAX_CONNECTIONS + FD_RESERVE)
+
+
+def from_this_machine(remote: str | None) -> bool:
+    """127.0.0.1 or ::1, also as a dual-stack listener sees 127.0.0.1 (::ffff:127.0.0.1).
+    Other loopback addresses are refused: the rule stays one that a test can prove."""
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address) in LOOPBACK
+
+
+LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
