@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0
 LOOP_JOIN_SECONDS = 1.0
+# A release step killed at stop is gone within this (commands.py: grace, then SIGKILL).
+FLEET_CLOSE_AFTER_SECONDS = 10.0
 
 
 class Agent:
@@ -195,9 +197,12 @@ class Agent:
         # The loop's one-off commands die on the stop event, and go_live starts nothing
         # once it is set; the app's stop timeout is not spent waiting for a git command.
         self.loop.join(LOOP_JOIN_SECONDS)
-        self.fleet.close()  # its locks (a switching place) end with its connections
         log.info("stopping app and supervisord")
         self.supervisor.stop()
+        # The fleet's locks end with its connections: not while the loop may still hold
+        # one for a release step that is being killed (a peer would start it meanwhile).
+        self.loop.join(FLEET_CLOSE_AFTER_SECONDS)
+        self.fleet.close()
         self.output.stop()  # after supervisord: its last lines are written first
         if self.notifier is not None:
             self.notifier.close()

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from entrypoint import __version__
-from entrypoint.config import Settings, load_settings, scrub_environ, split_urls, status_url
+from entrypoint.config import (
+    Settings,
+    load_settings,
+    scrub_environ,
+    split_urls,
+    status_url,
+    url_secrets,
+)
 from entrypoint.errors import AppFailed, ConfigError, LivePullError, StartupFailed
 from entrypoint.homelock import HomeLock
 from entrypoint.logs import Masker, append_to_output_files, configure_logging, json_output
@@ -179,6 +186,9 @@ def _secrets_to_mask(settings: Settings) -> list[str]:
     if settings.notify_urls is not None:
         with contextlib.suppress(LivePullError):
             found.extend(split_urls(settings.notify_urls.read()))
+    if settings.fleet_url is not None:
+        with contextlib.suppress(LivePullError):
+            found.extend(url_secrets(settings.fleet_url.read()))
     if auth.url_credentials is not None:
         found.append(auth.url_credentials.username)
     for secret in (auth.token, auth.password):

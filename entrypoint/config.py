@@ -14,6 +14,7 @@ import socket
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote
 
 from pydantic import (
     AliasChoices,
@@ -579,9 +580,22 @@ def fleet_store_kind(url: str) -> str:
     if text == "kubernetes":
         return "kubernetes"
     scheme, _, rest = text.partition("://")
-    if scheme in ("postgresql", "postgres") and rest:
-        return "postgresql"
-    raise ValueError("must be a postgresql:// URL or `kubernetes`")
+    if scheme not in ("postgresql", "postgres") or not rest:
+        raise ValueError("must be a postgresql:// URL or `kubernetes`")
+    from psycopg import Error
+    from psycopg.conninfo import conninfo_to_dict  # only when a fleet is configured
+
+    try:
+        conninfo_to_dict(text)
+    except Error:  # libpq's message quotes the URL: not repeated
+        raise ValueError("is not a URL PostgreSQL's client can parse") from None
+    return "postgresql"
+
+
+def url_secrets(url: str) -> list[str]:
+    """A store URL and its password as written and as meant (for the log's mask)."""
+    written = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    return [secret for secret in (url.strip(), written, unquote(written)) if secret]
 
 
 def _check_fleet(settings: Settings) -> None:

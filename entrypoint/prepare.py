@@ -20,6 +20,7 @@ from entrypoint.agent import build_updater
 from entrypoint.board import StatusBoard
 from entrypoint.boot import separate
 from entrypoint.config import Settings
+from entrypoint.fleet.store import open_fleet
 from entrypoint.homelock import HomeLock
 from entrypoint.processes import home_id, tag_children
 from entrypoint.supervisor import Supervisor
@@ -69,7 +70,8 @@ def _stage(settings: Settings, release_step: bool) -> Staged:
     timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
     supervisor = Supervisor(home / "run", timings, process_home, run_as)
     board = StatusBoard(settings.repo_url.redacted(), settings.ref_label)
-    updater = build_updater(settings, supervisor, board, threading.Event(), run_as)
+    fleet = open_fleet(settings)  # init containers of a fleet run the release step once
+    updater = build_updater(settings, supervisor, board, threading.Event(), run_as, fleet=fleet)
     log.info(
         "preparing repo=%s ref=%s home=%s",
         settings.repo_url.redacted(),
@@ -79,4 +81,5 @@ def _stage(settings: Settings, release_step: bool) -> Staged:
     try:
         return updater.stage(release_step=release_step)
     finally:
+        fleet.close()
         updater.repo.auth.forget()

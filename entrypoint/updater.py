@@ -22,9 +22,10 @@ from entrypoint.errors import (
     GitError,
     RevisionError,
     RevisionRefused,
+    TransientError,
 )
 from entrypoint.files import OutsideRoot, resolve_inside
-from entrypoint.fleet.store import Fleet, Solo
+from entrypoint.fleet.store import WAIT_SLACK, Fleet, Solo
 from entrypoint.hold import UpdateGate
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
 from entrypoint.procfile import WEB, Processes, load_processes
@@ -136,9 +137,11 @@ class Updater:
         """
         log.debug("checking the remote trigger=%s", trigger)
         self.open()
-        remote = self._ask_remote()  # 1. one round trip, no objects
+        remote = asked = self._ask_remote()  # 1. one round trip, no objects
         if retry_failed:  # the first start
             remote = self._unless_refused_by_fleet(remote)
+        # What fails here is told to the fleet, unless this replica chose it alone.
+        fleet_wide = remote is asked
         self.recorder.checked(self._check_result(remote.sha, retry_failed))
         if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
             self.board.update(waiting=None)
@@ -149,7 +152,7 @@ class Updater:
             self.recorder.begin("update", trigger, self.running, remote.sha)  # seen: timed
             sha = self._fetch(remote)  # 3. fetch, verify, prepare releases/<sha>
         except RevisionError as exc:
-            self._record_failure(remote.sha, str(exc))
+            self._record_failure(remote.sha, str(exc), fleet_wide and about_the_revision(exc))
             raise
         except Exception as exc:  # transient: retried, the revision is not marked failed
             self._record_interrupted(exc)
@@ -164,7 +167,7 @@ class Updater:
             self.go_live(revision)  # 6. start, prove healthy, else roll back
         except RevisionError as exc:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
-                self._record_failure(sha, str(exc))
+                self._record_failure(sha, str(exc), fleet_wide and about_the_revision(exc))
             raise
         except Exception as exc:
             self._record_interrupted(exc)
@@ -325,6 +328,8 @@ class Updater:
     def _unless_refused_by_fleet(self, remote: RemoteRevision) -> RemoteRevision:
         """A replica starting with nothing on disk (a new pod) does not try the remote's
         revision if the fleet refused it: it starts the revision the fleet serves."""
+        if self.settings.verify_mode == "tag":  # a sha alone is no tag to verify
+            return remote
         reason = self.fleet.verdict(remote.sha)
         serving = self.fleet.serving() if reason is not None else None
         if serving is None or serving == remote.sha:
@@ -398,8 +403,8 @@ class Updater:
         if revision.processes.release is None:
             return
         release = revision.processes.release
-        # A fleet's replicas wait for the one running it: their budget is twice the step's.
-        self._step("releasing", 2 * self.settings.release_timeout)
+        # A fleet's replicas wait for the one running it (and its slack), then may run it.
+        self._step("releasing", 2 * self.settings.release_timeout + 2 * WAIT_SLACK)
         started = time.monotonic()
 
         def step() -> None:
@@ -635,11 +640,13 @@ class Updater:
         if sha != self.running and self.releases.exists(sha):
             self.run_as.take_back(self.releases.path(sha))
 
-    def _record_failure(self, sha: str, reason: str) -> None:
+    def _record_failure(self, sha: str, reason: str, fleet_wide: bool = True) -> None:
+        """`fleet_wide`: the fleet's other replicas skip it too (fleet/)."""
         log.error("revision failed sha=%s reason=%s", short(sha), reason)
         self._take_back(sha)
         self.state.record_failed(sha, reason)
-        self.fleet.refuse(sha, reason)
+        if fleet_wide:
+            self.fleet.refuse(sha, reason)
         self.recorder.failed(reason)
         self.state_file.save(self.state)
         self.board.error(reason, "rejected")
@@ -650,6 +657,18 @@ class Updater:
         supervisord), or a failed rollback; a stop says nothing of the revision."""
         if not self.stop.is_set():
             self.recorder.failed(str(exc) or type(exc).__name__)
+
+
+def about_the_revision(exc: BaseException) -> bool:
+    """Is the failure the revision's own, for the whole fleet to know? Not if this
+    replica's own state caused it: a transient fault or an OS error (a full disk, no
+    file descriptors) among the errors it was raised from."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, TransientError | OSError):
+            return False
+        cause = cause.__cause__
+    return True
 
 
 def pick_rollback_target(retained: list[str], wanted: str | None) -> str:

@@ -9,7 +9,10 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -226,3 +229,35 @@ def test_a_store_that_goes_down_keeps_the_serving_revision_and_is_recovered_from
         wait_until(lambda: (agent.status().get("fleet") or {}).get("error") is None, 15, "ok")
         assert "fleet store reachable again" in agent.output()
         assert PASSWORD not in agent.output()
+
+
+def test_prepare_in_init_containers_runs_the_release_step_once(
+    sample: SampleRepo, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """`live-pull prepare` of three replicas at once (init containers): one release step."""
+    url = database(postgres, "fleet_prepare")
+    sha = sample.commit(files("v0", sleep=1), "v0 with a release step")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "entrypoint", "prepare"],
+            env={
+                **os.environ,
+                "REPO_URL": sample.url,
+                "LIVE_PULL_HOME": str(tmp_path / f"home-{name}"),
+                "LIVE_PULL_FLEET_URL": url,
+                "LIVE_PULL_FLEET_REPLICA": name,
+                "REPLICA_NAME": name,
+                "DATABASE_URL": url,
+                "ATTEMPTS": str(tmp_path / "attempts"),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in "abc"
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    assert len(attempts(tmp_path)) == 1
+    assert len(migrations(url, sha)) == 1
+    assert sum("release step skipped" in err and "done by" in err for _, err in outputs) == 2

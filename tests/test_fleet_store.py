@@ -13,6 +13,7 @@ import pytest
 
 from entrypoint.auth import Secret
 from entrypoint.board import StatusBoard
+from entrypoint.config import load_settings
 from entrypoint.errors import RevisionError, TransientError
 from entrypoint.fleet.postgres import PostgresFleet
 from entrypoint.fleet.store import FleetIdentity
@@ -223,3 +224,42 @@ def test_a_holder_killed_mid_step_leaves_the_step_to_another(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_step_killed_by_a_stop_is_not_refused(postgres: PostgresServer, fleet_name: str) -> None:
+    """A replica stopped mid-step (a rollout, a drain) says nothing of the revision: the
+    next replica runs the step."""
+    a, b = member(postgres.url(), fleet_name, "a"), member(postgres.url(), fleet_name, "b")
+    stop = threading.Event()
+
+    def killed_by_the_stop() -> None:
+        stop.set()  # as run_release_step ends a step when the agent stops
+        raise RevisionError("release step failed code=-9 (killed: agent stopping)")
+
+    with pytest.raises(RevisionError, match="agent stopping"):
+        a.release_once(SHA, killed_by_the_stop, stop)
+    assert b.verdict(SHA) is None
+    assert b.release_once(SHA, lambda: None, threading.Event()) == "ran"
+    a.close()
+    b.close()
+
+
+def test_an_unparsable_url_never_shows_its_password() -> None:
+    url = "postgresql://live_pull:Tr0ub4dor%3&horse@db/app"
+    fleet = member(url, "file:///x#main", "a")
+    with pytest.raises(TransientError) as caught:
+        fleet.release_once(SHA, lambda: pytest.fail("ran"), threading.Event())
+    assert "Tr0ub4dor" not in str(caught.value)
+    assert "***" in str(caught.value)
+    fleet.close()
+
+
+def test_two_apps_of_one_repository_are_two_fleets() -> None:
+    def identity(**extra: str) -> str:
+        env = {"REPO_URL": "https://git.example.invalid/org/mono.git", "REPO_REF": "main"}
+        return FleetIdentity.of(load_settings({**env, **extra})).fleet
+
+    assert identity(LIVE_PULL_APP_DIR="services/api") != identity(
+        LIVE_PULL_APP_DIR="services/billing"
+    )
+    assert identity() == "https://git.example.invalid/org/mono.git#main"

@@ -86,6 +86,8 @@ class KubernetesFleet:
         self.me = me
         self.fleet_id = digest(me.fleet)
         self._fleet_lease = f"live-pull-fleet-{self.fleet_id}"  # pushes and reports
+        self._heard: str | None = None  # the last push notice read from the fleet Lease
+        self._read_once = False
         labels = {"app.kubernetes.io/managed-by": "live-pull", MARK + "fleet": self.fleet_id}
         self.api = LeaseApi(api_url, service_account, labels)
         self.lease_seconds = lease_seconds
@@ -225,7 +227,7 @@ class KubernetesFleet:
             if RELEASED_BY in notes:
                 return f"done by {notes[RELEASED_BY]}"
             if taken:
-                return self._run_held(sha, name, step)
+                return self._run_held(sha, name, step, stop)
             if not said:
                 log.info("release step running on another replica, waiting sha=%s", sha[:12])
                 said = True
@@ -237,13 +239,15 @@ class KubernetesFleet:
             if stop.wait(WAIT_STEP):
                 raise RevisionError("the agent is stopping")
 
-    def _run_held(self, sha: str, name: str, step: ReleaseStep) -> str:
+    def _run_held(self, sha: str, name: str, step: ReleaseStep, stop: threading.Event) -> str:
         hold = self._hold(name)
         try:
             step()
         except BaseException as exc:
             # A refusal is recorded as the Lease is let go: no waiting peer runs it again.
-            refused = self._refusal(sha, str(exc)) if isinstance(exc, RevisionError) else None
+            # A step killed by a stop says nothing of the revision.
+            failed = isinstance(exc, RevisionError) and not stop.is_set()
+            refused = self._refusal(sha, str(exc)) if failed else None
             with contextlib.suppress(TransientError):
                 self._let_go(hold, refused)
             raise
@@ -266,9 +270,9 @@ class KubernetesFleet:
         try:
             yield
         finally:
+            log.info("fleet switching place given back")  # said first: logs stay in order
             with contextlib.suppress(TransientError):
                 self._let_go(hold)
-            log.info("fleet switching place given back")
 
     def _take_place(self, places: list[str], budget: float, stop: threading.Event) -> Hold:
         deadline = time.monotonic() + budget
@@ -306,11 +310,11 @@ class KubernetesFleet:
         while not self._stopped.is_set():
             try:
                 self._serve_peers(on_push, board)
-            except TransientError as exc:
-                self._reachable(False, str(exc))
+            except Exception as exc:  # the thread must outlive any fault: retried
+                delay = 1.0 if self._store_error is None else min(2 * delay, 30.0)
+                self._reachable(False, str(exc) or type(exc).__name__)
                 board.update(fleet=fleet_view("kubernetes", self.me.replica, [], str(exc)))
                 self._stopped.wait(delay)
-                delay = min(2 * delay, 30.0)
 
     def _reachable(self, reachable: bool, error: str | None) -> None:
         if reachable and self._store_error is not None:
@@ -321,16 +325,16 @@ class KubernetesFleet:
 
     def _serve_peers(self, on_push: Callable[[], None], board: StatusBoard) -> None:
         name = self._fleet_lease
-        heard: str | None = None
-        first = True
         while not self._stopped.is_set():
             lease = self._read_or_write(name, board)
             self._reachable(True, None)
             push = notes_of(lease).get(PUSH)
-            if push != heard and not first and from_peer(push, self.me.replica):
+            # The first read only learns where the counter is; one after an outage hears
+            # what was pushed meanwhile.
+            if push != self._heard and self._read_once and from_peer(push, self.me.replica):
                 log.info("push heard from a peer, checking")
                 on_push()
-            heard, first = push, False
+            self._heard, self._read_once = push, True
             board.update(fleet=fleet_view("kubernetes", self.me.replica, reports(lease), None))
             self._stopped.wait(self.poll_seconds)
 

@@ -24,9 +24,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from entrypoint.auth import Secret
 from entrypoint.board import StatusBoard
+from entrypoint.config import url_secrets
 from entrypoint.errors import RevisionError, TransientError
 from entrypoint.fleet.store import (
     STALE_SECONDS,
@@ -62,6 +64,18 @@ CREATE TABLE IF NOT EXISTS live_pull_replicas (
 );
 """
 CONNECT_TIMEOUT = 5  # seconds; a store that does not answer is a transient error
+# A replica gone with its machine (no FIN) frees its locks within about 25 s, not the
+# kernel's default two hours: libpq's keepalives, and the server's for its side.
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+SERVER_KEEPALIVES = (
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+)
+IDLE_SESSION_TIMEOUT_SINCE = 140000  # PostgreSQL 14 ends idle sessions if so configured
 STATEMENT_TIMEOUT_MS = 10_000
 WAIT_STEP = 0.5  # how often a replica waiting for a peer's step or a place looks again
 LISTEN_STEP = 0.2  # how long the store thread waits for a notice before other work
@@ -93,19 +107,37 @@ class PostgresFleet:
     # -- connections --------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(
-            self.url.read().strip(),
-            autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT,
-            application_name=f"live-pull {self.me.replica}"[:63],
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-        )
+        url = self.url.read().strip()
+        try:
+            conn = psycopg.connect(
+                url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                application_name=f"live-pull {self.me.replica}"[:63],
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} {SERVER_KEEPALIVES}",
+                **KEEPALIVES,
+            )
+        except psycopg.Error as exc:  # libpq may quote the URL, password and all
+            raise psycopg.OperationalError(masked(describe(exc), url)) from None
+        if conn.info.server_version >= IDLE_SESSION_TIMEOUT_SINCE:
+            # A connection idle through a long release step holds its lock: never ended.
+            conn.execute("SET idle_session_timeout = 0")
         if not self._schema_ready:
+            self._ensure_schema(conn)
+        return conn
+
+    def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
+        """The tables, created once by the first replica (and not asked of a database
+        user who may use them but not create them, once they are there)."""
+        row = conn.execute(
+            "SELECT to_regclass('live_pull_revisions') IS NOT NULL"
+            " AND to_regclass('live_pull_replicas') IS NOT NULL"
+        ).fetchone()
+        if not (row and row[0]):
             with conn.transaction():  # replicas starting together create it once
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("live-pull schema"),))
                 conn.execute(SCHEMA)
-            self._schema_ready = True
-        return conn
+        self._schema_ready = True
 
     @contextlib.contextmanager
     def _store(self) -> Iterator[psycopg.Connection[Any]]:
@@ -192,7 +224,7 @@ class PostgresFleet:
                     return f"done by {done_by}"
                 if self._try_lock(db, key):
                     try:
-                        return self._release_locked(db, sha, step)
+                        return self._release_locked(db, sha, step, stop)
                     finally:
                         self._unlock(db, key)
             if not said:
@@ -206,16 +238,18 @@ class PostgresFleet:
             if stop.wait(WAIT_STEP):
                 raise RevisionError("the agent is stopping")
 
-    def _release_locked(self, db: psycopg.Connection[Any], sha: str, step: ReleaseStep) -> str:
+    def _release_locked(
+        self, db: psycopg.Connection[Any], sha: str, step: ReleaseStep, stop: threading.Event
+    ) -> str:
         """Holding the lock: a peer may have finished just before we took it."""
         done_by = self._release_record(db, sha)
         if done_by is not None:
             return f"done by {done_by}"
         try:
             step()
-        except RevisionError as exc:  # recorded before the lock is given back, so that
-            with contextlib.suppress(psycopg.Error):  # no waiting replica runs it again
-                self._record_refusal(db, sha, str(exc))
+        except RevisionError as exc:
+            if not stop.is_set():  # a step killed by a stop says nothing of the revision
+                self._refuse_holding_the_lock(db, sha, str(exc))
             raise
         db.execute(
             "INSERT INTO live_pull_revisions (fleet, sha, released_at, released_by)"
@@ -229,6 +263,11 @@ class PostgresFleet:
             (self.me.fleet,),
         )
         return "ran"
+
+    def _refuse_holding_the_lock(self, db: psycopg.Connection[Any], sha: str, reason: str) -> None:
+        """Recorded before the lock is given back, so no waiting replica runs it again."""
+        with contextlib.suppress(psycopg.Error):
+            self._record_refusal(db, sha, reason)
 
     def _release_record(self, db: psycopg.Connection[Any], sha: str) -> str | None:
         """Who ran the step, if anyone did; RevisionError if the fleet refused it."""
@@ -255,9 +294,9 @@ class PostgresFleet:
         try:
             yield
         finally:
+            log.info("fleet switching place given back")  # said first: logs stay in order
             with contextlib.suppress(TransientError), self._store() as db:
                 self._unlock(db, key)
-            log.info("fleet switching place given back")
 
     def _take_place(self, places: list[int], budget: float, stop: threading.Event) -> int:
         deadline = time.monotonic() + budget
@@ -283,11 +322,13 @@ class PostgresFleet:
         row = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         return bool(row and row[0])
 
-    @staticmethod
-    def _unlock(db: psycopg.Connection[Any], key: int) -> None:
-        """A broken connection has freed its locks already."""
-        with contextlib.suppress(psycopg.Error):
+    def _unlock(self, db: psycopg.Connection[Any], key: int) -> None:
+        """A broken connection has freed its locks already; one that failed to free it
+        is ended, which frees it."""
+        try:
             db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        except psycopg.Error:
+            self._drop_control()
 
     # -- peers: the store's thread ---------------------------------------------------------
 
@@ -312,7 +353,7 @@ class PostgresFleet:
                     self._reachable(True, None)
                     delay = 1.0
                     self._serve_peers(conn, on_push, board)
-            except psycopg.Error as exc:
+            except Exception as exc:  # the thread must outlive any fault: retried
                 self._listening.clear()
                 self._reachable(False, describe(exc))
                 board.update(fleet=fleet_view("postgresql", self.me.replica, [], self._store_error))
@@ -380,7 +421,19 @@ class PostgresFleet:
         return fleet_view("postgresql", self.me.replica, reports, None)
 
 
-def describe(exc: psycopg.Error) -> str:
-    """psycopg's message on one line (it never holds the password)."""
+def describe(exc: BaseException) -> str:
+    """The error's message on one line."""
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+def masked(text: str, url: str) -> str:
+    """`text` without the URL or its password in it: libpq quotes what it cannot parse
+    (the whole URL, or the password's token as written)."""
+    secrets = set(url_secrets(url))
+    with contextlib.suppress(psycopg.Error):
+        secrets.add(str(conninfo_to_dict(url).get("password") or ""))
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text

@@ -128,7 +128,10 @@ class FleetIdentity:
 
     @classmethod
     def of(cls, settings: Settings) -> FleetIdentity:
+        # The app's directory too: two apps of one repository are two fleets.
         fleet = f"{settings.repo_url.redacted()}#{settings.repo_ref or 'HEAD'}"
+        if settings.app_dir:
+            fleet += f":{settings.app_dir}"
         return cls(
             fleet, settings.fleet_replica, settings.fleet_max_switching, settings.release_timeout
         )

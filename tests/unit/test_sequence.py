@@ -408,3 +408,20 @@ def test_garbage_collection_keeps_the_configured_number_of_releases(tmp_path: Pa
     assert saved(world)["history"] == shas[-2:]
     assert world.status()["retained"] == [shas[-2]]
     assert_serving(world, shas[-1])
+
+
+def test_only_the_revisions_own_failures_are_the_fleets() -> None:
+    """A failure raised from a transient fault or an OS error is this replica's."""
+    from entrypoint.errors import InstallError, RevisionError, SupervisorError
+    from entrypoint.updater import about_the_revision
+
+    def raised(error: BaseException, cause: BaseException | None) -> BaseException:
+        try:
+            raise error from cause
+        except BaseException as exc:
+            return exc
+
+    assert about_the_revision(RevisionError("release step failed code=3"))
+    assert about_the_revision(raised(InstallError("install failed"), RuntimeError("exit 1")))
+    assert not about_the_revision(raised(InstallError("could not run"), OSError(28, "full")))
+    assert not about_the_revision(raised(RevisionError("failed to start"), SupervisorError("x")))
