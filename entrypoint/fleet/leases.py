@@ -69,10 +69,14 @@ class LeaseApi:
         raise TransientError(f"kubernetes API: leases/{name} changed under {WRITE_TRIES} writes")
 
     def _new(self, name: str) -> Lease:
+        """Labelled with the fleet and the Lease's kind (release, switch, fleet), so that
+        old release Leases can be selected alone."""
+        kind = name.removeprefix("live-pull-").split("-")[0]
+        labels = {**self.labels, "live-pull.dev/kind": kind}
         return {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": name, "labels": dict(self.labels), "annotations": {}},
+            "metadata": {"name": name, "labels": labels, "annotations": {}},
             "spec": {},
         }
 
