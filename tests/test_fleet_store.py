@@ -171,7 +171,7 @@ def test_a_push_announced_by_one_reaches_the_others(
 
 
 def board_ready(fleet: PostgresFleet) -> bool:
-    return fleet._thread is not None and fleet._store_error is None and fleet._listening.is_set()
+    return fleet._thread.running and fleet._thread.error is None and fleet._listening.is_set()
 
 
 def test_a_store_that_is_down_is_transient_and_never_shows_its_password(fleet_name: str) -> None:

@@ -50,9 +50,13 @@ from entrypoint.fleet.store import (
     FleetIdentity,
     ReleaseStep,
     ReplicaReport,
+    StoreThread,
     fleet_revision,
     fleet_view,
     refused_by,
+    wait_for,
+    waiting_for_place,
+    waiting_for_release,
 )
 
 log = logging.getLogger(__name__)
@@ -68,7 +72,6 @@ PUSH = MARK + "push"
 REPORT = MARK + "replica-"
 LEASE_SECONDS = 15  # a holder that stops renewing loses its Lease after this long
 POLL_SECONDS = 0.5  # how often the store thread reads the fleet Lease (push notices)
-WAIT_STEP = 0.5  # how often a replica waiting for a peer's step or a place looks again
 REPORT_EVERY = 10.0  # seconds between reports of an unchanged replica
 FORGET_AFTER = 3600.0  # replicas not seen for this long leave the fleet Lease
 
@@ -95,17 +98,13 @@ class KubernetesFleet:
         self._observed: dict[str, tuple[object, float]] = {}  # a peer's Lease, first seen
         self._holds: set[Hold] = set()
         self._announced = threading.Event()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._store_error: str | None = None
+        self._thread = StoreThread("kubernetes", me.replica)  # peers and the view
         self._reported: tuple[object, ...] | None = None
         self._next_report = 0.0
 
     def close(self) -> None:
         """Stop the store thread; the Leases still held are given back."""
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(self.poll_seconds + 2 * REQUEST_TIMEOUT)
+        self._thread.stop(self.poll_seconds + 2 * REQUEST_TIMEOUT)
         for hold in list(self._holds):
             with contextlib.suppress(TransientError):
                 self._let_go(hold)
@@ -217,27 +216,18 @@ class KubernetesFleet:
             notes[REVISION] = sha
             return self._take(lease)
 
-        deadline = time.monotonic() + self.me.release_timeout + WAIT_SLACK
-        said = False
-        while True:
+        def attempt() -> str | None:
             lease, taken = self.api.modify(name, take)
             notes = notes_of(lease)
             if REFUSED_REASON in notes:
                 raise RevisionError(refused_by(notes.get(REFUSED_BY), notes[REFUSED_REASON]))
             if RELEASED_BY in notes:
                 return f"done by {notes[RELEASED_BY]}"
-            if taken:
-                return self._run_held(sha, name, step, stop)
-            if not said:
-                log.info("release step running on another replica, waiting sha=%s", sha[:12])
-                said = True
-            if time.monotonic() > deadline:
-                raise TransientError(
-                    f"the release step of {sha[:12]} did not finish on another replica within"
-                    f" {self.me.release_timeout + WAIT_SLACK:g}s"
-                )
-            if stop.wait(WAIT_STEP):
-                raise RevisionError("the agent is stopping")
+            return self._run_held(sha, name, step, stop) if taken else None
+
+        budget = self.me.release_timeout + WAIT_SLACK
+        waiting, overdue = waiting_for_release(sha, budget)
+        return wait_for(attempt, budget, stop, waiting=waiting, overdue=overdue)
 
     def _run_held(self, sha: str, name: str, step: ReleaseStep, stop: threading.Event) -> str:
         hold = self._hold(name)
@@ -275,22 +265,14 @@ class KubernetesFleet:
                 self._let_go(hold)
 
     def _take_place(self, places: list[str], budget: float, stop: threading.Event) -> Hold:
-        deadline = time.monotonic() + budget
-        said = False
-        while True:
+        def attempt() -> Hold | None:
             for name in places:
                 if self.api.modify(name, self._take)[1]:
                     return self._hold(name)
-            if not said:
-                log.info("waiting for a switching place held by other replicas of=%d", len(places))
-                said = True
-            if time.monotonic() > deadline:
-                raise TransientError(
-                    f"other replicas held every switching place for {budget:g}s"
-                    " (LIVE_PULL_FLEET_MAX_SWITCHING)"
-                )
-            if stop.wait(WAIT_STEP):
-                raise RevisionError("the agent is stopping")
+            return None
+
+        waiting, overdue = waiting_for_place(len(places), budget)
+        return wait_for(attempt, budget, stop, waiting=waiting, overdue=overdue)
 
     # -- peers: the store's thread ------------------------------------------------------
 
@@ -298,36 +280,14 @@ class KubernetesFleet:
         self._announced.set()
 
     def start(self, on_push: Callable[[], None], board: StatusBoard) -> None:
-        board.update(fleet=fleet_view("kubernetes", self.me.replica, [], None))
-        self._thread = threading.Thread(
-            target=self._watch, args=(on_push, board), name="fleet", daemon=True
-        )
-        self._thread.start()
-
-    def _watch(self, on_push: Callable[[], None], board: StatusBoard) -> None:
-        """Read the fleet Lease for as long as the agent runs; say once what is wrong."""
-        delay = 1.0
-        while not self._stopped.is_set():
-            try:
-                self._serve_peers(on_push, board)
-            except Exception as exc:  # the thread must outlive any fault: retried
-                delay = 1.0 if self._store_error is None else min(2 * delay, 30.0)
-                self._reachable(False, str(exc) or type(exc).__name__)
-                board.update(fleet=fleet_view("kubernetes", self.me.replica, [], str(exc)))
-                self._stopped.wait(delay)
-
-    def _reachable(self, reachable: bool, error: str | None) -> None:
-        if reachable and self._store_error is not None:
-            log.info("fleet store reachable again")
-        elif not reachable and error != self._store_error:
-            log.warning("fleet store unreachable, retrying error=%s", error)
-        self._store_error = error
+        self._thread.start(lambda: self._serve_peers(on_push, board), board)
 
     def _serve_peers(self, on_push: Callable[[], None], board: StatusBoard) -> None:
+        """Read the fleet Lease until stopped (StoreThread backs off after a fault)."""
         name = self._fleet_lease
-        while not self._stopped.is_set():
+        while not self._thread.stopped.is_set():
             lease = self._read_or_write(name, board)
-            self._reachable(True, None)
+            self._thread.reachable()
             push = notes_of(lease).get(PUSH)
             # The first read only learns where the counter is; one after an outage hears
             # what was pushed meanwhile.
@@ -336,7 +296,7 @@ class KubernetesFleet:
                 on_push()
             self._heard, self._read_once = push, True
             board.update(fleet=fleet_view("kubernetes", self.me.replica, reports(lease), None))
-            self._stopped.wait(self.poll_seconds)
+            self._thread.stopped.wait(self.poll_seconds)
 
     def _read_or_write(self, name: str, board: StatusBoard) -> Lease | None:
         """The fleet Lease, with this replica's push notice and report written first

@@ -36,8 +36,12 @@ from entrypoint.fleet.store import (
     FleetIdentity,
     ReleaseStep,
     ReplicaReport,
+    StoreThread,
     fleet_view,
     refused_by,
+    wait_for,
+    waiting_for_place,
+    waiting_for_release,
 )
 
 log = logging.getLogger(__name__)
@@ -77,7 +81,6 @@ SERVER_KEEPALIVES = (
 )
 IDLE_SESSION_TIMEOUT_SINCE = 140000  # PostgreSQL 14 ends idle sessions if so configured
 STATEMENT_TIMEOUT_MS = 10_000
-WAIT_STEP = 0.5  # how often a replica waiting for a peer's step or a place looks again
 LISTEN_STEP = 0.2  # how long the store thread waits for a notice before other work
 VIEW_EVERY = 2.0  # seconds between reports of this replica (and reads of the others')
 FORGET_AFTER = "1 hour"  # replicas not seen for this long leave the view
@@ -98,11 +101,9 @@ class PostgresFleet:
         self._control: psycopg.Connection[Any] | None = None  # the control loop's only
         # A push to tell the peers of: one pending notice says it all, however many came.
         self._push_pending = threading.Event()
-        self._stopped = threading.Event()
+        self._thread = StoreThread("postgresql", me.replica)  # peers and the view
         self._listening = threading.Event()  # peers' notices reach this replica now
-        self._thread: threading.Thread | None = None
         self._schema_ready = False
-        self._store_error: str | None = None
 
     # -- connections --------------------------------------------------------------------
 
@@ -157,9 +158,7 @@ class PostgresFleet:
                 control.close()
 
     def close(self) -> None:
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(2 * LISTEN_STEP + CONNECT_TIMEOUT)
+        self._thread.stop(2 * LISTEN_STEP + CONNECT_TIMEOUT)
         self._drop_control()
 
     # -- verdicts -----------------------------------------------------------------------
@@ -215,28 +214,22 @@ class PostgresFleet:
 
     def release_once(self, sha: str, step: ReleaseStep, stop: threading.Event) -> str:
         key = lock_key(self.me.fleet, "release", sha)
-        deadline = time.monotonic() + self.me.release_timeout + WAIT_SLACK
-        said = False
-        while True:
+
+        def attempt() -> str | None:
             with self._store() as db:
                 done_by = self._release_record(db, sha)
                 if done_by is not None:
                     return f"done by {done_by}"
-                if self._try_lock(db, key):
-                    try:
-                        return self._release_locked(db, sha, step, stop)
-                    finally:
-                        self._unlock(db, key)
-            if not said:
-                log.info("release step running on another replica, waiting sha=%s", sha[:12])
-                said = True
-            if time.monotonic() > deadline:
-                raise TransientError(
-                    f"the release step of {sha[:12]} did not finish on another replica within"
-                    f" {self.me.release_timeout + WAIT_SLACK:g}s"
-                )
-            if stop.wait(WAIT_STEP):
-                raise RevisionError("the agent is stopping")
+                if not self._try_lock(db, key):
+                    return None
+                try:
+                    return self._release_locked(db, sha, step, stop)
+                finally:
+                    self._unlock(db, key)
+
+        budget = self.me.release_timeout + WAIT_SLACK
+        waiting, overdue = waiting_for_release(sha, budget)
+        return wait_for(attempt, budget, stop, waiting=waiting, overdue=overdue)
 
     def _release_locked(
         self, db: psycopg.Connection[Any], sha: str, step: ReleaseStep, stop: threading.Event
@@ -299,23 +292,12 @@ class PostgresFleet:
                 self._unlock(db, key)
 
     def _take_place(self, places: list[int], budget: float, stop: threading.Event) -> int:
-        deadline = time.monotonic() + budget
-        said = False
-        while True:
+        def attempt() -> int | None:
             with self._store() as db:
-                for key in places:
-                    if self._try_lock(db, key):
-                        return key
-            if not said:
-                log.info("waiting for a switching place held by other replicas of=%d", len(places))
-                said = True
-            if time.monotonic() > deadline:
-                raise TransientError(
-                    f"other replicas held every switching place for {budget:g}s"
-                    " (LIVE_PULL_FLEET_MAX_SWITCHING)"
-                )
-            if stop.wait(WAIT_STEP):
-                raise RevisionError("the agent is stopping")
+                return next((key for key in places if self._try_lock(db, key)), None)
+
+        waiting, overdue = waiting_for_place(len(places), budget)
+        return wait_for(attempt, budget, stop, waiting=waiting, overdue=overdue)
 
     @staticmethod
     def _try_lock(db: psycopg.Connection[Any], key: int) -> bool:
@@ -336,42 +318,24 @@ class PostgresFleet:
         self._push_pending.set()
 
     def start(self, on_push: Callable[[], None], board: StatusBoard) -> None:
-        board.update(fleet=fleet_view("postgresql", self.me.replica, [], None))
-        self._thread = threading.Thread(
-            target=self._listen, args=(on_push, board), name="fleet", daemon=True
-        )
-        self._thread.start()
+        self._thread.start(lambda: self._listen(on_push, board), board)
 
     def _listen(self, on_push: Callable[[], None], board: StatusBoard) -> None:
-        """Reconnect with backoff for as long as the agent runs; say once what is wrong."""
-        delay = 1.0
-        while not self._stopped.is_set():
-            try:
-                with self._connect() as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self._listening.set()
-                    self._reachable(True, None)
-                    delay = 1.0
-                    self._serve_peers(conn, on_push, board)
-            except Exception as exc:  # the thread must outlive any fault: retried
-                self._listening.clear()
-                self._reachable(False, describe(exc))
-                board.update(fleet=fleet_view("postgresql", self.me.replica, [], self._store_error))
-                self._stopped.wait(delay)
-                delay = min(2 * delay, 30.0)
-
-    def _reachable(self, reachable: bool, error: str | None) -> None:
-        if reachable and self._store_error is not None:
-            log.info("fleet store reachable again")
-        elif not reachable and error != self._store_error:
-            log.warning("fleet store unreachable, retrying error=%s", error)
-        self._store_error = error
+        """One connection's life: LISTEN, then serve the peers until it fails."""
+        try:
+            with self._connect() as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                self._listening.set()
+                self._thread.reachable()
+                self._serve_peers(conn, on_push, board)
+        finally:
+            self._listening.clear()
 
     def _serve_peers(
         self, conn: psycopg.Connection[Any], on_push: Callable[[], None], board: StatusBoard
     ) -> None:
         next_view = 0.0
-        while not self._stopped.is_set():
+        while not self._thread.stopped.is_set():
             self._send_notice(conn)
             for notice in conn.notifies(timeout=LISTEN_STEP):
                 if self._from_peer(notice.payload):

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from entrypoint.board import StatusBoard
+from entrypoint.errors import RevisionError, TransientError
 
 if TYPE_CHECKING:
     from entrypoint.config import Settings
+
+log = logging.getLogger(__name__)
 
 # The release step: raises if it failed.
 ReleaseStep = Callable[[], None]
@@ -194,3 +199,100 @@ def fleet_view(
         ],
         "error": error,
     }
+
+
+# -- what every store does alike ------------------------------------------------------
+
+WAIT_STEP = 0.5  # how often a replica waiting for a peer's step or a place looks again
+T = TypeVar("T")
+
+
+def wait_for(
+    attempt: Callable[[], T | None],
+    budget: float,
+    stop: threading.Event,
+    *,
+    waiting: str,
+    overdue: str,
+) -> T:
+    """What `attempt` gives once it gives something (a peer's step done, a place
+    free): `waiting` is said once, a TransientError(`overdue`) comes after `budget`."""
+    deadline = time.monotonic() + budget
+    said = False
+    while True:
+        outcome = attempt()
+        if outcome is not None:
+            return outcome
+        if not said:
+            log.info("%s", waiting)
+            said = True
+        if time.monotonic() > deadline:
+            raise TransientError(overdue)
+        if stop.wait(WAIT_STEP):
+            raise RevisionError("the agent is stopping")
+
+
+def waiting_for_release(sha: str, budget: float) -> tuple[str, str]:
+    """What a replica waiting for a peer's release step says, then says when overdue."""
+    return (
+        f"release step running on another replica, waiting sha={sha[:12]}",
+        f"the release step of {sha[:12]} did not finish on another replica within {budget:g}s",
+    )
+
+
+def waiting_for_place(places: int, budget: float) -> tuple[str, str]:
+    return (
+        f"waiting for a switching place held by other replicas of={places}",
+        f"other replicas held every switching place for {budget:g}s"
+        " (LIVE_PULL_FLEET_MAX_SWITCHING)",
+    )
+
+
+class StoreThread:
+    """The store's own thread: `serve` (listen to peers, keep the view) again and again
+    for as long as the agent runs, with a backoff after a fault; the log says once that
+    the store is unreachable and once that it is back, /status's `fleet` says why."""
+
+    def __init__(self, store: str, replica: str) -> None:
+        self.store = store
+        self.replica = replica
+        self.error: str | None = None
+        self.stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, serve: Callable[[], None], board: StatusBoard) -> None:
+        board.update(fleet=fleet_view(self.store, self.replica, [], None))
+        self._thread = threading.Thread(
+            target=self._run, args=(serve, board), name="fleet", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def reachable(self) -> None:
+        if self.error is not None:
+            log.info("fleet store reachable again")
+        self.error = None
+
+    def _run(self, serve: Callable[[], None], board: StatusBoard) -> None:
+        delay = 1.0
+        while not self.stopped.is_set():
+            try:
+                serve()
+            except Exception as exc:  # the thread must outlive any fault: retried
+                delay = 1.0 if self.error is None else min(2 * delay, 30.0)
+                self._unreachable(" ".join(str(exc).split()) or type(exc).__name__)
+                board.update(fleet=fleet_view(self.store, self.replica, [], self.error))
+                self.stopped.wait(delay)
+
+    def _unreachable(self, error: str) -> None:
+        if error != self.error:
+            log.warning("fleet store unreachable, retrying error=%s", error)
+        self.error = error
