@@ -218,9 +218,25 @@ def _status(args: argparse.Namespace) -> int:
     if down:
         print(f"{'app down':>16}: {down['program']} ({down['restarts']} restarts)")
     _show_hold(status)
+    _show_fleet(status.get("fleet"))
     for sha, reason in (status.get("failed_revisions") or {}).items():
         print(f"{'failed':>16}: {sha[:12]} {reason}")
     return EXIT_OK
+
+
+def _show_fleet(fleet: dict[str, Any] | None) -> None:
+    """With a fleet store: the fleet's revision, then one line per replica."""
+    if not fleet:
+        return
+    revision = (fleet.get("revision") or "-")[:12]
+    mark = "" if fleet.get("converged") else " (not converged)"
+    print(f"{'fleet':>16}: {revision}{mark} through {fleet['store']}, this is {fleet['replica']}")
+    if fleet.get("error"):
+        print(f"{'fleet error':>16}: {fleet['error']}")
+    for replica in fleet.get("replicas") or []:
+        stale = " stale" if replica.get("stale") else ""
+        sha = (replica.get("revision") or "-")[:12]
+        print(f"{'replica':>16}: {replica['name']} {sha} {_show(replica.get('state'))}{stale}")
 
 
 def _show_hold(status: dict[str, Any]) -> None:

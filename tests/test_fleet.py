@@ -158,6 +158,9 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
 
     view = wait_until(lambda: _converged_view(fleet[2], second), 10, "the fleet's view")
     assert sorted(replica["name"] for replica in view["replicas"]) == ["a", "b", "c"]
+    shown = status_cli(fleet[2])
+    assert f"fleet: {second[:12]} through postgresql, this is c" in shown
+    assert f"replica: a {second[:12]} running" in shown
 
     # A new replica (nothing on disk) starts what the fleet serves, not the refused head.
     (late,) = replicas(agent_factory, sample, tmp_path, url, "d")
@@ -168,6 +171,20 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
     for agent in fleet:
         assert PASSWORD not in agent.output()
         assert PASSWORD not in str(agent.status())
+
+
+def status_cli(agent: AgentProcess) -> str:
+    env = {**os.environ, "LIVE_PULL_STATUS_PORT": str(agent.status_port)}
+    env.pop("REPO_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "entrypoint", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
 
 
 def _converged_view(agent: AgentProcess, sha: str) -> dict[str, object] | None:
