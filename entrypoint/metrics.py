@@ -7,8 +7,10 @@ when the metrics are scraped.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -107,3 +109,25 @@ class _BoardCollector(Collector):
         yield restarts
         paused = 1 if facts.get("paused") else 0  # the board's `paused` fact, when there is one
         yield GaugeMetricFamily("live_pull_paused", "1 while updates are paused", value=paused)
+        yield from _fleet(facts.get("fleet"))
+
+
+def _fleet(fleet: dict[str, Any] | None) -> Iterator[Metric]:
+    """With a fleet store: can it be reached, and how many replicas serve what."""
+    if not fleet:
+        return
+    up = 0 if fleet.get("error") else 1
+    yield GaugeMetricFamily("live_pull_fleet_store_up", "1 while the fleet store answers", value=up)
+    replicas = GaugeMetricFamily(
+        "live_pull_fleet_replicas",
+        "Replicas of the fleet that reported in the last 30 s, by the revision they serve",
+        labels=["revision"],
+    )
+    counts = collections.Counter(
+        str(replica.get("revision") or "")
+        for replica in fleet.get("replicas") or []
+        if not replica.get("stale")
+    )
+    for revision, count in sorted(counts.items()):
+        replicas.add_metric([revision], count)
+    yield replicas

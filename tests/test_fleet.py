@@ -158,6 +158,9 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
 
     view = wait_until(lambda: _converged_view(fleet[2], second), 10, "the fleet's view")
     assert sorted(replica["name"] for replica in view["replicas"]) == ["a", "b", "c"]
+    scraped = requests.get(fleet[2].status_url("/metrics"), timeout=5).text
+    assert f'live_pull_fleet_replicas{{revision="{second}"}} 3.0' in scraped
+    assert "live_pull_fleet_store_up 1.0" in scraped
     shown = status_cli(fleet[2])
     assert f"fleet: {second[:12]} through postgresql, this is c" in shown
     assert f"replica: a {second[:12]} running" in shown
@@ -239,6 +242,8 @@ def test_a_store_that_goes_down_keeps_the_serving_revision_and_is_recovered_from
         assert status["revision"] == first
         assert f"revision {first[:12]}" in (agent.app() or "")
         wait_until(lambda: (agent.status().get("fleet") or {}).get("error"), 15, "fleet.error")
+        scraped = requests.get(agent.status_url("/metrics"), timeout=5).text
+        assert "live_pull_fleet_store_up 0.0" in scraped
 
         own.start()  # retried with the backoff: no sync needed
         agent.wait_serving(second, timeout=60)
