@@ -201,7 +201,8 @@ class Agent:
         self.supervisor.stop()
         # The fleet's locks end with its connections: not while the loop may still hold
         # one for a release step that is being killed (a peer would start it meanwhile).
-        self.loop.join(FLEET_CLOSE_AFTER_SECONDS)
+        if not self.fleet.alone:
+            self.loop.join(FLEET_CLOSE_AFTER_SECONDS)
         self.fleet.close()
         self.output.stop()  # after supervisord: its last lines are written first
         if self.notifier is not None:

@@ -594,6 +594,8 @@ def fleet_store_kind(url: str) -> str:
 
 def url_secrets(url: str) -> list[str]:
     """A store URL and its password as written and as meant (for the log's mask)."""
+    if url.strip() == "kubernetes":  # a word, not a secret
+        return []
     written = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
     return [secret for secret in (url.strip(), written, unquote(written)) if secret]
 

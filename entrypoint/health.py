@@ -54,10 +54,14 @@ def answer(url: str, *, any_but_5xx: bool = False, timeout: float = 2.0) -> str 
     redirects not followed), else what it gave."""
     import requests  # here: the proxy proves its app with the client it has (aiohttp)
 
+    session = requests.Session()
+    session.trust_env = False  # the app on this machine, never through an HTTP_PROXY
     try:
-        response = requests.get(url, timeout=timeout, allow_redirects=not any_but_5xx)
-    except requests.RequestException as exc:
+        response = session.get(url, timeout=timeout, allow_redirects=not any_but_5xx)
+    except (requests.RequestException, ValueError) as exc:  # a Location it cannot parse
         return type(exc).__name__
+    finally:
+        session.close()
     return None if proves(response.status_code, any_but_5xx) else f"HTTP {response.status_code}"
 
 

@@ -120,10 +120,11 @@ class Updater:
             self._opened = True
 
     def last_good_on_disk(self) -> str | None:
-        """The revision to serve at once at start: the last good one, if its release is here."""
+        """The revision to serve at once at start: the last good one, if its release is here
+        (and its fleet has not refused it meanwhile)."""
         for sha in (self.state.last_good, self.releases.current()):
             if sha is not None and self.releases.exists(sha):
-                return sha
+                return None if self._refused_by_fleet(sha) else sha
         return None
 
     def check(
@@ -185,7 +186,7 @@ class Updater:
         want of what only its surroundings lack (a database at image build time).
         """
         self.open()
-        remote = self._ask_remote()
+        remote = self._unless_refused_by_fleet(self._ask_remote())
         revision = self.prepare(self._fetch(remote))
         release = self._stage_release(revision, release_step)
         self._record_staged(revision, released=release != "skipped")
@@ -445,7 +446,7 @@ class Updater:
         self, free: bool, budget: float
     ) -> contextlib.AbstractContextManager[None]:
         """One of the fleet's switching places (a replica not serving needs none)."""
-        if free:
+        if free or self.fleet.alone:
             return contextlib.nullcontext()
         self._step("waiting for the fleet", budget)
         return self.fleet.switching(budget, self.stop)

@@ -134,7 +134,7 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
     assert len(attempts(tmp_path)) == 2
     for agent in fleet[1:]:
         heard = logged_at(agent, "push heard from a peer")
-        assert heard and (heard[0] - pushed).total_seconds() < 2.0, (pushed, heard)
+        assert heard and 0 <= (heard[-1] - pushed).total_seconds() < 2.0, (pushed, heard)
     held = sorted(span for agent in fleet for span in switching_intervals(agent))
     assert len(held) == 3  # each replica switched once, holding a place
     for (_, given_back), (taken, _) in itertools.pairwise(held):

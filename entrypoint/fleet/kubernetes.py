@@ -77,6 +77,8 @@ FORGET_AFTER = 3600.0  # replicas not seen for this long leave the fleet Lease
 
 
 class KubernetesFleet:
+    alone = False
+
     def __init__(
         self,
         me: FleetIdentity,

@@ -94,6 +94,8 @@ def lock_key(*parts: str) -> int:
 
 
 class PostgresFleet:
+    alone = False
+
     def __init__(self, url: Secret, me: FleetIdentity) -> None:
         self.url = url  # read at every connection: a rotated secret file is taken up
         self.me = me

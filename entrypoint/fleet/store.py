@@ -35,6 +35,8 @@ ReleaseStep = Callable[[], None]
 
 
 class Fleet(Protocol):
+    alone: bool  # no store: nothing to wait for, nothing to tell
+
     def start(self, on_push: Callable[[], None], board: StatusBoard) -> None:
         """Listen for peers' push notices (on_push asks for a check) and keep the
         board's `fleet` view fresh, on the store's own thread."""
@@ -69,6 +71,8 @@ class Fleet(Protocol):
 
 class Solo:
     """No store: a replica on its own (LIVE_PULL_FLEET_URL unset)."""
+
+    alone = True
 
     def start(self, on_push: Callable[[], None], board: StatusBoard) -> None:
         pass
