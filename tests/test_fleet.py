@@ -165,6 +165,11 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
     assert f"fleet: {second[:12]} through postgresql, this is c" in shown
     assert f"replica: a {second[:12]} running" in shown
 
+    # An init container (`live-pull prepare`) prepares what the fleet serves, too.
+    prepared = run_prepare(sample, tmp_path, url, "e")
+    assert prepared.returncode == 0, prepared.stderr
+    assert f"prepared sha={second}" in prepared.stdout
+
     # A new replica (nothing on disk) starts what the fleet serves, not the refused head.
     (late,) = replicas(agent_factory, sample, tmp_path, url, "d")
     late.wait_serving(second)
@@ -253,6 +258,33 @@ def test_a_store_that_goes_down_keeps_the_serving_revision_and_is_recovered_from
         assert PASSWORD not in agent.output()
 
 
+def prepare_env(sample: SampleRepo, tmp_path: Path, url: str, name: str) -> dict[str, str]:
+    """`live-pull prepare` of replica `name`, as its init container runs it."""
+    return {
+        **os.environ,
+        "REPO_URL": sample.url,
+        "LIVE_PULL_HOME": str(tmp_path / f"home-{name}"),
+        "LIVE_PULL_FLEET_URL": url,
+        "LIVE_PULL_FLEET_REPLICA": name,
+        "REPLICA_NAME": name,
+        "DATABASE_URL": url,
+        "ATTEMPTS": str(tmp_path / "attempts"),
+    }
+
+
+def run_prepare(
+    sample: SampleRepo, tmp_path: Path, url: str, name: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "entrypoint", "prepare"],
+        env=prepare_env(sample, tmp_path, url, name),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_prepare_in_init_containers_runs_the_release_step_once(
     sample: SampleRepo, postgres: PostgresServer, tmp_path: Path
 ) -> None:
@@ -262,16 +294,7 @@ def test_prepare_in_init_containers_runs_the_release_step_once(
     runs = [
         subprocess.Popen(
             [sys.executable, "-m", "entrypoint", "prepare"],
-            env={
-                **os.environ,
-                "REPO_URL": sample.url,
-                "LIVE_PULL_HOME": str(tmp_path / f"home-{name}"),
-                "LIVE_PULL_FLEET_URL": url,
-                "LIVE_PULL_FLEET_REPLICA": name,
-                "REPLICA_NAME": name,
-                "DATABASE_URL": url,
-                "ATTEMPTS": str(tmp_path / "attempts"),
-            },
+            env=prepare_env(sample, tmp_path, url, name),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
