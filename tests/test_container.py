@@ -34,10 +34,14 @@ BOOT = 120.0
 # every container here runs with these alone, so the list is proven sufficient.
 AGENT_CAPABILITIES = ("--cap-drop=all", "--cap-add=CHOWN,DAC_OVERRIDE,FOWNER,KILL,SETGID,SETUID")
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("podman") is None or os.geteuid() != 0,
-    reason="no container engine (podman as root) on this machine: container suite skipped",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("podman") is None or os.geteuid() != 0,
+        reason="no container engine (podman as root) on this machine: container suite skipped",
+    ),
+    # Under pytest-xdist one worker runs them all: the image is built once, under its tag.
+    pytest.mark.xdist_group("containers"),
+]
 
 
 def podman(

@@ -217,19 +217,18 @@ def _a_file(repo: Path) -> None:
     repo.write_text("not a directory")
 
 
-def test_corrupted_repository_recovers_at_start(
-    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
-) -> None:
+def test_corrupted_repository_recovers_at_start(sample: SampleRepo, agent_factory: Factory) -> None:
+    """Each damage is done to the home an agent serving a revision left at a clean stop;
+    the agent that recovers from one damage leaves the home for the next."""
+    agent = agent_factory(sample.url)
+    agent.wait_serving(head(sample))
+    assert agent.stop()[0] == 0
     for damage in (_corrupt_objects, _stale_locks, _not_a_repository, _garbage_config, _a_file):
-        home = tmp_path / f"home-{damage.__name__}"
-        agent = agent_factory(sample.url, home=home)
-        agent.wait_serving(head(sample))
-        assert agent.stop()[0] == 0
-        damage(home / "repo")
+        damage(agent.home / "repo")
         newer = sample.commit(app_files(f"after {damage.__name__}"), damage.__name__)
-        again = agent_factory(sample.url, home=home)
-        again.wait_serving(newer)
-        assert again.stop()[0] == 0
+        agent = agent_factory(sample.url, home=agent.home)
+        agent.wait_serving(newer)
+        assert agent.stop()[0] == 0, damage.__name__
 
 
 def test_corrupted_repository_recovers_while_running(

@@ -38,7 +38,12 @@ def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     """The long-work scenarios go last among the fault tests: their work starts with
-    the first fault test and runs in the background while the others run."""
+    the first fault test and runs in the background while the others run. Under
+    pytest-xdist the fault tests are one group, run by one worker in this order: their
+    module-scoped agents and the long work are started once."""
+    for item in items:
+        if _is_fault(item):
+            item.add_marker(pytest.mark.xdist_group("faults"))
     slow = [item for item in items if _is_fault(item) and item.get_closest_marker("long_work")]
     if not slow:
         return
