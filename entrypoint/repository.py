@@ -90,7 +90,10 @@ DAMAGE = (
 )
 # The remote's HEAD cannot be asked for alone (ls-remote then lists every ref the remote
 # has, a host's refs/pull/* included), so the default branch it names is learnt and
-# asked for as a branch, and learnt again after this long (or when it is gone).
+# asked for as a branch; learnt again at the 10th check or after 10 minutes, whichever
+# comes first (a default branch changed on the remote is followed by then), or at once
+# when the branch is gone.
+DEFAULT_BRANCH_CHECKS = 10
 DEFAULT_BRANCH_SECONDS = 600.0
 READS = frozenset({"rev-parse", "update-ref", "cat-file", "ls-tree", "read-tree", "checkout-index"})
 
@@ -102,6 +105,21 @@ class RemoteRevision:
     sha: str
     ref_name: str | None  # None when the configured ref is a commit
     tag: str | None = None  # the tag chosen when following a range (REPO_REF=semver:...)
+
+
+@dataclass
+class LearntBranch:
+    """The remote's default branch as last learnt, and how often asked for since."""
+
+    name: str
+    learnt_at: float
+    checks: int = 0
+
+    def asked_again(self) -> bool:
+        """One more check may ask for this branch alone (else the remote's HEAD)."""
+        self.checks += 1
+        age = time.monotonic() - self.learnt_at
+        return self.checks < DEFAULT_BRANCH_CHECKS and age < DEFAULT_BRANCH_SECONDS
 
 
 class Repository:
@@ -122,7 +140,7 @@ class Repository:
         self._env = _git_environment(url)
         self._repo: git.Repo | None = None
         self._damage: str | None = None  # what a read found broken since the last rebuild
-        self._default_branch: tuple[str, float] | None = None  # (name, when learnt)
+        self._default_branch: LearntBranch | None = None
 
     # -- the local repository -------------------------------------------------
 
@@ -205,8 +223,8 @@ class Repository:
 
     def _resolve_default_branch(self) -> RemoteRevision:
         learnt = self._default_branch
-        if learnt is not None and time.monotonic() - learnt[1] < DEFAULT_BRANCH_SECONDS:
-            branch = learnt[0]
+        if learnt is not None and learnt.asked_again():
+            branch = learnt.name
             found = _parse_ls_remote(self._remote_git("ls-remote", "--heads", REMOTE, branch))
             if branch in found:
                 return RemoteRevision(found[branch], branch)
@@ -224,7 +242,7 @@ class Repository:
         if sha is None:
             raise RefNotFound("the remote has no default branch (empty repository?)")
         if branch is not None and branch.startswith("refs/heads/"):
-            self._default_branch = (branch, time.monotonic())
+            self._default_branch = LearntBranch(branch, time.monotonic())
         return RemoteRevision(sha, branch)
 
     def _resolve_range(self, ref: str) -> RemoteRevision:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -52,12 +53,19 @@ def pids_running(marker: str) -> list[int]:
     return found
 
 
+def supervisor_socket(home: Path) -> Path:
+    """Where supervisord listens: under the home's run/, or a temporary directory when
+    that path is too long for a unix socket (as pytest's are under xdist)."""
+    conf = (home / "run" / "supervisord.conf").read_text()
+    return Path(re.search(r"^file=(.+)$", conf, re.M).group(1))  # type: ignore[union-attr]
+
+
 def test_second_agent_on_a_home_exits_1_and_touches_nothing(
     sample: SampleRepo, agent_factory: Factory
 ) -> None:
     first = agent_factory(sample.url)
     first.wait_serving(head(sample))
-    socket = first.home / "run" / "supervisor.sock"
+    socket = supervisor_socket(first.home)
     inode = socket.stat().st_ino
     second = agent_factory(sample.url, home=first.home)
     assert second.wait_exit() == 1

@@ -212,8 +212,9 @@ def test_disk_full_is_a_local_error_not_damage(
 def test_the_default_branch_is_learnt_and_learnt_again(
     sample: SampleRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Checks ask for the learnt branch alone (not every ref of the remote); a branch
-    gone is learnt again at once, a new default branch once the learnt one is old."""
+    """Checks ask for the learnt branch alone (not every ref of the remote); a new
+    default branch is learnt at the 10th check or once the learnt one is old, a branch
+    gone at once."""
     repo = repository(tmp_path / "home", sample.url)
     repo.open()
     main = head(sample)
@@ -223,8 +224,11 @@ def test_the_default_branch_is_learnt_and_learnt_again(
     remote.git.symbolic_ref("HEAD", "refs/heads/other")
     assert repo.resolve(None) == RemoteRevision(main, "refs/heads/main")  # learnt: main
     monkeypatch.setattr("entrypoint.repository.DEFAULT_BRANCH_SECONDS", 0.0)
-    assert repo.resolve(None) == RemoteRevision(other, "refs/heads/other")
+    assert repo.resolve(None) == RemoteRevision(other, "refs/heads/other")  # too old
     monkeypatch.undo()
     remote.git.symbolic_ref("HEAD", "refs/heads/main")
-    remote.git.branch("-D", "other")
-    assert repo.resolve(None) == RemoteRevision(main, "refs/heads/main")  # gone: asked again
+    seen = [repo.resolve(None).ref_name for _ in range(10)]
+    assert seen == ["refs/heads/other"] * 9 + ["refs/heads/main"], seen  # the 10th check
+    remote.git.symbolic_ref("HEAD", "refs/heads/other")
+    remote.git.branch("-D", "main")
+    assert repo.resolve(None) == RemoteRevision(other, "refs/heads/other")  # main is gone
