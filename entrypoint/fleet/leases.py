@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from entrypoint.errors import ConfigError, TransientError
+from entrypoint.fleet.store import one_line
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,3 @@ def spec_of(lease: Lease) -> dict[str, Any]:
 def micro_time() -> str:
     """Now as the API's MicroTime."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def one_line(error: object) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -38,6 +38,7 @@ from entrypoint.fleet.store import (
     ReplicaReport,
     StoreThread,
     fleet_view,
+    one_line,
     refused_by,
     wait_for,
     waiting_for_place,
@@ -121,7 +122,7 @@ class PostgresFleet:
                 **KEEPALIVES,
             )
         except psycopg.Error as exc:  # libpq may quote the URL, password and all
-            raise psycopg.OperationalError(masked(describe(exc), url)) from None
+            raise psycopg.OperationalError(masked(one_line(exc), url)) from None
         if conn.info.server_version >= IDLE_SESSION_TIMEOUT_SINCE:
             # A connection idle through a long release step holds its lock: never ended.
             conn.execute("SET idle_session_timeout = 0")
@@ -151,7 +152,7 @@ class PostgresFleet:
             yield self._control
         except psycopg.Error as exc:
             self._drop_control()
-            raise TransientError(f"fleet store: {describe(exc)}") from exc
+            raise TransientError(f"fleet store: {one_line(exc)}") from exc
 
     def _drop_control(self) -> None:
         control, self._control = self._control, None
@@ -385,12 +386,6 @@ class PostgresFleet:
         ).fetchall()
         reports = [ReplicaReport(str(r[0]), r[1], r[2], float(r[3])) for r in rows]
         return fleet_view("postgresql", self.me.replica, reports, None)
-
-
-def describe(exc: BaseException) -> str:
-    """The error's message on one line."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def masked(text: str, url: str) -> str:

@@ -207,6 +207,12 @@ def fleet_view(
 
 # -- what every store does alike ------------------------------------------------------
 
+
+def one_line(error: object) -> str:
+    """An error's message on one line (its type's name if it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 WAIT_STEP = 0.5  # how often a replica waiting for a peer's step or a place looks again
 T = TypeVar("T")
 
@@ -292,7 +298,7 @@ class StoreThread:
                 serve()
             except Exception as exc:  # the thread must outlive any fault: retried
                 delay = 1.0 if self.error is None else min(2 * delay, 30.0)
-                self._unreachable(" ".join(str(exc).split()) or type(exc).__name__)
+                self._unreachable(one_line(exc))
                 board.update(fleet=fleet_view(self.store, self.replica, [], self.error))
                 self.stopped.wait(delay)
 
