@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 
+from entrypoint.backoff import Backoff, jitter
 from entrypoint.board import StatusBoard
 from entrypoint.config import Settings
 from entrypoint.errors import (
@@ -44,27 +44,6 @@ log = logging.getLogger(__name__)
 
 FIRST_RETRY = 1.0
 TICK = 1.0  # the idle loop beats at least this often
-
-
-class Backoff:
-    """Capped exponential backoff with jitter, so many pods do not retry in step."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.first * 2**self.failures)
-        self.failures += 1
-        return jitter(delay)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-def jitter(seconds: float) -> float:
-    return seconds * random.uniform(0.8, 1.2)
 
 
 class ControlLoop:

@@ -143,8 +143,9 @@ class Updater:
             remote = self._unless_refused_by_fleet(remote)
         # What fails here is told to the fleet, unless this replica chose it alone.
         fleet_wide = remote is asked
-        self.recorder.checked(self._check_result(remote.sha, retry_failed))
-        if not self._wanted(remote.sha, retry_failed):  # 2. running, or known bad
+        found = self._check_result(remote.sha, retry_failed)
+        self.recorder.checked(found)
+        if not self._wanted(remote.sha, found, retry_failed):  # 2. running, or known bad
             self.board.update(waiting=None)
             return False
         if self._held(remote, ignore_hold):  # paused, or outside the update windows
@@ -153,12 +154,12 @@ class Updater:
             self.recorder.begin("update", trigger, self.running, remote.sha)  # seen: timed
             sha = self._fetch(remote)  # 3. fetch, verify, prepare releases/<sha>
         except RevisionError as exc:
-            self._record_failure(remote.sha, str(exc), fleet_wide and about_the_revision(exc))
+            self._record_failure(remote.sha, exc, fleet_wide=fleet_wide)
             raise
         except Exception as exc:  # transient: retried, the revision is not marked failed
             self._record_interrupted(exc)
             raise
-        if not self._wanted(sha, retry_failed):
+        if not self._wanted(sha, self._check_result(sha, retry_failed), retry_failed):
             return False
         self.recorder.fetched(sha)
         replacing = self.running is not None
@@ -168,7 +169,7 @@ class Updater:
             self.go_live(revision)  # 6. start, prove healthy, else roll back
         except RevisionError as exc:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
-                self._record_failure(sha, str(exc), fleet_wide and about_the_revision(exc))
+                self._record_failure(sha, exc, fleet_wide=fleet_wide)
             raise
         except Exception as exc:
             self._record_interrupted(exc)
@@ -318,11 +319,11 @@ class Updater:
             self.repo.rebuild()
             return git_step()
 
-    def _wanted(self, sha: str, retry_failed: bool) -> bool:
-        result = self._check_result(sha, retry_failed)
-        if result == "skipped":
+    def _wanted(self, sha: str, found: str, retry_failed: bool) -> bool:
+        """`found`: what `_check_result` said of `sha`."""
+        if found == "skipped":
             log.debug("skipping revision that failed before sha=%s", short(sha))
-        if result != "new":
+        if found != "new":
             return False
         return retry_failed or not self._refused_by_fleet(sha)
 
@@ -641,12 +642,14 @@ class Updater:
         if sha != self.running and self.releases.exists(sha):
             self.run_as.take_back(self.releases.path(sha))
 
-    def _record_failure(self, sha: str, reason: str, fleet_wide: bool = True) -> None:
-        """`fleet_wide`: the fleet's other replicas skip it too (fleet/)."""
+    def _record_failure(self, sha: str, exc: RevisionError, *, fleet_wide: bool) -> None:
+        """`fleet_wide`: the revision is the fleet's choice, not this replica's alone; the
+        fleet's other replicas then skip it too, if the failure is the revision's own."""
+        reason = str(exc)
         log.error("revision failed sha=%s reason=%s", short(sha), reason)
         self._take_back(sha)
         self.state.record_failed(sha, reason)
-        if fleet_wide:
+        if fleet_wide and about_the_revision(exc):
             self.fleet.refuse(sha, reason)
         self.recorder.failed(reason)
         self.state_file.save(self.state)

@@ -86,6 +86,21 @@ class AgentProcess:
     def status_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.status_port}{path}"
 
+    def cli(self, *args: str) -> str:
+        """What `live-pull <args>` (status, history, ...) prints, asked of this agent the
+        way an operator in its container would ask it; it must succeed."""
+        env = {**os.environ, "LIVE_PULL_STATUS_PORT": str(self.status_port)}
+        env.pop("REPO_URL", None)
+        shown = subprocess.run(
+            [sys.executable, "-m", "entrypoint", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout
+
     def wait_serving(self, sha: str, timeout: float = WAIT) -> str:
         """Wait until the app answers from revision `sha` and the agent has recorded it
         as the running one (`current` moves once the revision is proven); return the

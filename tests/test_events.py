@@ -4,9 +4,6 @@ update, a broken revision and a receiver that hangs, then restarted on the same 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -91,20 +88,6 @@ def metrics(agent: AgentProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]]
     }
 
 
-def history_cli(agent: AgentProcess, *args: str) -> str:
-    env = {**os.environ, "LIVE_PULL_STATUS_PORT": str(agent.status_port)}
-    env.pop("REPO_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "entrypoint", "history", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def test_history_metrics_and_notifications(
     sample: SampleRepo, agent_factory: Factory, receiver: Receiver
 ) -> None:
@@ -161,7 +144,7 @@ def test_history_metrics_and_notifications(
     last = listing[-1]
     assert last["from_revision"] == first and last["to_subject"] == "Third time lucky"
     assert last["duration_seconds"] < READ_TIMEOUT / 2
-    assert json.loads(history_cli(again, "--json")) == listing
-    table = history_cli(again).splitlines()
+    assert json.loads(again.cli("history", "--json")) == listing
+    table = again.cli("history").splitlines()
     assert table[0].split()[:4] == ["WHEN", "KIND", "TRIGGER", "FROM"]
     assert len(table) == 4 and "failed" in table[2] and f"{good[:12]} Third time" in table[3]

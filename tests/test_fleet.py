@@ -162,7 +162,7 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
     scraped = requests.get(fleet[2].status_url("/metrics"), timeout=5).text
     assert f'live_pull_fleet_replicas{{revision="{second}"}} 3.0' in scraped
     assert "live_pull_fleet_store_up 1.0" in scraped
-    shown = status_cli(fleet[2])
+    shown = fleet[2].cli("status")
     assert f"fleet: {second[:12]} through postgresql, this is c" in shown
     # A replica's state as it last reported it (every 2 s): running, or a step of the
     # check that refused v2 (checking, fetching, releasing, ...) in a report not yet renewed.
@@ -182,20 +182,6 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
     for agent in fleet:
         assert PASSWORD not in agent.output()
         assert PASSWORD not in str(agent.status())
-
-
-def status_cli(agent: AgentProcess) -> str:
-    env = {**os.environ, "LIVE_PULL_STATUS_PORT": str(agent.status_port)}
-    env.pop("REPO_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "entrypoint", "status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return result.stdout
 
 
 def _converged_view(agent: AgentProcess, sha: str) -> dict[str, object] | None:

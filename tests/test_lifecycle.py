@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -276,18 +274,9 @@ def test_status_endpoints_and_cli(sample: SampleRepo, agent_factory: Factory) ->
     status = agent.status()
     for key in ("revision", "ref", "repo_url", "state", "last_check", "last_error", "updates"):
         assert key in status
-    env = {**os.environ, "LIVE_PULL_STATUS_PORT": str(agent.status_port)}
-    env.pop("REPO_URL", None)
-    shown = subprocess.run(
-        [sys.executable, "-m", "entrypoint", "status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert shown.returncode == 0
-    assert f"revision: {sha}" in shown.stdout
-    assert "state: running" in shown.stdout
+    shown = agent.cli("status")
+    assert f"revision: {sha}" in shown
+    assert "state: running" in shown
 
 
 @MODES

@@ -46,6 +46,7 @@ from entrypoint.fleet.leases import (
     writable_notes,
 )
 from entrypoint.fleet.store import (
+    FORGET_AFTER,
     WAIT_SLACK,
     FleetIdentity,
     ReleaseStep,
@@ -73,7 +74,6 @@ REPORT = MARK + "replica-"
 LEASE_SECONDS = 15  # a holder that stops renewing loses its Lease after this long
 POLL_SECONDS = 0.5  # how often the store thread reads the fleet Lease (push notices)
 REPORT_EVERY = 10.0  # seconds between reports of an unchanged replica
-FORGET_AFTER = 3600.0  # replicas not seen for this long leave the fleet Lease
 
 
 class KubernetesFleet:

@@ -31,6 +31,7 @@ from entrypoint.board import StatusBoard
 from entrypoint.config import url_secrets
 from entrypoint.errors import RevisionError, TransientError
 from entrypoint.fleet.store import (
+    FORGET_AFTER,
     STALE_SECONDS,
     WAIT_SLACK,
     FleetIdentity,
@@ -84,7 +85,6 @@ IDLE_SESSION_TIMEOUT_SINCE = 140000  # PostgreSQL 14 ends idle sessions if so co
 STATEMENT_TIMEOUT_MS = 10_000
 LISTEN_STEP = 0.2  # how long the store thread waits for a notice before other work
 VIEW_EVERY = 2.0  # seconds between reports of this replica (and reads of the others')
-FORGET_AFTER = "1 hour"  # replicas not seen for this long leave the view
 KEEP_RECORDS = "90 days"  # a revision's record (done, refused) is kept this long
 
 
@@ -204,9 +204,9 @@ class PostgresFleet:
                 row = db.execute(
                     "SELECT revision FROM live_pull_replicas WHERE fleet = %s"
                     " AND replica <> %s AND revision IS NOT NULL"
-                    f" AND seen_at > now() - interval '{STALE_SECONDS:g} seconds'"
+                    " AND seen_at > now() - make_interval(secs => %s)"
                     " GROUP BY revision ORDER BY count(*) DESC, max(seen_at) DESC LIMIT 1",
-                    (self.me.fleet, self.me.replica),
+                    (self.me.fleet, self.me.replica, STALE_SECONDS),
                 ).fetchone()
         except TransientError as exc:
             log.warning("the fleet's revision unknown error=%s", exc)
@@ -381,8 +381,8 @@ class PostgresFleet:
         rows = conn.execute(
             "SELECT replica, revision, state, extract(epoch FROM now() - seen_at)::float8"
             " FROM live_pull_replicas WHERE fleet = %s"
-            f" AND seen_at > now() - interval '{FORGET_AFTER}' ORDER BY replica",
-            (self.me.fleet,),
+            " AND seen_at > now() - make_interval(secs => %s) ORDER BY replica",
+            (self.me.fleet, FORGET_AFTER),
         ).fetchall()
         reports = [ReplicaReport(str(r[0]), r[1], r[2], float(r[3])) for r in rows]
         return fleet_view("postgresql", self.me.replica, reports, None)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
+from entrypoint.backoff import Backoff
 from entrypoint.board import StatusBoard
 from entrypoint.errors import RevisionError, TransientError
 
@@ -159,6 +160,8 @@ def refused_by(replica: str | None, reason: str) -> str:
 # A replica that has not reported for this long is shown as stale and left out of the
 # fleet's revision (a pod gone, or cut off from the store).
 STALE_SECONDS = 30.0
+# ...and after this long it leaves the view altogether.
+FORGET_AFTER = 3600.0
 
 
 class ReplicaReport(NamedTuple):
@@ -168,14 +171,17 @@ class ReplicaReport(NamedTuple):
     seen_seconds_ago: float
 
 
+def live(reports: list[ReplicaReport]) -> list[ReplicaReport]:
+    """The reports of replicas that are not stale."""
+    return [report for report in reports if report.seen_seconds_ago <= STALE_SECONDS]
+
+
 def fleet_revision(reports: list[ReplicaReport], leaving_out: str | None = None) -> str | None:
     """The revision most of the live replicas serve (`leaving_out` one of them)."""
     counts = collections.Counter(
         report.revision
-        for report in reports
-        if report.revision
-        and report.seen_seconds_ago <= STALE_SECONDS
-        and report.name != leaving_out
+        for report in live(reports)
+        if report.revision and report.name != leaving_out
     )
     return counts.most_common(1)[0][0] if counts else None
 
@@ -184,13 +190,13 @@ def fleet_view(
     store: str, me: str, reports: list[ReplicaReport], error: str | None
 ) -> dict[str, Any]:
     """/status's `fleet`: which revision the fleet is on and what each replica reported."""
-    live = [report.revision for report in reports if report.seen_seconds_ago <= STALE_SECONDS]
+    serving = {report.revision for report in live(reports)}
     revision = fleet_revision(reports)
     return {
         "store": store,
         "replica": me,
         "revision": revision,
-        "converged": bool(live) and len(set(live)) == 1 and revision is not None,
+        "converged": serving == {revision} and revision is not None,
         "replicas": [
             {
                 "name": report.name,
@@ -258,6 +264,10 @@ def waiting_for_place(places: int, budget: float) -> tuple[str, str]:
     )
 
 
+RETRY_FIRST = 1.0  # seconds before the store thread tries an unreachable store again,
+RETRY_CAP = 30.0  # doubled after each failure up to this
+
+
 class StoreThread:
     """The store's own thread: `serve` (listen to peers, keep the view) again and again
     for as long as the agent runs, with a backoff after a fault; the log says once that
@@ -292,15 +302,16 @@ class StoreThread:
         self.error = None
 
     def _run(self, serve: Callable[[], None], board: StatusBoard) -> None:
-        delay = 1.0
+        backoff = Backoff(RETRY_FIRST, RETRY_CAP)
         while not self.stopped.is_set():
             try:
                 serve()
             except Exception as exc:  # the thread must outlive any fault: retried
-                delay = 1.0 if self.error is None else min(2 * delay, 30.0)
+                if self.error is None:  # reached since the last failure: start again
+                    backoff.reset()
                 self._unreachable(one_line(exc))
                 board.update(fleet=fleet_view(self.store, self.replica, [], self.error))
-                self.stopped.wait(delay)
+                self.stopped.wait(backoff.next_delay())
 
     def _unreachable(self, error: str) -> None:
         if error != self.error:
