@@ -92,6 +92,7 @@ class ControlLoop:
             wait = TICK if next_poll is None else max(0.0, min(TICK, next_poll - time.monotonic()))
             request = self.inbox.take(wait)
             if request is None:
+                self.updater.after_the_bake()
                 if next_poll is None or time.monotonic() < next_poll or self.inbox.stopping:
                     continue
                 request = Check("poll")

@@ -255,6 +255,11 @@ class Supervisor:
             self._call(lambda rpc: rpc.supervisor.stopProcess(f"{group}:{name}", True))
         end_tagged(self.home, [name, *also], deadline, termed=termed)
 
+    def signal_process(self, group: str, name: str, signal_name: str) -> None:
+        """Send one process (not its group) a signal, by name: a slot's proxy is told
+        to stand by or to serve again."""
+        self._call(lambda rpc: rpc.supervisor.signalProcess(f"{group}:{name}", signal_name))
+
     def states(self) -> dict[str, dict[str, Any]]:
         infos = self._call(lambda rpc: rpc.supervisor.getAllProcessInfo())
         return {info["name"]: info for info in infos}

@@ -166,7 +166,8 @@ class Updater:
         try:
             revision = self.prepare(sha)  # 4. environment, built only if missing
             self._release_step(revision)  # 5. release step (migrations)
-            self.go_live(revision)  # 6. start, prove healthy, else roll back
+            # 6. start, prove healthy, else roll back; the previous one stands by if it can
+            self.go_live(revision, keep_previous=replacing and self.settings.bake_seconds > 0)
         except RevisionError as exc:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
                 self._record_failure(sha, exc, fleet_wide=fleet_wide)
@@ -426,12 +427,15 @@ class Updater:
         if outcome != "ran":
             log.info("release step skipped sha=%s %s", short(revision.sha), outcome)
 
-    def go_live(self, revision: Revision, *, urgent: bool = False) -> None:
+    def go_live(
+        self, revision: Revision, *, urgent: bool = False, keep_previous: bool = False
+    ) -> None:
         """Switch to the revision: start it beside the running one, prove it, promote it,
         and let the old one drain. If it does not come up, the running one keeps (or goes
         back to) serving; the strategy (switching/) decides how, the steps are the same.
         In a fleet, a replica that serves waits for a switching place first, unless
-        `urgent` (what it serves fell over).
+        `urgent` (what it serves fell over). `keep_previous`: the revision will bake, and
+        the one it replaces stands by meanwhile, where the strategy can (after_the_bake).
         """
         names = ",".join(revision.processes.programs)
         log.info("starting revision sha=%s programs=%s", short(revision.sha), names)
@@ -441,7 +445,7 @@ class Updater:
         switch = self.switches.pick(new)
         budget = self._switch_budget(old, new)
         with self._switching_place(old is None or urgent, budget):
-            self._switch(revision, switch, new, old, budget)
+            self._switch(revision, switch, new, old, budget, keep_previous)
 
     def _switching_place(
         self, free: bool, budget: float
@@ -453,7 +457,13 @@ class Updater:
         return self.fleet.switching(budget, self.stop)
 
     def _switch(
-        self, revision: Revision, switch: Switch, new: Lineup, old: Lineup | None, budget: float
+        self,
+        revision: Revision,
+        switch: Switch,
+        new: Lineup,
+        old: Lineup | None,
+        budget: float,
+        keep_previous: bool,
     ) -> None:
         self._step("switching", budget)
         with self.switching:
@@ -470,13 +480,22 @@ class Updater:
             self._serve(revision)
             if old is not None:  # it serves already; /status says what is left to do
                 self._step("draining", self.settings.drain_seconds + self.settings.stop_timeout)
-            switch.drain(old)
+            switch.drain(old, keep_ready=keep_previous)
 
     def baked(self, bake: Bake) -> None:
-        """The revision stayed up through its bake time."""
+        """The revision stayed up through its bake time (the watchdog's thread)."""
         if self.baking is bake:
             self.baking = None
             log.info("revision baked sha=%s", short(bake.sha))
+
+    def after_the_bake(self) -> None:
+        """What stood by for a bake stops once no bake runs (the control loop, when idle)."""
+        if self.baking is None and self.live_switch is not None:
+            with self.switching:
+                try:
+                    self.live_switch.let_go()
+                except Exception as exc:  # the loop goes on; the slot is stopped at the next start
+                    log.warning("stopping the release that stood by failed error=%s", exc)
 
     def _switch_budget(self, old: Lineup | None, new: Lineup) -> float:
         """Start (with retries), health check, each program's stop, drain: twice over

@@ -156,7 +156,14 @@ def test_install_killed_midway_is_never_reused(
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait_exit()
     # The install dies with the agent (its wrapper ends everything it started).
-    wait_until(lambda: not _install_running(), 20, f"the install of {started[0]} ended")
+    wait_until(
+        lambda: not _install_running(),
+        20,
+        lambda: (
+            f"the install of {started[0]} ended; processes:\n{_process_table()}\n"
+            f"agent's output:\n{agent.output()[-3000:]}"
+        ),
+    )
     assert [p.name for p in venvs.iterdir() if not p.name.startswith(".tmp-")] == []
     slow.unlink()
     again = agent_factory(sample.url, home=agent.home, **env)
@@ -164,6 +171,20 @@ def test_install_killed_midway_is_never_reused(
     status = again.wait_status(state="running", installs=1)
     assert (venvs / status["deps_digest"] / "done").read_text() == "installed\n"
     assert [p.name for p in venvs.iterdir()] == [status["deps_digest"]]
+
+
+def _process_table() -> str:
+    """Every process: pid, its stat fields (state, parent, group) and command line."""
+    lines = []
+    for proc in sorted(Path("/proc").iterdir(), key=lambda p: p.name):
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(") ", 1)[1].split()[:4]
+                argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            lines.append(f"{proc.name} {' '.join(fields)} {argv[:200]}")
+    return "\n".join(lines)
 
 
 def _install_running() -> bool:

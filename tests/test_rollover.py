@@ -3,6 +3,7 @@ updates and broken revisions alike fail no request."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -418,3 +419,112 @@ def test_real_servers_roll_over_without_a_failed_request(
         assert generator.failures == []
     assert set(generator.ok) <= {sha[:12] for sha in shas}
     assert shas[-1][:12] in generator.ok
+
+
+PID_APP = '''\
+"""Binds $PORT (so it is proxied); answers with its revision and its pid; `CRASH_AFTER`
+seconds after it starts, exits."""
+import os, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MESSAGE = {message!r}
+CRASH_AFTER = {crash_after!r}
+REVISION = os.environ.get("LIVE_PULL_REVISION", "unknown")[:12]
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{{MESSAGE}} pid {{os.getpid()}} from revision {{REVISION}}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+
+
+if CRASH_AFTER is not None:
+    threading.Timer(CRASH_AFTER, lambda: os._exit(1)).start()
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+'''
+
+
+def pid_files(message: str, crash_after: float | None = None) -> dict[str, str]:
+    app = PID_APP.format(message=message, crash_after=crash_after)
+    return {"app.py": app, "Procfile": f"web: {sys.executable} app.py\n"}
+
+
+def answering_pid(agent: AgentProcess) -> int:
+    """The pid of the app process that answers on the public port."""
+    answer = wait_until(agent.app, 30, "an answer on the public port")
+    return int(answer.split(" pid ")[1].split()[0])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def start_proxied(
+    sample: SampleRepo, agent_factory: Factory, bake_seconds: str
+) -> tuple[AgentProcess, str, int]:
+    first = sample.commit(pid_files("v0"), "binds $PORT, proxied")
+    port = agent_factory(sample.url, start=False).port
+    agent = agent_factory(
+        sample.url, LIVE_PULL_POLL_INTERVAL="0", PORT=str(port), LIVE_PULL_BAKE_SECONDS=bake_seconds
+    )
+    agent.wait_serving(first)
+    agent.wait_status(state="running", revision=first)
+    return agent, first, answering_pid(agent)
+
+
+def test_the_previous_proxied_release_stands_by_and_serves_again_within_the_bake(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    """Proxied, the release an update replaced keeps running (accepting nothing) while the
+    new one bakes: a rollback within the bake is the same process serving again, not a
+    new start; a later update lets go of it first."""
+    agent, first, first_pid = start_proxied(sample, agent_factory, "60")
+    second = update(agent, sample, pid_files("v1", crash_after=8.0), "crashes after 8s")
+    agent.wait_status(state="running", revision=second, timeout=60)
+    wait_until(lambda: second[:12] in (agent.app() or ""), 10, "v1 answering")
+    assert alive(first_pid)  # standing by, and answering nothing on the public port
+    assert all(second[:12] in (agent.app() or "") for _ in range(20))
+    agent.wait_status(state="running", revision=first, timeout=60)
+    assert (
+        "failed within the bake time: program web exited"
+        in (agent.status()["failed_revisions"][second])
+    )
+    assert answering_pid(agent) == first_pid  # the very process that stood by
+    output = agent.output()
+    assert f"the previous release stands by sha={first[:12]}" in output
+    assert f"the release standing by serves again sha={first[:12]}" in output
+    assert "live-pull proxy: standing by: the app keeps running" in output
+
+    third = update(agent, sample, pid_files("v3"), "v3")
+    agent.wait_status(state="running", revision=third, timeout=60)
+    third_pid = answering_pid(agent)
+    fourth = update(agent, sample, pid_files("v4"), "v4")  # within v3's bake: v1 stopped
+    agent.wait_status(state="running", revision=fourth, timeout=60)
+    wait_until(lambda: not alive(first_pid), 30, "the first release's app gone")
+    assert alive(third_pid)  # v3 stands by for v4 now
+    assert f"the release standing by stops sha={first[:12]}" in agent.output()
+
+
+def test_the_previous_proxied_release_stops_once_the_new_one_baked(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    agent, first, first_pid = start_proxied(sample, agent_factory, "3")
+    with load(f"http://127.0.0.1:{agent.port}/") as generator:
+        second = update(agent, sample, pid_files("v1"), "v1")
+        agent.wait_status(state="running", revision=second, timeout=60)
+        assert alive(first_pid)
+        wait_until(lambda: not alive(first_pid), 30, "the previous app stopped after the bake")
+    assert generator.failures == []
+    assert "revision baked" in agent.output()
+    assert f"the release standing by stops sha={first[:12]}" in agent.output()
+    assert answering_pid(agent) != first_pid

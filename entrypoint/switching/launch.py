@@ -37,7 +37,7 @@ def main() -> int:
         # aiohttp only in proxy slots, and imported while the app starts
         from entrypoint.switching.proxy import serve
 
-        return serve(app, plan)
+        return serve(app, plan, standing_by=bool(assignment.get("stand_by")))
     os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])
 
 

@@ -6,6 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# The agent's orders to a proxy slot besides SIGTERM, as supervisord names signals: stop
+# accepting but keep the app (the previous release, ready while the new one bakes), and
+# accept again (a rollback within the bake).
+STAND_BY = "USR1"
+RESUME = "USR2"
+
 
 @dataclass(frozen=True)
 class ProxyPlan:

@@ -41,7 +41,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from entrypoint.health import POLL_SECONDS, proves, stop_process_group
-from entrypoint.switching.plan import ProxyPlan
+from entrypoint.switching.plan import RESUME, STAND_BY, ProxyPlan
 
 log = logging.getLogger("live-pull proxy")
 
@@ -67,19 +67,25 @@ ACCEPTED_GRACE_SECONDS = 1.0
 ACCEPT_TASK_ITERATIONS = 3  # loop iterations for accepted connections to attach
 REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods (RFC 9110 9.2.1)
 GOING_AWAY = 1001  # the websocket close code of a server going down
+ORDERS = {  # the agent's orders besides SIGTERM (see plan.py)
+    signal.Signals["SIG" + STAND_BY]: "stand by",
+    signal.Signals["SIG" + RESUME]: "resume",
+}
 
 
-def serve(app: subprocess.Popen[bytes], plan: ProxyPlan) -> int:
-    """Prove the app (started by behind.py) on its private port, then serve fd 0 until
-    SIGTERM. Returns the exit code for the slot."""
+def serve(app: subprocess.Popen[bytes], plan: ProxyPlan, standing_by: bool = False) -> int:
+    """Prove the app (started by behind.py) on its private port, then serve fd 0 (or
+    stand by, if the slot was restarted so) until SIGTERM. Returns the slot's exit code."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    for order in ORDERS:  # until served: never the signals' default (exit)
+        signal.signal(order, signal.SIG_IGN)
     problem = asyncio.run(_prove(app, plan))
     if problem is not None:
         log.error("the app did not come up on its private port: %s", problem)
         stop_process_group(app, plan.app_stop_seconds)
         return 1
-    log.info("the app answers on 127.0.0.1:%d; serving the shared socket", plan.port)
-    code = asyncio.run(_serve_until_stopped(app, plan))
+    log.info("the app answers on 127.0.0.1:%d", plan.port)
+    code = asyncio.run(_serve_until_stopped(app, plan, standing_by))
     stop_process_group(app, plan.app_stop_seconds)
     log.info("the app stopped (%s)", _how_it_ended(app.returncode))
     return code
@@ -119,28 +125,83 @@ def _how_it_ended(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-async def _serve_until_stopped(app: subprocess.Popen[bytes], plan: ProxyPlan) -> int:
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+async def _serve_until_stopped(
+    app: subprocess.Popen[bytes], plan: ProxyPlan, standing_by: bool
+) -> int:
+    """Serve the shared socket until SIGTERM or the app's exit; standing by (from the
+    "stand by" order to "resume"), accept nothing and keep the app running: the
+    previous release, ready for a rollback while the new one bakes."""
+    orders = Orders(asyncio.get_running_loop())
+    serving = not standing_by
     async with Forwarder(plan.port) as forwarder:
-        application = web.Application(client_max_size=0)
-        application.router.add_route("*", "/{tail:.*}", forwarder.handle)
-        runner = web.AppRunner(application, access_log=None, shutdown_timeout=plan.drain_seconds)
-        await runner.setup()
-        listener = socket.socket(fileno=os.dup(0))
-        site = web.SockSite(runner, listener)
-        await site.start()
-        exit_code = await _until_stopped_or_app_exit(app, stopping)
-        await _stop_accepting(site, listener)
-        # Websockets cannot drain: they are closed (1001, going away) as the drain ends.
-        loop.call_later(max(0.0, plan.drain_seconds - 1), forwarder.going_away.set)
-        # A connection accepted just now may not have sent its request yet: give it
-        # the time to, before connections without a request in flight are closed.
-        await asyncio.sleep(min(ACCEPTED_GRACE_SECONDS, plan.drain_seconds / 2))
-        await runner.cleanup()  # closes idle connections, waits for requests in flight
-    return exit_code
+        while True:
+            if serving:
+                log.info("serving the shared socket")
+                ended = await _serve_the_socket(app, plan, forwarder, orders)
+            else:
+                log.info("standing by: the app keeps running, the proxy accepts nothing")
+                ended = await orders.first(app, "stop", "resume")
+            if ended not in ("stand by", "resume"):
+                return 1 if ended == "app exited" else 0
+            serving = ended == "resume"
+
+
+class Orders:
+    """What the agent says to the slot, by signal: "stop" (SIGTERM, SIGINT), and ORDERS:
+    "stand by", "resume" (serve again)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.given = {name: asyncio.Event() for name in ("stop", "stand by", "resume")}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.given["stop"].set)
+        for sig, order in ORDERS.items():
+            loop.add_signal_handler(sig, self._take, order)
+
+    def _take(self, order: str) -> None:
+        """Stand by and resume undo each other."""
+        self.given["resume" if order == "stand by" else "stand by"].clear()
+        self.given[order].set()
+
+    async def first(self, app: subprocess.Popen[bytes], *wanted: str) -> str:
+        """The first of the `wanted` orders given, or "app exited"."""
+        while True:
+            given = next((name for name in wanted if self.given[name].is_set()), None)
+            if given is not None:
+                return given
+            code = app.poll()
+            if code is not None:
+                log.error("the app exited code=%d; the slot stops with it", code)
+                return "app exited"
+            waits = [asyncio.create_task(self.given[name].wait()) for name in wanted]
+            await asyncio.wait(waits, timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+
+
+async def _serve_the_socket(
+    app: subprocess.Popen[bytes], plan: ProxyPlan, forwarder: Forwarder, orders: Orders
+) -> str:
+    """Accept on the shared socket until an order or the app's exit (which it returns),
+    then drain: the requests in flight finish, idle connections close."""
+    loop = asyncio.get_running_loop()
+    forwarder.going_away.clear()
+    application = web.Application(client_max_size=0)
+    application.router.add_route("*", "/{tail:.*}", forwarder.handle)
+    runner = web.AppRunner(application, access_log=None, shutdown_timeout=plan.drain_seconds)
+    await runner.setup()
+    listener = socket.socket(fileno=os.dup(0))
+    site = web.SockSite(runner, listener)
+    await site.start()
+    ended = await orders.first(app, "stop", "stand by")
+    await _stop_accepting(site, listener)
+    # Websockets cannot drain: they are closed (1001, going away) as the drain ends.
+    closing = loop.call_later(max(0.0, plan.drain_seconds - 1), forwarder.going_away.set)
+    # A connection accepted just now may not have sent its request yet: give it
+    # the time to, before connections without a request in flight are closed.
+    await asyncio.sleep(min(ACCEPTED_GRACE_SECONDS, plan.drain_seconds / 2))
+    await runner.cleanup()  # closes idle connections, waits for requests in flight
+    closing.cancel()
+    return ended
 
 
 async def _stop_accepting(site: web.SockSite, listener: socket.socket) -> None:
@@ -155,17 +216,6 @@ async def _stop_accepting(site: web.SockSite, listener: socket.socket) -> None:
     for _ in range(ACCEPT_TASK_ITERATIONS):
         await asyncio.sleep(0)
     await site.stop()
-
-
-async def _until_stopped_or_app_exit(app: subprocess.Popen[bytes], stopping: asyncio.Event) -> int:
-    while not stopping.is_set():
-        code = app.poll()
-        if code is not None:
-            log.error("the app exited code=%d; the slot stops with it", code)
-            return 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 0.2)
-    return 0
 
 
 class Forwarder:

@@ -1,6 +1,8 @@
 """The two slots of `web`: one supervisord fcgi-program whose processes share the
 listening socket. The new revision starts in the free slot while the old one serves;
-once it is promoted, the old slot gets SIGTERM and drains (start_first.py decides when).
+once it is promoted, the old slot gets SIGTERM and drains (start_first.py decides when),
+or, proxied, stands by while the new one bakes: its proxy accepts nothing, its app keeps
+running, and a rollback within the bake has it serve again at once.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from entrypoint.errors import AppFailed, SupervisorError
 from entrypoint.files import write_atomic
@@ -17,7 +20,7 @@ from entrypoint.ports import unused_port
 from entrypoint.processes import BEHIND_PROXY
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import SLOT_NAMES, ProgramSpec, SharedSocket
-from entrypoint.switching.plan import ProxyPlan
+from entrypoint.switching.plan import RESUME, STAND_BY, ProxyPlan
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,15 @@ class Proof:
         return self.path is None
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A proxied slot standing by with the release `sha`, its app on `plan`'s port."""
+
+    sha: str
+    slot: str
+    plan: ProxyPlan
+
+
 class WebSlots:
     def __init__(
         self,
@@ -54,6 +66,8 @@ class WebSlots:
         self.proof = proof
         self.run_as = run_as
         self.active: str | None = None  # the slot serving the running revision
+        self.ready: Ready | None = None  # the slot standing by, if one does
+        self._assigned: dict[str, dict[str, Any]] = {}  # what each slot was told to run
 
     def free(self) -> str:
         return SLOT_NAMES[1] if self.active == SLOT_NAMES[0] else SLOT_NAMES[0]
@@ -61,14 +75,18 @@ class WebSlots:
     def start(self, web: ProgramSpec, plan: ProxyPlan | None) -> str:
         """Start `web` in the free slot (behind the proxy of `plan`, if any) and wait
         until supervisord has it RUNNING. On failure the slot is stopped again."""
+        self.let_go()  # a slot standing by holds the free one
         slot = self.free()
-        assignment = {
-            "cwd": str(web.directory),
-            "env": web.environment,
-            "command": web.command,
-            "proxy": asdict(plan) if plan else None,
-        }
-        write_atomic(self.shared.slots_dir / f"{slot}.json", json.dumps(assignment))
+        self._assign(
+            slot,
+            {
+                "cwd": str(web.directory),
+                "env": web.environment,
+                "command": web.command,
+                "proxy": asdict(plan) if plan else None,
+                "stand_by": False,  # a proxy slot restarted while it stands by stays so
+            },
+        )
         log.info("starting web in slot=%s beside slot=%s", slot, self.active or "-")
         try:
             self.supervisor.start_process(self.shared.name, slot)
@@ -77,6 +95,17 @@ class WebSlots:
             self.stop(slot)
             raise
         return slot
+
+    def _assign(self, slot: str, assignment: dict[str, Any]) -> None:
+        """What the slot runs, for its launcher (launch.py) when supervisord (re)starts it."""
+        write_atomic(self.shared.slots_dir / f"{slot}.json", json.dumps(assignment))
+        self._assigned[slot] = assignment
+
+    def _tell(self, slot: str, order: str, stand_by: bool) -> None:
+        """Give a proxy slot an order (see plan.py), and keep its assignment in step, so
+        that supervisord restarting it (its app crashed) restarts it in the same mode."""
+        self._assign(slot, {**self._assigned[slot], "stand_by": stand_by})
+        self.supervisor.signal_process(self.shared.name, slot, order)
 
     def proxy_plan(self) -> ProxyPlan:
         return ProxyPlan(
@@ -117,6 +146,45 @@ class WebSlots:
         """`slot` serves from now on; returns the slot it replaces, left to drain."""
         old, self.active = self.active, slot
         return old if old != slot else None
+
+    def stand_by(self, slot: str, sha: str) -> bool:
+        """`slot`, just replaced, stops accepting and keeps its app running, ready to
+        serve `sha` again. Only a proxied slot can: False when it cannot."""
+        proxy = self._assigned.get(slot, {}).get("proxy")
+        if proxy is None:
+            return False
+        try:
+            self._tell(slot, STAND_BY, stand_by=True)
+        except (SupervisorError, OSError) as exc:
+            log.warning("the previous release cannot stand by slot=%s error=%s", slot, exc)
+            return False
+        self.ready = Ready(sha, slot, ProxyPlan.from_json(proxy))
+        log.info("the previous release stands by sha=%s slot=%s", sha[:12], slot)
+        return True
+
+    def resume(self, sha: str) -> Ready | None:
+        """The slot standing by with `sha` accepts again, if it still runs; any other
+        that stands by is stopped. None if nothing was resumed."""
+        ready = self.ready
+        if ready is None or ready.sha != sha or not self._running(ready.slot):
+            self.let_go()
+            return None
+        self.ready = None
+        try:
+            self._tell(ready.slot, RESUME, stand_by=False)
+        except (SupervisorError, OSError) as exc:
+            log.warning("the release standing by did not resume error=%s", exc)
+            self.stop(ready.slot)
+            return None
+        log.info("the release standing by serves again sha=%s slot=%s", sha[:12], ready.slot)
+        return ready
+
+    def let_go(self) -> None:
+        """The slot standing by, if any, stops (the bake is over, or its slot is needed)."""
+        ready, self.ready = self.ready, None
+        if ready is not None:
+            log.info("the release standing by stops sha=%s slot=%s", ready.sha[:12], ready.slot)
+            self.stop(ready.slot)
 
     def stop(self, slot: str) -> None:
         """SIGTERM: the slot drains, and is stopped with what its proxied app left behind

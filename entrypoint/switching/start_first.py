@@ -7,7 +7,8 @@ Two ways to reach the socket, picked by the web command (doors.py):
 - SocketHandoff: the command takes the socket itself; a probe instance proves the
   revision on a private socket before a slot joins.
 - Proxied: the slot runs live-pull's proxy on the socket and the command behind it on
-  a private port; the proxy accepts once the app answers there.
+  a private port; the proxy accepts once the app answers there. While a new revision
+  bakes, the slot it replaced stands by (slots.py) instead of stopping.
 """
 
 from __future__ import annotations
@@ -48,11 +49,17 @@ class StartFirst:
         self.left = self.slots.promote(self.joining)
         self.joining = None
 
-    def drain(self, old: Lineup | None) -> None:
+    def drain(self, old: Lineup | None, keep_ready: bool) -> None:
         left, self.left = self.left, None
-        if left is not None:
-            log.info("draining web slot=%s", left)
-            self.slots.stop(left)
+        if left is None:
+            return
+        if keep_ready and old is not None and self.slots.stand_by(left, old.sha):
+            return  # its proxy drains; the app stays
+        log.info("draining web slot=%s", left)
+        self.slots.stop(left)
+
+    def let_go(self) -> None:
+        self.slots.let_go()
 
     def abandon(self, new: Lineup, old: Lineup | None) -> str:
         joining, self.joining = self.joining, None
@@ -104,9 +111,14 @@ class Proxied(StartFirst):
         self.plan: ProxyPlan | None = None
 
     def start_beside(self, new: Lineup, old: Lineup | None) -> None:
-        """The slot starts at once: its proxy holds back until the app answers."""
+        """The slot starts at once: its proxy holds back until the app answers. A slot
+        standing by with the revision (a rollback within the bake) serves again instead."""
         super().start_beside(new, old)
         assert new.web is not None
+        ready = self.slots.resume(new.sha)
+        if ready is not None:
+            self.joining, self.plan = ready.slot, ready.plan
+            return
         self.plan = self.slots.proxy_plan()
         self._join(new.web, self.plan)
 

@@ -44,8 +44,11 @@ class StopThenStart:
     def promote(self, new: Lineup) -> None:
         """It serves already."""
 
-    def drain(self, old: Lineup | None) -> None:
+    def drain(self, old: Lineup | None, keep_ready: bool) -> None:
         """It stopped already."""
+
+    def let_go(self) -> None:
+        """Nothing stands by."""
 
     def abandon(self, new: Lineup, old: Lineup | None) -> str:
         if old is None or self.stopping.is_set():

@@ -1,7 +1,8 @@
 """The one small interface every way of switching revisions has.
 
 The update sequence (updater.go_live) calls, in this order and without knowing which
-strategy it holds: start_beside, prove, promote (any failure: abandon), then drain.
+strategy it holds: start_beside, prove, promote (any failure: abandon), then drain;
+let_go once the new revision baked.
 
 - stop_then_start.py: LIVE_PULL_LISTEN=off, or a revision without `web`.
 - start_first.py: the web handed the shared socket (SocketHandoff), or served behind
@@ -47,8 +48,12 @@ class Switch(Protocol):
     def promote(self, new: Lineup) -> None:
         """`new` takes the traffic."""
 
-    def drain(self, old: Lineup | None) -> None:
-        """What is left of `old` finishes its requests and stops."""
+    def drain(self, old: Lineup | None, keep_ready: bool) -> None:
+        """What is left of `old` finishes its requests and stops; with `keep_ready` (the
+        new one bakes), it may instead stand by, ready to serve again, until let_go."""
+
+    def let_go(self) -> None:
+        """What stood by (see drain) stops."""
 
     def abandon(self, new: Lineup, old: Lineup | None) -> str:
         """Undo a failed start: stop what was started for `new`, keep or bring back `old`.
