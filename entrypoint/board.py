@@ -51,6 +51,7 @@ class Snapshot:
     paused: dict[str, Any] | None = None  # {reason, since}: updates wait until resumed
     waiting: dict[str, Any] | None = None  # {sha, ref, held_by, since, next_window}
     step: str | None = None  # what the control loop is doing, if anything long
+    standing_by: str | None = None  # the release replaced, ready while the new one bakes
     fleet: dict[str, Any] | None = None  # the replicas' view (fleet/), with a store only
     started_at: str = field(default_factory=now_iso)
 

@@ -166,8 +166,8 @@ class Updater:
         try:
             revision = self.prepare(sha)  # 4. environment, built only if missing
             self._release_step(revision)  # 5. release step (migrations)
-            # 6. start, prove healthy, else roll back; the previous one stands by if it can
-            self.go_live(revision, keep_previous=replacing and self.settings.bake_seconds > 0)
+            self.go_live(revision, keep_previous=self._keeps_previous(replacing))  # 6. start,
+            # prove healthy, else roll back (the one replaced stands by, where it can)
         except RevisionError as exc:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
                 self._record_failure(sha, exc, fleet_wide=fleet_wide)
@@ -476,11 +476,14 @@ class Updater:
             except Exception as exc:  # whatever it was, the old one must serve again
                 failure = f"revision {short(revision.sha)} failed to start: {exc}"
                 raise RevisionError(failure + switch.abandon(new, old)) from exc
+            finally:
+                self.board.update(standing_by=switch.standing_by())
             self.live, self.live_switch = new, switch
             self._serve(revision)
             if old is not None:  # it serves already; /status says what is left to do
-                self._step("draining", self.settings.drain_seconds + self.settings.stop_timeout)
+                self._step("draining", self._stop_budget())
             switch.drain(old, keep_ready=keep_previous)
+            self.board.update(standing_by=switch.standing_by())
 
     def baked(self, bake: Bake) -> None:
         """The revision stayed up through its bake time (the watchdog's thread)."""
@@ -488,14 +491,26 @@ class Updater:
             self.baking = None
             log.info("revision baked sha=%s", short(bake.sha))
 
+    def _keeps_previous(self, replacing: bool) -> bool:
+        """Does the release being replaced stand by through the bake? Only if there is a
+        bake, and the release stays on disk meanwhile (LIVE_PULL_KEEP_RELEASES)."""
+        return replacing and self.settings.bake_seconds > 0 and self.settings.keep_releases > 1
+
     def after_the_bake(self) -> None:
         """What stood by for a bake stops once no bake runs (the control loop, when idle)."""
-        if self.baking is None and self.live_switch is not None:
-            with self.switching:
-                try:
-                    self.live_switch.let_go()
-                except Exception as exc:  # the loop goes on; the slot is stopped at the next start
-                    log.warning("stopping the release that stood by failed error=%s", exc)
+        switch = self.live_switch
+        if self.baking is not None or switch is None or switch.standing_by() is None:
+            return
+        self.board.liveness.step("stopping the release that stood by", self._stop_budget())
+        with self.switching:
+            try:
+                switch.let_go()
+            except Exception as exc:  # the loop goes on; the slot is stopped at the next start
+                log.warning("stopping the release that stood by failed error=%s", exc)
+            self.board.update(standing_by=switch.standing_by())
+
+    def _stop_budget(self) -> float:
+        return self.settings.drain_seconds + self.settings.stop_timeout
 
     def _switch_budget(self, old: Lineup | None, new: Lineup) -> float:
         """Start (with retries), health check, each program's stop, drain: twice over

@@ -14,12 +14,29 @@ from typing import Any
 import pytest
 import requests
 
+from entrypoint import ports
 from entrypoint.demo import free_port
 from entrypoint.processes import end_tagged, home_id
 from entrypoint.sample import SampleRepo, create_sample_repo
 from tests.git_http import GitHttpServer
 from tests.postgres import PostgresServer, server_binaries
 from tests.wheels import build_wheel
+
+
+def _share_ports_among_workers() -> None:
+    """Each pytest-xdist worker picks ports from its own share of the range: an agent's
+    PORT, picked by one worker, stays unbound until its first revision is ready, and the
+    other worker must not pick it meanwhile."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.startswith("gw") and count > 1:
+        lowest, end = ports.public_range
+        share = (end - lowest) // count
+        first = lowest + int(worker.removeprefix("gw")) * share
+        ports.public_range = (first, first + share)
+
+
+_share_ports_among_workers()
 
 WAIT = 45.0
 

@@ -96,7 +96,8 @@ def test_escaped_children_end_with_their_revision_and_with_the_agent(
     sample: SampleRepo, agent_factory: Factory
 ) -> None:
     first = sample.commit({"app.py": ESCAPING_APP.format(marker="4711.25", message="a")}, "a")
-    agent = agent_factory(sample.url, LIVE_PULL_STOP_TIMEOUT="2")
+    # Revision a stands by while b bakes (3 s), and ends with its escaped child after.
+    agent = agent_factory(sample.url, LIVE_PULL_STOP_TIMEOUT="2", LIVE_PULL_BAKE_SECONDS="3")
     agent.wait_serving(first)
     wait_until(lambda: pids_running("4711.25"), what="the escaped child of revision a")
     second = sample.commit({"app.py": ESCAPING_APP.format(marker="4711.5", message="b")}, "b")

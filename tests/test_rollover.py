@@ -4,6 +4,7 @@ updates and broken revisions alike fail no request."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -422,18 +423,25 @@ def test_real_servers_roll_over_without_a_failed_request(
 
 
 PID_APP = '''\
-"""Binds $PORT (so it is proxied); answers with its revision and its pid; `CRASH_AFTER`
-seconds after it starts, exits."""
-import os, threading
+"""Binds $PORT (so it is proxied); answers with its revision and its pid. It exits once
+the file CRASH exists, starts slowly (SLOW seconds) while the file SLOW_WHEN does, and
+answers /hold only once the file HOLD exists (HOLD + ".arrived" says it is held)."""
+import os, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MESSAGE = {message!r}
-CRASH_AFTER = {crash_after!r}
+CRASH = {crash!r}
+SLOW, SLOW_WHEN = 10, {slow_when!r}
+HOLD = {hold!r}
 REVISION = os.environ.get("LIVE_PULL_REVISION", "unknown")[:12]
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/hold":
+            open(HOLD + ".arrived", "w").close()
+            while not os.path.exists(HOLD):
+                time.sleep(0.1)
         body = f"{{MESSAGE}} pid {{os.getpid()}} from revision {{REVISION}}\\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -444,21 +452,42 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-if CRASH_AFTER is not None:
-    threading.Timer(CRASH_AFTER, lambda: os._exit(1)).start()
+def crash_when_told():
+    while not (CRASH and os.path.exists(CRASH)):
+        time.sleep(0.1)
+    os._exit(1)
+
+
+if SLOW_WHEN and os.path.exists(SLOW_WHEN):
+    time.sleep(SLOW)
+threading.Thread(target=crash_when_told, daemon=True).start()
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 '''
 
 
-def pid_files(message: str, crash_after: float | None = None) -> dict[str, str]:
-    app = PID_APP.format(message=message, crash_after=crash_after)
+def pid_files(
+    message: str, crash: Path | None = None, slow_when: Path | None = None, hold: Path | None = None
+) -> dict[str, str]:
+    """PID_APP as a revision's files; `crash`, `slow_when`, `hold`: see PID_APP."""
+    app = PID_APP.format(
+        message=message,
+        crash=None if crash is None else str(crash),
+        slow_when=None if slow_when is None else str(slow_when),
+        hold=None if hold is None else str(hold),
+    )
     return {"app.py": app, "Procfile": f"web: {sys.executable} app.py\n"}
 
 
+def answer_of(agent: AgentProcess) -> tuple[str, int] | None:
+    """(revision, pid) of the app process that answers on the public port, if one does."""
+    answer = agent.app()
+    if not answer or " pid " not in answer:
+        return None
+    return answer.split()[-1], int(answer.split(" pid ")[1].split()[0])
+
+
 def answering_pid(agent: AgentProcess) -> int:
-    """The pid of the app process that answers on the public port."""
-    answer = wait_until(agent.app, 30, "an answer on the public port")
-    return int(answer.split(" pid ")[1].split()[0])
+    return int(wait_until(lambda: answer_of(agent), 30, "an answer on the public port")[1])
 
 
 def alive(pid: int) -> bool:
@@ -470,30 +499,39 @@ def alive(pid: int) -> bool:
 
 
 def start_proxied(
-    sample: SampleRepo, agent_factory: Factory, bake_seconds: str
+    sample: SampleRepo, agent_factory: Factory, files: dict[str, str], **settings: str
 ) -> tuple[AgentProcess, str, int]:
-    first = sample.commit(pid_files("v0"), "binds $PORT, proxied")
+    first = sample.commit(files, "binds $PORT, proxied")
     port = agent_factory(sample.url, start=False).port
-    agent = agent_factory(
-        sample.url, LIVE_PULL_POLL_INTERVAL="0", PORT=str(port), LIVE_PULL_BAKE_SECONDS=bake_seconds
-    )
+    agent = agent_factory(sample.url, LIVE_PULL_POLL_INTERVAL="0", PORT=str(port), **settings)
     agent.wait_serving(first)
     agent.wait_status(state="running", revision=first)
     return agent, first, answering_pid(agent)
 
 
+def switch_to(agent: AgentProcess, sample: SampleRepo, files: dict[str, str], message: str) -> str:
+    """Push, sync, and wait until the new revision answers on the public port."""
+    sha = update(agent, sample, files, message)
+    agent.wait_status(state="running", revision=sha, timeout=60)
+    wait_until(lambda: (answer_of(agent) or ("", 0))[0] == sha[:12], 30, f"{message} answering")
+    return sha
+
+
 def test_the_previous_proxied_release_stands_by_and_serves_again_within_the_bake(
-    sample: SampleRepo, agent_factory: Factory
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
 ) -> None:
     """Proxied, the release an update replaced keeps running (accepting nothing) while the
     new one bakes: a rollback within the bake is the same process serving again, not a
     new start; a later update lets go of it first."""
-    agent, first, first_pid = start_proxied(sample, agent_factory, "60")
-    second = update(agent, sample, pid_files("v1", crash_after=8.0), "crashes after 8s")
-    agent.wait_status(state="running", revision=second, timeout=60)
-    wait_until(lambda: second[:12] in (agent.app() or ""), 10, "v1 answering")
+    agent, first, first_pid = start_proxied(
+        sample, agent_factory, pid_files("v0"), LIVE_PULL_BAKE_SECONDS="120"
+    )
+    crash = tmp_path / "crash"
+    second = switch_to(agent, sample, pid_files("v1", crash=crash), "crashes when told")
     assert alive(first_pid)  # standing by, and answering nothing on the public port
-    assert all(second[:12] in (agent.app() or "") for _ in range(20))
+    assert agent.status()["standing_by"] == first
+    assert {answer_of(agent) for _ in range(20)} == {(second[:12], answering_pid(agent))}
+    crash.touch()
     agent.wait_status(state="running", revision=first, timeout=60)
     assert (
         "failed within the bake time: program web exited"
@@ -505,26 +543,89 @@ def test_the_previous_proxied_release_stands_by_and_serves_again_within_the_bake
     assert f"the release standing by serves again sha={first[:12]}" in output
     assert "live-pull proxy: standing by: the app keeps running" in output
 
-    third = update(agent, sample, pid_files("v3"), "v3")
-    agent.wait_status(state="running", revision=third, timeout=60)
+    third = switch_to(agent, sample, pid_files("v3"), "v3")
     third_pid = answering_pid(agent)
-    fourth = update(agent, sample, pid_files("v4"), "v4")  # within v3's bake: v1 stopped
-    agent.wait_status(state="running", revision=fourth, timeout=60)
+    switch_to(agent, sample, pid_files("v4"), "v4")  # within v3's bake: v0 stopped first
     wait_until(lambda: not alive(first_pid), 30, "the first release's app gone")
     assert alive(third_pid)  # v3 stands by for v4 now
     assert f"the release standing by stops sha={first[:12]}" in agent.output()
+    assert third[:12] in agent.output()
+
+
+def test_a_standby_restarted_by_supervisord_still_serves_again_when_asked(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    """The standby's app dies; supervisord restarts the slot, standing by still, and its
+    app is slow to come up: the rollback's order to serve again, given meanwhile, is
+    not lost (the slot's assignment says it)."""
+    slow = tmp_path / "slow"
+    agent, first, first_pid = start_proxied(
+        sample, agent_factory, pid_files("v0", slow_when=slow), LIVE_PULL_BAKE_SECONDS="120"
+    )
+    crash = tmp_path / "crash"
+    second = switch_to(agent, sample, pid_files("v1", crash=crash), "crashes when told")
+    slow.touch()  # the first release's next start takes 10 s
+    os.kill(first_pid, signal.SIGKILL)
+    time.sleep(3)  # its slot restarts (RUNNING after 1 s) and waits for its slow app
+    crash.touch()
+    agent.wait_status(state="running", revision=first, timeout=90)
+    assert "failed within the bake time" in agent.status()["failed_revisions"][second]
+    revision, pid = wait_until(lambda: answer_of(agent), 60, "the first release answering")
+    assert (revision, pid != first_pid) == (first[:12], True)
+    time.sleep(2)
+    assert answer_of(agent) == (revision, pid)  # still serving: not standing by for ever
 
 
 def test_the_previous_proxied_release_stops_once_the_new_one_baked(
     sample: SampleRepo, agent_factory: Factory
 ) -> None:
-    agent, first, first_pid = start_proxied(sample, agent_factory, "3")
+    agent, first, first_pid = start_proxied(
+        sample, agent_factory, pid_files("v0"), LIVE_PULL_BAKE_SECONDS="8"
+    )
     with load(f"http://127.0.0.1:{agent.port}/") as generator:
-        second = update(agent, sample, pid_files("v1"), "v1")
-        agent.wait_status(state="running", revision=second, timeout=60)
+        second = switch_to(agent, sample, pid_files("v1"), "v1")
+        time.sleep(1)  # what was in flight at the switch has been answered
+        answered_by_first = generator.ok[first[:12]]
         assert alive(first_pid)
-        wait_until(lambda: not alive(first_pid), 30, "the previous app stopped after the bake")
+        wait_until(lambda: not alive(first_pid), 60, "the previous app stopped after the bake")
     assert generator.failures == []
-    assert "revision baked" in agent.output()
-    assert f"the release standing by stops sha={first[:12]}" in agent.output()
-    assert answering_pid(agent) != first_pid
+    assert generator.ok[first[:12]] == answered_by_first  # standing by, it answered none
+    agent.wait_status(standing_by=None)
+    assert generator.ok[second[:12]] > 0
+    output = agent.output()
+    baked = output.index(f"revision baked sha={second[:12]}")
+    assert output.index(f"the release standing by stops sha={first[:12]}") > baked
+
+
+def test_a_rollback_within_the_bake_does_not_wait_for_the_standbys_drain(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    """A request still in flight on the standby (its drain goes on) holds nothing up: the
+    rolled-back release answers new requests while that one is still being answered."""
+    hold, crash = tmp_path / "hold", tmp_path / "crash"
+    agent, first, _ = start_proxied(
+        sample,
+        agent_factory,
+        pid_files("v0", hold=hold),
+        LIVE_PULL_BAKE_SECONDS="120",
+        LIVE_PULL_DRAIN_SECONDS="120",
+    )
+    held: list[str] = []
+    holder = threading.Thread(
+        target=lambda: held.append(
+            requests.get(f"http://127.0.0.1:{agent.port}/hold", timeout=180).text
+        )
+    )
+    holder.start()
+    try:
+        wait_until(lambda: Path(f"{hold}.arrived").exists(), 30, "the held request at the app")
+        second = switch_to(agent, sample, pid_files("v1", crash=crash), "crashes when told")
+        crash.touch()
+        agent.wait_status(state="running", revision=first, timeout=60)
+        assert (answer_of(agent) or ("",))[0] == first[:12]
+        assert holder.is_alive() and held == []  # the standby's drain still goes on
+    finally:
+        hold.touch()
+        holder.join(timeout=60)
+    assert held and first[:12] in held[0]
+    assert second in agent.status()["failed_revisions"]

@@ -13,18 +13,19 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import socket_handoff_line
 from entrypoint.switching.behind import start_app
-from entrypoint.switching.plan import ProxyPlan
+from entrypoint.switching.plan import ProxyPlan, ignore_orders
 
 SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 
 
 def main() -> int:
     slot = os.environ["SUPERVISOR_PROCESS_NAME"]
-    assignment = json.loads((Path(os.environ[SLOTS_VARIABLE]) / f"{slot}.json").read_text())
+    assignment = _assignment(slot)
     # The group's tag (from supervisord) names the group; each slot's processes carry
     # the slot's name. Read before the revision's environment, which may hold another.
     home = os.environ[TAG_VARIABLE].rsplit(":", 1)[0]
@@ -34,11 +35,17 @@ def main() -> int:
     if assignment.get("proxy") is not None:
         plan = ProxyPlan.from_json(assignment["proxy"])
         app = start_app(assignment["command"], dict(os.environ), plan)
+        ignore_orders()  # after the app started: it keeps the signals' own meaning
         # aiohttp only in proxy slots, and imported while the app starts
         from entrypoint.switching.proxy import serve
 
-        return serve(app, plan, standing_by=bool(assignment.get("stand_by")))
+        return serve(app, plan, lambda: bool(_assignment(slot).get("stand_by")))
     os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])
+
+
+def _assignment(slot: str) -> dict[str, Any]:
+    """What the agent assigned the slot (slots.py writes it atomically)."""
+    return dict(json.loads((Path(os.environ[SLOTS_VARIABLE]) / f"{slot}.json").read_text()))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ the proxy, so the agent need not import aiohttp's client to start a slot."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -11,6 +12,12 @@ from dataclasses import dataclass
 # accept again (a rollback within the bake).
 STAND_BY = "USR1"
 RESUME = "USR2"
+
+
+def ignore_orders() -> None:
+    """A proxy slot not listening for the orders ignores them: their default is to exit."""
+    for name in (STAND_BY, RESUME):
+        signal.signal(signal.Signals["SIG" + name], signal.SIG_IGN)
 
 
 @dataclass(frozen=True)

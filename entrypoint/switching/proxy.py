@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from aiohttp import (
     ClientResponse,
@@ -41,7 +42,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from entrypoint.health import POLL_SECONDS, proves, stop_process_group
-from entrypoint.switching.plan import RESUME, STAND_BY, ProxyPlan
+from entrypoint.switching.plan import RESUME, STAND_BY, ProxyPlan, ignore_orders
 
 log = logging.getLogger("live-pull proxy")
 
@@ -73,12 +74,11 @@ ORDERS = {  # the agent's orders besides SIGTERM (see plan.py)
 }
 
 
-def serve(app: subprocess.Popen[bytes], plan: ProxyPlan, standing_by: bool = False) -> int:
+def serve(app: subprocess.Popen[bytes], plan: ProxyPlan, standing_by: Callable[[], bool]) -> int:
     """Prove the app (started by behind.py) on its private port, then serve fd 0 (or
-    stand by, if the slot was restarted so) until SIGTERM. Returns the slot's exit code."""
+    stand by, as `standing_by` says the slot should) until SIGTERM. Returns the slot's
+    exit code. The agent's orders (plan.py) are ignored, not fatal, when not listened to."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    for order in ORDERS:  # until served: never the signals' default (exit)
-        signal.signal(order, signal.SIG_IGN)
     problem = asyncio.run(_prove(app, plan))
     if problem is not None:
         log.error("the app did not come up on its private port: %s", problem)
@@ -86,6 +86,7 @@ def serve(app: subprocess.Popen[bytes], plan: ProxyPlan, standing_by: bool = Fal
         return 1
     log.info("the app answers on 127.0.0.1:%d", plan.port)
     code = asyncio.run(_serve_until_stopped(app, plan, standing_by))
+    ignore_orders()  # the loop's end gave them their default action back
     stop_process_group(app, plan.app_stop_seconds)
     log.info("the app stopped (%s)", _how_it_ended(app.returncode))
     return code
@@ -126,24 +127,31 @@ def _how_it_ended(returncode: int) -> str:
 
 
 async def _serve_until_stopped(
-    app: subprocess.Popen[bytes], plan: ProxyPlan, standing_by: bool
+    app: subprocess.Popen[bytes], plan: ProxyPlan, standing_by: Callable[[], bool]
 ) -> int:
     """Serve the shared socket until SIGTERM or the app's exit; standing by (from the
     "stand by" order to "resume"), accept nothing and keep the app running: the
-    previous release, ready for a rollback while the new one bakes."""
+    previous release, ready for a rollback while the new one bakes. A round's drain
+    runs on while the next round serves (a resume need not wait for it)."""
     orders = Orders(asyncio.get_running_loop())
-    serving = not standing_by
-    async with Forwarder(plan.port) as forwarder:
+    # Read only now that the orders are heard: an order given before was written in
+    # the slot's assignment first (slots.py), so none is lost.
+    serving = not standing_by()
+    drains: list[asyncio.Task[None]] = []
+    try:
         while True:
             if serving:
                 log.info("serving the shared socket")
-                ended = await _serve_the_socket(app, plan, forwarder, orders)
+                ended, drain = await _serve_the_socket(app, plan, orders)
+                drains.append(drain)
             else:
                 log.info("standing by: the app keeps running, the proxy accepts nothing")
                 ended = await orders.first(app, "stop", "resume")
             if ended not in ("stand by", "resume"):
                 return 1 if ended == "app exited" else 0
             serving = ended == "resume"
+    finally:
+        await asyncio.gather(*drains)
 
 
 class Orders:
@@ -179,29 +187,41 @@ class Orders:
 
 
 async def _serve_the_socket(
-    app: subprocess.Popen[bytes], plan: ProxyPlan, forwarder: Forwarder, orders: Orders
-) -> str:
-    """Accept on the shared socket until an order or the app's exit (which it returns),
-    then drain: the requests in flight finish, idle connections close."""
-    loop = asyncio.get_running_loop()
-    forwarder.going_away.clear()
+    app: subprocess.Popen[bytes], plan: ProxyPlan, orders: Orders
+) -> tuple[str, asyncio.Task[None]]:
+    """Accept on the shared socket until an order or the app's exit (which it returns,
+    with the drain that follows: requests in flight finish, idle connections close)."""
+    forwarder = Forwarder(plan.port)
+    forwarder.open()
     application = web.Application(client_max_size=0)
     application.router.add_route("*", "/{tail:.*}", forwarder.handle)
     runner = web.AppRunner(application, access_log=None, shutdown_timeout=plan.drain_seconds)
-    await runner.setup()
-    listener = socket.socket(fileno=os.dup(0))
-    site = web.SockSite(runner, listener)
-    await site.start()
+    try:
+        await runner.setup()
+        listener = socket.socket(fileno=os.dup(0))
+        site = web.SockSite(runner, listener)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        await forwarder.close()
+        raise
     ended = await orders.first(app, "stop", "stand by")
     await _stop_accepting(site, listener)
+    return ended, asyncio.create_task(_drain(runner, forwarder, plan))
+
+
+async def _drain(runner: web.AppRunner, forwarder: Forwarder, plan: ProxyPlan) -> None:
     # Websockets cannot drain: they are closed (1001, going away) as the drain ends.
-    closing = loop.call_later(max(0.0, plan.drain_seconds - 1), forwarder.going_away.set)
-    # A connection accepted just now may not have sent its request yet: give it
-    # the time to, before connections without a request in flight are closed.
-    await asyncio.sleep(min(ACCEPTED_GRACE_SECONDS, plan.drain_seconds / 2))
-    await runner.cleanup()  # closes idle connections, waits for requests in flight
-    closing.cancel()
-    return ended
+    asyncio.get_running_loop().call_later(
+        max(0.0, plan.drain_seconds - 1), forwarder.going_away.set
+    )
+    try:
+        # A connection accepted just now may not have sent its request yet: give it
+        # the time to, before connections without a request in flight are closed.
+        await asyncio.sleep(min(ACCEPTED_GRACE_SECONDS, plan.drain_seconds / 2))
+        await runner.cleanup()  # closes idle connections, waits for requests in flight
+    finally:
+        await forwarder.close()
 
 
 async def _stop_accepting(site: web.SockSite, listener: socket.socket) -> None:
@@ -219,23 +239,23 @@ async def _stop_accepting(site: web.SockSite, listener: socket.socket) -> None:
 
 
 class Forwarder:
-    """Forwards each request to the app (a client session kept open for the proxy's life)."""
+    """Forwards each request to the app (a client session kept open for one round of
+    serving, to the end of its drain)."""
 
     def __init__(self, port: int) -> None:
         self.base = f"http://127.0.0.1:{port}"
         self.session: ClientSession | None = None
         self.going_away = asyncio.Event()  # set as the drain ends: websockets close
 
-    async def __aenter__(self) -> Forwarder:
+    def open(self) -> None:
         self.session = ClientSession(
             connector=TCPConnector(limit=0, force_close=False),
             auto_decompress=False,
             timeout=ClientTimeout(total=None, sock_connect=CONNECT_SECONDS),
             cookie_jar=DummyCookieJar(),  # never one visitor's cookies for the next
         )
-        return self
 
-    async def __aexit__(self, *_: object) -> None:
+    async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
 

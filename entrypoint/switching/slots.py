@@ -109,7 +109,7 @@ class WebSlots:
 
     def proxy_plan(self) -> ProxyPlan:
         return ProxyPlan(
-            port=unused_port(),
+            port=unused_port(private=True),
             proof_path=self.proof.url_path,
             any_but_5xx=self.proof.any_but_5xx,
             # The agent's proof decides (and stops the slot); the proxy's own outlasts it,

@@ -61,6 +61,9 @@ class StartFirst:
     def let_go(self) -> None:
         self.slots.let_go()
 
+    def standing_by(self) -> str | None:
+        return self.slots.ready.sha if self.slots.ready else None
+
     def abandon(self, new: Lineup, old: Lineup | None) -> str:
         joining, self.joining = self.joining, None
         try:

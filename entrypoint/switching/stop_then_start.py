@@ -50,6 +50,9 @@ class StopThenStart:
     def let_go(self) -> None:
         """Nothing stands by."""
 
+    def standing_by(self) -> str | None:
+        return None
+
     def abandon(self, new: Lineup, old: Lineup | None) -> str:
         if old is None or self.stopping.is_set():
             return ""

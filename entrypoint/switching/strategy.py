@@ -55,6 +55,9 @@ class Switch(Protocol):
     def let_go(self) -> None:
         """What stood by (see drain) stops."""
 
+    def standing_by(self) -> str | None:
+        """The revision standing by (see drain), if one does."""
+
     def abandon(self, new: Lineup, old: Lineup | None) -> str:
         """Undo a failed start: stop what was started for `new`, keep or bring back `old`.
         Never raises; returns what to add to the failure's message if `old` could not

@@ -128,6 +128,9 @@ def quiet(
         root / "home",
         LIVE_PULL_POLL_INTERVAL="0",
         LIVE_PULL_WEBHOOK_SECRET=SECRET,
+        # No bake: a release replaced here stops at once rather than standing by (a
+        # rollback to a standby serves it again without starting it).
+        LIVE_PULL_BAKE_SECONDS="0",
     )
     agent.wait_serving(head(sample))
     return agent, sample, root

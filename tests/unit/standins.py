@@ -392,6 +392,9 @@ class ScriptedUpdater:
 
     # -- scripting ------------------------------------------------------------------
 
+    def after_the_bake(self) -> None:
+        """Called when the loop is idle; nothing stands by here."""
+
     def fail_with(self, error: Exception | None) -> int:
         """Checks from now on raise `error` (None: succeed); returns the checks so far."""
         with self._changed:
