@@ -5,9 +5,12 @@ cost in steady state.
 For each server, live-pull's default (start-first: gunicorn handed the socket, the
 others behind live-pull's proxy) against the naive stop-then-start restart of the same
 Procfile (LIVE_PULL_LISTEN=off), in the same run. The proxy's overhead: the same
-gunicorn app handed the socket against proxied (LIVE_PULL_HANDOFF), no updates.
+gunicorn app handed the socket against proxied (LIVE_PULL_HANDOFF), no updates. And a
+revision whose web dies within its bake: how soon the previous release answers again,
+standing by (proxied) or started again (handed over).
 
     .venv/bin/python bench/rollover.py [--updates 20] [--threads 4] [--seconds 15]
+        [--rollbacks 5] [--only updates|rollbacks|cost]
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ SERVERS = {
     "plain server (http.server)": (APP, f"{PY} app.py"),
 }
 MODES = {"live-pull": {}, "stop-then-start": {"LIVE_PULL_LISTEN": "off"}}
+# The previous release within a bake: proxied, it stands by (running); handed over, it is
+# started again.
+BAKE_ROLLBACKS = {
+    "plain server (http.server)": "stands by (proxied)",
+    "uvicorn": "stands by (proxied)",
+    "gunicorn (sync)": "started again (handed over)",
+}
 
 
 def files(server: str, message: str) -> dict[str, str]:
@@ -76,6 +86,7 @@ class Load:
         self.latencies: list[float] = []
         self.failed = 0
         self.seen: dict[str, float] = {}  # revision -> first time it answered
+        self.since: dict[str, float] = {}  # the same, since the last mark()
         self.lock = threading.Lock()
 
     def worker(self) -> None:
@@ -93,8 +104,13 @@ class Load:
                 if ok:
                     self.latencies.append(now - started)
                     self.seen.setdefault(revision, now)
+                    self.since.setdefault(revision, now)
                 else:
                     self.failed += 1
+
+    def mark(self) -> None:
+        with self.lock:
+            self.since = {}
 
     def summary(self) -> dict[str, float]:
         latencies = sorted(self.latencies) or [0.0]
@@ -167,6 +183,50 @@ def updates_under_load(server: str, mode: str, updates: int, threads: int) -> di
     return {**load.summary(), "first": statistics.median(to_first_response)}
 
 
+CRASH_WHEN_TOLD = """\
+import os, signal, threading, time
+def _crash_when_told(path={path!r}):
+    while not os.path.exists(path):
+        time.sleep(0.05)
+    os.killpg(0, signal.SIGKILL)  # the whole web: gunicorn's master and workers, or the app
+threading.Thread(target=_crash_when_told, daemon=True).start()
+"""
+
+
+def crashing_files(server: str, message: str, marker: Path) -> dict[str, str]:
+    """`server`'s revision whose web dies (SIGKILL) once `marker` exists."""
+    revision = files(server, message)
+    return {**revision, "app.py": CRASH_WHEN_TOLD.format(path=str(marker)) + revision["app.py"]}
+
+
+def bake_rollback(server: str, runs: int, threads: int) -> dict[str, float]:
+    """Revisions whose web dies within their bake, under load: from the crash to the
+    previous release's first answer, and the requests that failed (medians of `runs`)."""
+    times, failures = [], []
+    with (
+        agent_on(server, {"LIVE_PULL_BAKE_SECONDS": "300"}) as (sample, port, status),
+        loaded(port, threads) as load,
+        tempfile.TemporaryDirectory() as markers,
+    ):
+        previous = requests.get(f"{status}/status", timeout=5).json()["revision"]
+        for n in range(runs):
+            marker = Path(markers) / f"crash-{n}"
+            sha = sample.commit(crashing_files(server, f"crashing {n}", marker), f"crash {n}")
+            requests.post(f"{status}/sync", timeout=5)
+            wait_state(f"{status}/status", sha)
+            failed_before = load.failed
+            load.mark()
+            crashed = time.monotonic()
+            marker.touch()
+            wait_state(f"{status}/status", previous)
+            while previous[:12] not in load.since and time.monotonic() - crashed < 60:
+                time.sleep(0.01)
+            times.append(load.since.get(previous[:12], time.monotonic()) - crashed)
+            time.sleep(1)
+            failures.append(load.failed - failed_before)
+    return {"back": statistics.median(times), "failed": statistics.median(failures)}
+
+
 def steady(handoff: str, seconds: float, threads: int) -> dict[str, float]:
     """Requests per second and latency with no update, gunicorn handed over or proxied."""
     settings = {"LIVE_PULL_HANDOFF": handoff}
@@ -189,28 +249,35 @@ def wait_state(url: str, sha: str | None) -> None:
     raise RuntimeError(f"agent never reached {sha}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--updates", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=15.0)
-    args = parser.parse_args()
-    print(f"\n{args.updates} updates under load ({args.threads} client threads)\n")
+def print_updates(updates: int, threads: int) -> None:
+    print(f"\n{updates} updates under load ({threads} client threads)\n")
     print("| server | mode | requests | failed | p50 | p99 | push to first new response |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for server in SERVERS:
         for mode in MODES:
-            r = updates_under_load(server, mode, args.updates, args.threads)
+            r = updates_under_load(server, mode, updates, threads)
             print(
                 f"| {server} | {mode} | {r['requests']:.0f} | {r['failed']:.0f} "
                 f"| {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['first']:.2f} s |",
                 flush=True,
             )
-    print(f"\nThe proxy's cost: gunicorn, no updates, {args.seconds:g} s each\n")
+
+
+def print_rollbacks(runs: int, threads: int) -> None:
+    print(f"\nA revision whose web dies within its bake, under load ({runs} times, medians)\n")
+    print("| server | previous release | crash to previous answering | failed requests |")
+    print("| --- | --- | --- | --- |")
+    for server, how in BAKE_ROLLBACKS.items():
+        r = bake_rollback(server, runs, threads)
+        print(f"| {server} | {how} | {r['back']:.2f} s | {r['failed']:.0f} |", flush=True)
+
+
+def print_cost(seconds: float, threads: int) -> None:
+    print(f"\nThe proxy's cost: gunicorn, no updates, {seconds:g} s each\n")
     print("| web | requests/s | p50 | p99 |")
     print("| --- | --- | --- | --- |")
-    rows = {"handed the socket": steady("socket", args.seconds, args.threads)}
-    rows["behind live-pull's proxy"] = steady("proxy", args.seconds, args.threads)
+    rows = {"handed the socket": steady("socket", seconds, threads)}
+    rows["behind live-pull's proxy"] = steady("proxy", seconds, threads)
     for name, r in rows.items():
         print(f"| {name} | {r['rate']:.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms |")
     direct, proxied = rows.values()
@@ -218,6 +285,22 @@ def main() -> int:
         f"\nproxied against handed over: {100 * (proxied['rate'] / direct['rate'] - 1):+.1f} % "
         f"requests/s, {proxied['p50'] - direct['p50']:+.2f} ms median"
     )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rollbacks", type=int, default=5)
+    parser.add_argument("--only", choices=["updates", "rollbacks", "cost"], default=None)
+    args = parser.parse_args()
+    if args.only in (None, "updates"):
+        print_updates(args.updates, args.threads)
+    if args.only in (None, "rollbacks"):
+        print_rollbacks(args.rollbacks, args.threads)
+    if args.only in (None, "cost"):
+        print_cost(args.seconds, args.threads)
     return 0
 
 

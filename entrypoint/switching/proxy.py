@@ -160,6 +160,9 @@ class Orders:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.given = {name: asyncio.Event() for name in ("stop", "stand by", "resume")}
+        # A request found the app unreachable: is it gone? Looked at at once, so that a
+        # dead app's slot stops accepting before more requests get its 502.
+        self.nudged = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.given["stop"].set)
         for sig, order in ORDERS.items():
@@ -180,7 +183,9 @@ class Orders:
             if code is not None:
                 log.error("the app exited code=%d; the slot stops with it", code)
                 return "app exited"
-            waits = [asyncio.create_task(self.given[name].wait()) for name in wanted]
+            self.nudged.clear()
+            events = [*(self.given[name] for name in wanted), self.nudged]
+            waits = [asyncio.create_task(event.wait()) for event in events]
             await asyncio.wait(waits, timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:
                 waiting.cancel()
@@ -191,7 +196,7 @@ async def _serve_the_socket(
 ) -> tuple[str, asyncio.Task[None]]:
     """Accept on the shared socket until an order or the app's exit (which it returns,
     with the drain that follows: requests in flight finish, idle connections close)."""
-    forwarder = Forwarder(plan.port)
+    forwarder = Forwarder(plan.port, unreachable=orders.nudged.set)
     forwarder.open()
     application = web.Application(client_max_size=0)
     application.router.add_route("*", "/{tail:.*}", forwarder.handle)
@@ -242,8 +247,9 @@ class Forwarder:
     """Forwards each request to the app (a client session kept open for one round of
     serving, to the end of its drain)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, unreachable: Callable[[], None]) -> None:
         self.base = f"http://127.0.0.1:{port}"
+        self.unreachable = unreachable  # told when a request could not reach the app
         self.session: ClientSession | None = None
         self.going_away = asyncio.Event()  # set as the drain ends: websockets close
 
@@ -274,6 +280,7 @@ class Forwarder:
             upstream = await self._send(request)
         except ClientError as exc:
             log.warning("the app gave no answer: %s", type(exc).__name__)
+            self.unreachable()
             return web.Response(status=502, text="502 Bad Gateway: the app gave no answer\n")
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
