@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from entrypoint.installers import pick_installer
-from entrypoint.processes import alive
 from entrypoint.sample import APP, SampleRepo
 from tests.conftest import AgentProcess, wait_until
+from tests.faults.processes import marker, pids_with
 
 Factory = Callable[..., AgentProcess]
 
@@ -141,8 +141,9 @@ def test_install_killed_midway_is_never_reused(
 ) -> None:
     slow = tmp_path / "slow"
     slow.write_text("")
+    sleeping = marker()  # `sleep <marker>` is this test's install, and no other process
     command = (
-        f'if [ -e {slow} ]; then touch "$LIVE_PULL_ENV/started"; sleep 120; fi; '
+        f'if [ -e {slow} ]; then touch "$LIVE_PULL_ENV/started"; sleep {sleeping}; fi; '
         'echo installed > "$LIVE_PULL_ENV/done"'
     )
     files = {"app.py": APP.format(message="custom"), "Procfile": "web: python app.py\n"}
@@ -157,7 +158,7 @@ def test_install_killed_midway_is_never_reused(
     agent.wait_exit()
     # The install dies with the agent (its wrapper ends everything it started).
     wait_until(
-        lambda: not _install_running(),
+        lambda: not pids_with(sleeping),
         20,
         lambda: (
             f"the install of {started[0]} ended; processes:\n{_process_table()}\n"
@@ -185,19 +186,6 @@ def _process_table() -> str:
                 continue
             lines.append(f"{proc.name} {' '.join(fields)} {argv[:200]}")
     return "\n".join(lines)
-
-
-def _install_running() -> bool:
-    """Is the sleeping install command still alive (and not a zombie)?"""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.startswith(b"sleep\x00120\x00") and alive(int(proc.name)):
-                return True
-    return False
 
 
 def test_install_command_for_non_python_apps(sample: SampleRepo, agent_factory: Factory) -> None:
