@@ -16,8 +16,10 @@ standing by (proxied) or started again (handed over).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -63,6 +65,7 @@ SERVERS = {
     "uvicorn": (ASGI, f"{PY} -m uvicorn app:app --port $PORT"),
     "plain server (http.server)": (APP, f"{PY} app.py"),
 }
+SATURATING = 3  # client processes: with 2 cores, enough to keep the server busy
 MODES = {"live-pull": {}, "stop-then-start": {"LIVE_PULL_LISTEN": "off"}}
 # The previous release within a bake: proxied, it stands by (running); handed over, it is
 # started again.
@@ -236,6 +239,37 @@ def steady(handoff: str, seconds: float, threads: int) -> dict[str, float]:
     return {**summary, "rate": summary["requests"] / seconds}
 
 
+def raw_requests(port: int, seconds: float, answers: multiprocessing.Queue[int]) -> None:
+    """One process asking GET / on a new connection each time, as fast as it can, over a
+    bare socket: far cheaper than `requests`, so the server is what runs out first."""
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    answered, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(request)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        answered += answer.startswith(b"HTTP/1.1 200")
+    answers.put(answered)
+
+
+def saturated(handoff: str, seconds: float, processes: int) -> float:
+    """Requests per second that gunicorn, handed over or proxied, answers at most."""
+    with agent_on("gunicorn (sync)", {"LIVE_PULL_HANDOFF": handoff}) as (_, port, _):
+        answers: multiprocessing.Queue[int] = multiprocessing.Queue()
+        clients = [
+            multiprocessing.Process(target=raw_requests, args=(port, seconds, answers))
+            for _ in range(processes)
+        ]
+        for client in clients:
+            client.start()
+        total = sum(answers.get(timeout=seconds + 60) for _ in clients)
+        for client in clients:
+            client.join()
+    return total / seconds
+
+
 def wait_state(url: str, sha: str | None) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -285,6 +319,13 @@ def print_cost(seconds: float, threads: int) -> None:
         f"\nproxied against handed over: {100 * (proxied['rate'] / direct['rate'] - 1):+.1f} % "
         f"requests/s, {proxied['p50'] - direct['p50']:+.2f} ms median"
     )
+    print(f"\nAt most: {SATURATING} processes of bare-socket clients, {seconds:g} s each\n")
+    print("| web | requests/s |")
+    print("| --- | --- |")
+    most = {way: saturated(way, seconds, SATURATING) for way in ("socket", "proxy")}
+    print(f"| handed the socket | {most['socket']:.0f} |")
+    print(f"| behind live-pull's proxy | {most['proxy']:.0f} |")
+    print(f"\nproxied against handed over: {100 * (most['proxy'] / most['socket'] - 1):+.1f} %")
 
 
 def main() -> int:
