@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from entrypoint.processes import alive
 from entrypoint.sample import APP, SampleRepo
 from tests.conftest import AgentProcess, wait_until
 
@@ -488,14 +489,6 @@ def answer_of(agent: AgentProcess) -> tuple[str, int] | None:
 
 def answering_pid(agent: AgentProcess) -> int:
     return int(wait_until(lambda: answer_of(agent), 30, "an answer on the public port")[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def start_proxied(
