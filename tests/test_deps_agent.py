@@ -14,7 +14,7 @@ import pytest
 from entrypoint.installers import pick_installer
 from entrypoint.sample import APP, SampleRepo
 from tests.conftest import AgentProcess, wait_until
-from tests.faults.processes import marker, pids_with
+from tests.faults.processes import marker, wait_gone
 
 Factory = Callable[..., AgentProcess]
 
@@ -151,20 +151,13 @@ def test_install_killed_midway_is_never_reused(
     env = {"LIVE_PULL_INSTALL_COMMAND": command}
     agent = agent_factory(sample.url, **env)
     venvs = agent.home / "venvs"
-    started = wait_until(lambda: list(venvs.glob(".tmp-*/started")), what="install started")
+    wait_until(lambda: list(venvs.glob(".tmp-*/started")), what="install started")
     # A silent install still shows, every few seconds, that it is running.
     wait_until(lambda: "install running elapsed=" in agent.output(), 30, "progress line")
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait_exit()
     # The install dies with the agent (its wrapper ends everything it started).
-    wait_until(
-        lambda: not pids_with(sleeping),
-        20,
-        lambda: (
-            f"the install of {started[0]} ended; processes:\n{_process_table()}\n"
-            f"agent's output:\n{agent.output()[-3000:]}"
-        ),
-    )
+    wait_gone(sleeping)
     assert [p.name for p in venvs.iterdir() if not p.name.startswith(".tmp-")] == []
     slow.unlink()
     again = agent_factory(sample.url, home=agent.home, **env)
@@ -172,20 +165,6 @@ def test_install_killed_midway_is_never_reused(
     status = again.wait_status(state="running", installs=1)
     assert (venvs / status["deps_digest"] / "done").read_text() == "installed\n"
     assert [p.name for p in venvs.iterdir()] == [status["deps_digest"]]
-
-
-def _process_table() -> str:
-    """Every process: pid, its stat fields (state, parent, group) and command line."""
-    lines = []
-    for proc in sorted(Path("/proc").iterdir(), key=lambda p: p.name):
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(") ", 1)[1].split()[:4]
-                argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            lines.append(f"{proc.name} {' '.join(fields)} {argv[:200]}")
-    return "\n".join(lines)
 
 
 def test_install_command_for_non_python_apps(sample: SampleRepo, agent_factory: Factory) -> None:
