@@ -16,8 +16,10 @@ from pathlib import Path
 from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import shell_line
 
-SLOTS = 2  # processes of the shared socket's program (see switching/slots.py)
+SLOTS = 2  # processes of the shared socket's program that serve (see switching/slots.py)
 SLOT_NAMES = ("web_0", "web_1")  # as supervisord names them: `<program>_<n>`
+# The program's last process serves nothing: it holds the socket open (launch.py).
+HOLDER_NAME = f"web_{SLOTS}"
 
 
 def program_name(process: str) -> str:
@@ -128,7 +130,7 @@ def process_programs(programs: list[ProgramSpec], shared: SharedSocket | None) -
     the shared socket are its program, `web`)."""
     found = {program.name: program.name for program in programs}
     if shared is not None:
-        found.update({f"{shared.name}_{slot}": shared.name for slot in range(SLOTS)})
+        found.update({f"{shared.name}_{slot}": shared.name for slot in range(SLOTS + 1)})
     return found
 
 
@@ -152,7 +154,9 @@ def _tagged(program: ProgramSpec, home: str) -> ProgramSpec:
 
 
 def _render_shared(shared: SharedSocket, timings: Timings, home: str, logs_dir: Path | None) -> str:
-    """Two slots behind one socket that supervisord holds while either runs.
+    """Two slots behind one socket, and the holder of the socket: supervisord closes it
+    whenever none of the program's processes runs (a crash of the one slot serving),
+    refusing connections that would otherwise wait in its backlog for the restart.
 
     The configuration is the same for every revision (the launcher reads which
     revision a slot runs), so updates never reload the group or close the socket.
@@ -165,7 +169,7 @@ def _render_shared(shared: SharedSocket, timings: Timings, home: str, logs_dir: 
 socket={shared.listen}
 command={_escape(command)}
 process_name=%(program_name)s_%(process_num)s
-numprocs={SLOTS}
+numprocs={SLOTS + 1}
 environment={_escape(environment)}
 autostart=false
 {_lifecycle(timings, shared.drain_seconds + timings.stop_timeout, output)}"""

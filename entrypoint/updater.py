@@ -166,7 +166,7 @@ class Updater:
         try:
             revision = self.prepare(sha)  # 4. environment, built only if missing
             self._release_step(revision)  # 5. release step (migrations)
-            self.go_live(revision, keep_previous=self._keeps_previous(replacing))  # 6. start,
+            self.go_live(revision, bake_seconds=self._bake_seconds(replacing))  # 6. start,
             # prove healthy, else roll back (the one replaced stands by, where it can)
         except RevisionError as exc:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
@@ -428,14 +428,15 @@ class Updater:
             log.info("release step skipped sha=%s %s", short(revision.sha), outcome)
 
     def go_live(
-        self, revision: Revision, *, urgent: bool = False, keep_previous: bool = False
+        self, revision: Revision, *, urgent: bool = False, bake_seconds: float = 0.0
     ) -> None:
         """Switch to the revision: start it beside the running one, prove it, promote it,
         and let the old one drain. If it does not come up, the running one keeps (or goes
         back to) serving; the strategy (switching/) decides how, the steps are the same.
         In a fleet, a replica that serves waits for a switching place first, unless
-        `urgent` (what it serves fell over). `keep_previous`: the revision will bake, and
-        the one it replaces stands by meanwhile, where the strategy can (after_the_bake).
+        `urgent` (what it serves fell over). `bake_seconds`: how long the revision will
+        bake; the one it replaces stands by meanwhile, where the strategy can and the
+        release stays on disk (after_the_bake).
         """
         names = ",".join(revision.processes.programs)
         log.info("starting revision sha=%s programs=%s", short(revision.sha), names)
@@ -445,7 +446,7 @@ class Updater:
         switch = self.switches.pick(new)
         budget = self._switch_budget(old, new)
         with self._switching_place(old is None or urgent, budget):
-            self._switch(revision, switch, new, old, budget, keep_previous)
+            self._switch(revision, switch, new, old, budget, urgent, bake_seconds)
 
     def _switching_place(
         self, free: bool, budget: float
@@ -463,16 +464,19 @@ class Updater:
         new: Lineup,
         old: Lineup | None,
         budget: float,
-        keep_previous: bool,
+        urgent: bool,
+        bake_seconds: float,
     ) -> None:
         self._step("switching", budget)
         with self.switching:
             self.generation += 1
             self.baking = None
             try:
+                if urgent:
+                    switch.withdraw_fallen()
                 switch.start_beside(new, old)
                 switch.prove(new)
-                switch.promote(new)
+                switch.promote(new, bake_seconds)
             except Exception as exc:  # whatever it was, the old one must serve again
                 failure = f"revision {short(revision.sha)} failed to start: {exc}"
                 raise RevisionError(failure + switch.abandon(new, old)) from exc
@@ -482,7 +486,7 @@ class Updater:
             self._serve(revision)
             if old is not None:  # it serves already; /status says what is left to do
                 self._step("draining", self._stop_budget())
-            switch.drain(old, keep_ready=keep_previous)
+            switch.drain(old, keep_ready=self._keeps_previous(bake_seconds))
             self.board.update(standing_by=switch.standing_by())
 
     def baked(self, bake: Bake) -> None:
@@ -491,10 +495,14 @@ class Updater:
             self.baking = None
             log.info("revision baked sha=%s", short(bake.sha))
 
-    def _keeps_previous(self, replacing: bool) -> bool:
+    def _bake_seconds(self, replacing: bool) -> float:
+        """An update that replaces a running revision bakes; a first start does not."""
+        return self.settings.bake_seconds if replacing else 0.0
+
+    def _keeps_previous(self, bake_seconds: float) -> bool:
         """Does the release being replaced stand by through the bake? Only if there is a
         bake, and the release stays on disk meanwhile (LIVE_PULL_KEEP_RELEASES)."""
-        return replacing and self.settings.bake_seconds > 0 and self.settings.keep_releases > 1
+        return bake_seconds > 0 and self.settings.keep_releases > 1
 
     def after_the_bake(self) -> None:
         """What stood by for a bake stops once no bake runs (the control loop, when idle)."""

@@ -112,9 +112,9 @@ class Watchdog:
         states, watched = seen
         self.counter.observe(states, watched)
         self.board.update(restarts=dict(self.counter.totals))
-        running = all(states.get(n, {}).get("statename") == "RUNNING" for n in watched)
+        running = all(_running(states, n) for n in watched)
         self.board.programs_up(running)
-        if self._bake_failed():
+        if self._bake_failed(states, watched):
             return
         problem = self._problem(states, watched)
         if problem is not None:
@@ -155,16 +155,20 @@ class Watchdog:
         self._unanswered_since = None
         return states
 
-    def _bake_failed(self) -> bool:
+    def _bake_failed(self, states: dict[str, dict[str, Any]], watched: set[str]) -> bool:
         """True when the revision on probation failed it: the previous one is asked for
-        (once), and nothing else is judged meanwhile."""
+        (once), and nothing else is judged meanwhile. Its programs were all RUNNING when
+        it went live, so one that is not has exited, even if no look saw it go (one
+        that exits as the switch ends; a web that supervisord does not restart in its
+        bake, see slots.promote)."""
         bake = self._bake
         if bake is None or bake.sha != self._running or self._reported:
             return False
         if bake.over:
             self.updater.baked(bake)
             return False
-        why = judge(bake, self.counter.since_switch, self.bake_probe)
+        down = [program_name(n) for n in sorted(watched) if not _running(states, n)]
+        why = judge(bake, self.counter.since_switch or down, self.bake_probe)
         if why is None:
             return False
         self._reported = True
@@ -198,7 +202,7 @@ class Watchdog:
         (a restore that failed half-way leaves one stopped, never FATAL)."""
         now = time.monotonic()
         for name in sorted(watched):
-            if states.get(name, {}).get("statename") == "RUNNING":
+            if _running(states, name):
                 self._not_running_since.pop(name, None)
                 continue
             since = self._not_running_since.setdefault(name, now)
@@ -220,3 +224,7 @@ class Watchdog:
         if not self.rollback_on_crash:
             raise AppFailed(why)
         self.inbox.crashed(why, self._running)
+
+
+def _running(states: dict[str, dict[str, Any]], name: str) -> bool:
+    return states.get(name, {}).get("statename") == "RUNNING"

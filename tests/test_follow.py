@@ -105,7 +105,8 @@ def test_app_dir_and_two_process_types(sample: SampleRepo, agent_factory: Factor
     assert revision == sha
     assert cwd == str(agent.home / "releases" / sha / "services" / "web")
     names = {line.split()[0] for line in _supervisor_status(agent)}
-    assert names == {"web:web_0", "web:web_1", "worker"}  # web's two slots, one serving
+    # web's two slots, one serving, and the holder of its socket
+    assert names == {"web:web_0", "web:web_1", "web:web_2", "worker"}
 
 
 def _supervisor_status(agent: AgentProcess) -> list[str]:

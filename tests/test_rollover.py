@@ -81,7 +81,7 @@ class Load:
                 outcome = response.text.strip() if response.status_code == 200 else None
                 error = None if outcome else f"HTTP {response.status_code}"
             except requests.RequestException as exc:
-                outcome, error = None, f"{type(exc).__name__}: {exc}"[:300]
+                outcome, error = None, f"{time.time():.3f} {type(exc).__name__}: {exc}"[:300]
             with self.lock:
                 if outcome:
                     self.ok[outcome.rsplit(" ", 1)[-1]] += 1
@@ -297,6 +297,70 @@ def test_a_revision_that_crashes_within_its_bake_time_is_rolled_back(
     assert "failed within the bake time: program web exited" in reason
     assert agent.process is not None and agent.process.poll() is None
     assert agent.app() is not None and first[:12] in agent.app()
+
+
+FALLING_AGAIN = """\
+MARKER = {marker!r}
+if os.path.exists(MARKER):  # started again: takes connections and drops them, then exits
+    listener = socket.socket(fileno=0)
+    listener.settimeout(0.05)
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        try:
+            listener.accept()[0].close()
+        except socket.timeout:
+            pass
+    os._exit(1)
+
+
+def end_when_told():
+    while not os.path.exists(MARKER):
+        time.sleep(0.05)
+    server.shutdown()
+
+
+threading.Thread(target=end_when_told, daemon=True).start()
+server.serve_forever()
+server.server_close()  # its requests answered: nothing accepted is left unanswered
+if os.path.exists(MARKER):
+    os._exit(1)
+"""
+
+
+def falling_again(marker: Path) -> str:
+    """FD_APP that ends cleanly once `marker` exists, and that, started again while it
+    does, takes connections on the shared socket and drops them before it exits (as a
+    gunicorn whose workers die at import does)."""
+    return FD_APP.format(message="falls again").replace(
+        "server.serve_forever()\nserver.server_close()\n",
+        FALLING_AGAIN.format(marker=str(marker)),
+        1,
+    )
+
+
+def test_a_web_that_falls_within_its_bake_is_not_restarted_to_drop_requests(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    """Handed the socket, a web that exits within its bake is not started again by
+    supervisord (each start would take connections and drop them): its slot stops, the
+    requests wait in the socket's backlog, and the previous release answers them."""
+    agent, first = start(sample, agent_factory, LIVE_PULL_BAKE_SECONDS="120")
+    marker = tmp_path / "fall"
+    second = update(agent, sample, {"app.py": falling_again(marker)}, "falls again")
+    agent.wait_status(state="running", revision=second, timeout=60)
+    with load(f"http://127.0.0.1:{agent.port}/") as generator:
+        wait_until(lambda: generator.ok[second[:12]] > 0, 30, "the load reaching it")
+        marker.touch()
+        agent.wait_status(state="running", revision=first, timeout=60)
+        wait_until(lambda: generator.ok[first[:12]] > 0, 30, "the previous answering")
+    assert generator.failures == []
+    output = agent.output()
+    assert "web exited within its bake and is not started again" in output
+    assert "the serving web is down, its slot stops first" in output
+    assert (
+        "failed within the bake time: program web exited"
+        in (agent.status()["failed_revisions"][second])
+    )
 
 
 def test_a_revision_whose_health_fails_within_its_bake_time_is_rolled_back(

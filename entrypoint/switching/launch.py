@@ -12,20 +12,36 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import socket_handoff_line
+from entrypoint.supervisor_config import HOLDER_NAME
 from entrypoint.switching.behind import start_app
 from entrypoint.switching.plan import ProxyPlan, ignore_orders
 
 SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
+# In an assignment: while its revision bakes, the time.monotonic() (one clock for the
+# whole machine) until which the slot does not start again (slots.promote says why).
+PROBATION_UNTIL = "probation_until"
+# The holder: a shell that sleeps, and exits 0 when stopped (a clean stop in the log).
+HOLD = 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done'
 
 
 def main() -> int:
     slot = os.environ["SUPERVISOR_PROCESS_NAME"]
+    if slot == HOLDER_NAME:  # while it runs, supervisord keeps the socket open
+        os.execv("/bin/sh", ["/bin/sh", "-c", HOLD])
     assignment = _assignment(slot)
+    if time.monotonic() < float(assignment.get(PROBATION_UNTIL, 0.0)):
+        print(
+            "live-pull launch: web exited within its bake and is not started again: "
+            "the previous release goes back live",
+            file=sys.stderr,
+        )
+        return 1
     # The group's tag (from supervisord) names the group; each slot's processes carry
     # the slot's name. Read before the revision's environment, which may hold another.
     home = os.environ[TAG_VARIABLE].rsplit(":", 1)[0]

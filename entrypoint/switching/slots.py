@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +20,8 @@ from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.ports import unused_port
 from entrypoint.processes import BEHIND_PROXY
 from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import SLOT_NAMES, ProgramSpec, SharedSocket
+from entrypoint.supervisor_config import HOLDER_NAME, SLOT_NAMES, ProgramSpec, SharedSocket
+from entrypoint.switching.launch import PROBATION_UNTIL
 from entrypoint.switching.plan import RESUME, STAND_BY, ProxyPlan
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,24 @@ class WebSlots:
         self.run_as = run_as
         self.active: str | None = None  # the slot serving the running revision
         self.ready: Ready | None = None  # the slot standing by, if one does
+        self.withdrawn: str | None = None  # the serving slot, stopped as it was down
         self._assigned: dict[str, dict[str, Any]] = {}  # what each slot was told to run
 
+    def hold_socket(self) -> None:
+        """The socket's holder runs (supervisor_config.py): started with the program,
+        and again if it was stopped (supervisord restarts it when it exits)."""
+        try:
+            state = self.supervisor.states().get(HOLDER_NAME, {}).get("statename")
+            if state not in ("RUNNING", "STARTING", "BACKOFF"):
+                self.supervisor.start_process(self.shared.name, HOLDER_NAME)
+        except SupervisorError as exc:  # the slots serve without it, as before
+            log.warning("the shared socket's holder did not start error=%s", exc)
+
     def free(self) -> str:
-        return SLOT_NAMES[1] if self.active == SLOT_NAMES[0] else SLOT_NAMES[0]
+        """The slot a start takes: not the serving one, nor one withdrawn (it keeps its
+        assignment, to serve again if the start fails)."""
+        taken = self.active or self.withdrawn
+        return SLOT_NAMES[1] if taken == SLOT_NAMES[0] else SLOT_NAMES[0]
 
     def start(self, web: ProgramSpec, plan: ProxyPlan | None) -> str:
         """Start `web` in the free slot (behind the proxy of `plan`, if any) and wait
@@ -101,10 +117,13 @@ class WebSlots:
         write_atomic(self.shared.slots_dir / f"{slot}.json", json.dumps(assignment))
         self._assigned[slot] = assignment
 
+    def _reassign(self, slot: str, **changes: Any) -> None:
+        self._assign(slot, {**self._assigned[slot], **changes})
+
     def _tell(self, slot: str, order: str, stand_by: bool) -> None:
         """Give a proxy slot an order (see plan.py), and keep its assignment in step, so
         that supervisord restarting it (its app crashed) restarts it in the same mode."""
-        self._assign(slot, {**self._assigned[slot], "stand_by": stand_by})
+        self._reassign(slot, stand_by=stand_by, **{PROBATION_UNTIL: 0.0})
         self.supervisor.signal_process(self.shared.name, slot, order)
 
     def proxy_plan(self) -> ProxyPlan:
@@ -142,10 +161,37 @@ class WebSlots:
     def _running(self, slot: str) -> bool:
         return self.supervisor.states().get(slot, {}).get("statename") == "RUNNING"
 
-    def promote(self, slot: str) -> str | None:
-        """`slot` serves from now on; returns the slot it replaces, left to drain."""
-        old, self.active = self.active, slot
+    def promote(self, slot: str, bake_seconds: float = 0.0) -> str | None:
+        """`slot` serves from now on; returns the slot it replaces, left to drain. For
+        `bake_seconds` (its bake), supervisord restarting it starts nothing (launch.py):
+        its web exited, so the previous release goes back, and a restart would only take
+        connections on the shared socket and drop them as it fell again."""
+        if bake_seconds > 0:
+            self._reassign(slot, **{PROBATION_UNTIL: time.monotonic() + bake_seconds})
+        old, self.active, self.withdrawn = self.active, slot, None
         return old if old != slot else None
+
+    def withdraw(self) -> None:
+        """The serving slot stops if its web is down (it exited, and supervisord is
+        between restarts of it), and no slot serves: each restart would take connections
+        on the shared socket and drop them, where now they wait in its backlog for the
+        slot that joins next (promote), or it serves again (reinstate)."""
+        active = self.active
+        if active is None or self._running(active):
+            return
+        log.warning("the serving web is down, its slot stops first slot=%s", active)
+        self.stop(active)
+        self.active, self.withdrawn = None, active
+
+    def reinstate(self) -> None:
+        """The slot withdrawn, if any, serves again (what was to replace it failed):
+        supervisord starts it, and the watchdog's crash rules apply to it as before."""
+        slot, self.withdrawn = self.withdrawn, None
+        if slot is None:
+            return
+        self.active = slot
+        self._reassign(slot, **{PROBATION_UNTIL: 0.0})
+        self.supervisor.start_process(self.shared.name, slot)
 
     def stand_by(self, slot: str, sha: str) -> bool:
         """`slot`, just replaced, stops accepting and keeps its app running, ready to

@@ -35,18 +35,22 @@ class StartFirst:
         self.joining: str | None = None  # the slot started for the new revision
         self.left: str | None = None  # the slot the new revision replaced
 
+    def withdraw_fallen(self) -> None:
+        self.slots.withdraw()
+
     def start_beside(self, new: Lineup, old: Lineup | None) -> None:
         # The slots' group must exist before a slot starts (a no-op once it does).
         self.supervisor.apply(old.workers if old else [], self.slots.shared)
         self.supervisor.apply(new.workers, self.slots.shared)
+        self.slots.hold_socket()
         self.supervisor.wait_running(new.worker_names)
 
     def _join(self, web: ProgramSpec, plan: ProxyPlan | None) -> None:
         self.joining = self.slots.start(web, plan)  # stops the slot itself on failure
 
-    def promote(self, new: Lineup) -> None:
+    def promote(self, new: Lineup, bake_seconds: float) -> None:
         assert self.joining is not None, "promote before a slot started"
-        self.left = self.slots.promote(self.joining)
+        self.left = self.slots.promote(self.joining, bake_seconds)
         self.joining = None
 
     def drain(self, old: Lineup | None, keep_ready: bool) -> None:
@@ -67,13 +71,16 @@ class StartFirst:
     def abandon(self, new: Lineup, old: Lineup | None) -> str:
         joining, self.joining = self.joining, None
         try:
-            if joining is not None:
-                self.slots.stop(joining)
-            if old is not None:  # the old workers again, if the new ones replaced them
-                self.supervisor.apply(old.workers, self.slots.shared)
+            try:
+                if joining is not None:
+                    self.slots.stop(joining)
+                if old is not None:  # the old workers again, if the new ones replaced them
+                    self.supervisor.apply(old.workers, self.slots.shared)
+            finally:
+                self.slots.reinstate()  # down as it is: the watchdog's rules must see it
         except Exception as exc:
-            log.error("restoring the previous revision's workers failed error=%s", exc)
-            return f"; restoring the workers of {old.sha[:12] if old else '-'} failed: {exc}"
+            log.error("restoring the previous revision failed error=%s", exc)
+            return f"; restoring {old.sha[:12] if old else '-'} failed: {exc}"
         return ""
 
     def watched(self, lineup: Lineup) -> set[str]:
@@ -97,7 +104,7 @@ class SocketHandoff(StartFirst):
                 streams=streams,
             )  # fmt: skip
 
-    def promote(self, new: Lineup) -> None:
+    def promote(self, new: Lineup, bake_seconds: float) -> None:
         """Proven: an instance of it joins the socket (and takes connections at once)."""
         assert new.web is not None
         first = self.slots.active is None
@@ -105,7 +112,7 @@ class SocketHandoff(StartFirst):
         if first:
             assert self.joining is not None
             self.slots.wait_joined(self.joining)
-        super().promote(new)
+        super().promote(new, bake_seconds)
 
 
 class Proxied(StartFirst):

@@ -30,6 +30,9 @@ class StopThenStart:
         self.health_timeout = health_timeout
         self.stopping = stopping
 
+    def withdraw_fallen(self) -> None:
+        """The start stops the old programs anyway."""
+
     def start_beside(self, new: Lineup, old: Lineup | None) -> None:
         """Nothing runs beside: the old programs stop as the new ones start."""
         self.board.serving(False)
@@ -41,8 +44,9 @@ class StopThenStart:
         if self.health_url is not None and new.web is not None:
             wait_healthy(self.health_url, self.health_timeout)
 
-    def promote(self, new: Lineup) -> None:
-        """It serves already."""
+    def promote(self, new: Lineup, bake_seconds: float) -> None:
+        """It serves already (and its programs are restarted by supervisord if they exit:
+        they hold no shared socket that a restart could take connections on)."""
 
     def drain(self, old: Lineup | None, keep_ready: bool) -> None:
         """It stopped already."""

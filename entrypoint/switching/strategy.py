@@ -1,8 +1,8 @@
 """The one small interface every way of switching revisions has.
 
 The update sequence (updater.go_live) calls, in this order and without knowing which
-strategy it holds: start_beside, prove, promote (any failure: abandon), then drain;
-let_go once the new revision baked.
+strategy it holds: withdraw_fallen (urgent switches only), start_beside, prove, promote
+(any failure: abandon), then drain; let_go once the new revision baked.
 
 - stop_then_start.py: LIVE_PULL_LISTEN=off, or a revision without `web`.
 - start_first.py: the web handed the shared socket (SocketHandoff), or served behind
@@ -39,14 +39,19 @@ class Lineup:
 class Switch(Protocol):
     """How `new` replaces `old` (None at the first start)."""
 
+    def withdraw_fallen(self) -> None:
+        """Before an urgent switch (what serves fell over): what of it is down, and
+        would only take connections to drop them, stops first (abandon brings it back)."""
+
     def start_beside(self, new: Lineup, old: Lineup | None) -> None:
         """Start what `new` runs, as far as can be done while `old` serves."""
 
     def prove(self, new: Lineup) -> None:
         """Raise (AppFailed, SupervisorError, HealthCheckFailed) unless `new` is sound."""
 
-    def promote(self, new: Lineup) -> None:
-        """`new` takes the traffic."""
+    def promote(self, new: Lineup, bake_seconds: float) -> None:
+        """`new` takes the traffic. For `bake_seconds` (its bake) it is on probation: if
+        its web exits, the previous release goes back, so it is not restarted."""
 
     def drain(self, old: Lineup | None, keep_ready: bool) -> None:
         """What is left of `old` finishes its requests and stops; with `keep_ready` (the
