@@ -175,8 +175,6 @@ class Updater:
         except Exception as exc:
             self._record_interrupted(exc)
             raise
-        if replacing:  # on probation: the watchdog brings the previous one back if it fails
-            self.baking = Bake.starting(sha, self.settings.bake_seconds)
         self._record_success(revision, counted=replacing)  # 7. record, collect garbage
         return True
 
@@ -482,6 +480,9 @@ class Updater:
                 raise RevisionError(failure + switch.abandon(new, old)) from exc
             finally:
                 self.board.update(standing_by=switch.standing_by())
+            # On probation from its promotion (as its slot, see switching/slots.py): the
+            # watchdog brings the previous release back if it fails its bake.
+            self.baking = Bake.starting(revision.sha, bake_seconds)
             self.live, self.live_switch = new, switch
             self._serve(revision)
             if old is not None:  # it serves already; /status says what is left to do

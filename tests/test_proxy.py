@@ -58,6 +58,22 @@ async def paced(request):
     return response
 
 
+async def cookies(request):
+    response = web.Response(text="two cookies\\n", content_type="text/plain", charset="utf-8")
+    response.headers.add("Set-Cookie", "a=1")
+    response.headers.add("Set-Cookie", "b=2")
+    response.headers["X-App"] = "yes"
+    return response
+
+
+async def big(request):  # also answers HEAD: its length, and no body
+    return web.Response(body=bytes(range(256)) * 4096)
+
+
+async def nothing(request):
+    return web.Response(status=204)
+
+
 async def echo(request):
     ws = web.WebSocketResponse()
     await ws.prepare(request)
@@ -72,6 +88,9 @@ app.router.add_get("/seen", seen)
 app.router.add_post("/digest", digest)
 app.router.add_get("/paced", paced)
 app.router.add_get("/ws", echo)
+app.router.add_get("/cookies", cookies)
+app.router.add_get("/big", big)
+app.router.add_get("/nothing", nothing)
 web.run_app(app, host="127.0.0.1", port=int(os.environ["PORT"]), print=None)
 '''
 
@@ -115,6 +134,18 @@ def test_the_proxy_forwards_as_proxies_do(
 
     answer = requests.post(f"{base}/digest", data=chunks(), timeout=30).json()
     assert answer == {"sha256": hashlib.sha256(b"x" * 65536 * 16).hexdigest(), "size": 1 << 20}
+
+    answer = requests.get(f"{base}/cookies", timeout=10)
+    assert answer.text == "two cookies\n"
+    assert answer.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
+    assert answer.headers["X-App"] == "yes"
+    assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+    big = bytes(range(256)) * 4096
+    assert requests.get(f"{base}/big", timeout=10).content == big
+    head = requests.head(f"{base}/big", timeout=10)
+    assert (head.status_code, head.headers["Content-Length"], head.content) == (200, "1048576", b"")
+    nothing = requests.get(f"{base}/nothing", timeout=10)
+    assert (nothing.status_code, nothing.content) == (204, b"")
 
     with requests.get(f"{base}/paced", stream=True, timeout=30) as response:
         lines = response.iter_lines()

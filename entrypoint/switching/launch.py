@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,9 @@ from entrypoint.switching.plan import ProxyPlan, ignore_orders
 
 SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 # In an assignment: while its revision bakes, the time.monotonic() (one clock for the
-# whole machine) until which the slot does not start again (slots.promote says why).
+# whole machine) until which a start of the slot is held back (slots.promote says why).
 PROBATION_UNTIL = "probation_until"
+HOLD_BACK_SECONDS = 5.0  # at most: the agent's time to roll back (its loop may be busy)
 # The holder: a shell that sleeps, and exits 0 when stopped (a clean stop in the log).
 HOLD = 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done'
 
@@ -34,14 +36,7 @@ def main() -> int:
     slot = os.environ["SUPERVISOR_PROCESS_NAME"]
     if slot == HOLDER_NAME:  # while it runs, supervisord keeps the socket open
         os.execv("/bin/sh", ["/bin/sh", "-c", HOLD])
-    assignment = _assignment(slot)
-    if time.monotonic() < float(assignment.get(PROBATION_UNTIL, 0.0)):
-        print(
-            "live-pull launch: web exited within its bake and is not started again: "
-            "the previous release goes back live",
-            file=sys.stderr,
-        )
-        return 1
+    assignment = _held_back(slot, _assignment(slot))
     # The group's tag (from supervisord) names the group; each slot's processes carry
     # the slot's name. Read before the revision's environment, which may hold another.
     home = os.environ[TAG_VARIABLE].rsplit(":", 1)[0]
@@ -57,6 +52,24 @@ def main() -> int:
 
         return serve(app, plan, lambda: bool(_assignment(slot).get("stand_by")))
     os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])
+
+
+def _held_back(slot: str, assignment: dict[str, Any]) -> dict[str, Any]:
+    """A slot that starts again within its bake (its web exited) waits, accepting
+    nothing (connections wait in the socket's queue), for the agent to roll back, which
+    stops it; it starts once the bake is over or HOLD_BACK_SECONDS passed. Returns the
+    assignment as it is then (the agent may have lifted the probation meanwhile)."""
+    left = float(assignment.get(PROBATION_UNTIL, 0.0)) - time.monotonic()
+    if left <= 0:
+        return assignment
+    print(
+        "live-pull launch: web exited within its bake, held back for the agent to roll back",
+        file=sys.stderr,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped: a clean exit
+    time.sleep(min(left, HOLD_BACK_SECONDS))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return _assignment(slot)
 
 
 def _assignment(slot: str) -> dict[str, Any]:

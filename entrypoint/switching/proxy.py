@@ -67,6 +67,7 @@ PROOF_REQUEST_SECONDS = 2.0  # one request of the proof, as health.answer allows
 ACCEPTED_GRACE_SECONDS = 1.0
 ACCEPT_TASK_ITERATIONS = 3  # loop iterations for accepted connections to attach
 REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods (RFC 9110 9.2.1)
+BUFFERED_BODY = 64 * 1024  # an answer of known length up to this is read whole
 GOING_AWAY = 1001  # the websocket close code of a server going down
 ORDERS = {  # the agent's orders besides SIGTERM (see plan.py)
     signal.Signals["SIG" + STAND_BY]: "stand by",
@@ -198,9 +199,10 @@ async def _serve_the_socket(
     with the drain that follows: requests in flight finish, idle connections close)."""
     forwarder = Forwarder(plan.port, unreachable=orders.nudged.set)
     forwarder.open()
-    application = web.Application(client_max_size=0)
-    application.router.add_route("*", "/{tail:.*}", forwarder.handle)
-    runner = web.AppRunner(application, access_log=None, shutdown_timeout=plan.drain_seconds)
+    # aiohttp's low-level server: every request goes to the one handler, with no router
+    # or middleware to pass through first.
+    server = web.Server(forwarder.handle, access_log=None)
+    runner = web.ServerRunner(server, shutdown_timeout=plan.drain_seconds)
     try:
         await runner.setup()
         listener = socket.socket(fileno=os.dup(0))
@@ -215,7 +217,7 @@ async def _serve_the_socket(
     return ended, asyncio.create_task(_drain(runner, forwarder, plan))
 
 
-async def _drain(runner: web.AppRunner, forwarder: Forwarder, plan: ProxyPlan) -> None:
+async def _drain(runner: web.BaseRunner, forwarder: Forwarder, plan: ProxyPlan) -> None:
     # Websockets cannot drain: they are closed (1001, going away) as the drain ends.
     asyncio.get_running_loop().call_later(
         max(0.0, plan.drain_seconds - 1), forwarder.going_away.set
@@ -265,17 +267,17 @@ class Forwarder:
         if self.session is not None:
             await self.session.close()
 
-    def _target(self, request: web.Request) -> URL:
+    def _target(self, request: web.BaseRequest) -> URL:
         """The app's URL for the request, its path and query exactly as the client sent
         them (no re-encoding: %2F stays %2F)."""
         return URL(self.base + request.raw_path, encoded=True)
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
         return await self._http(request)
 
-    async def _http(self, request: web.Request) -> web.StreamResponse:
+    async def _http(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             upstream = await self._send(request)
         except ClientError as exc:
@@ -283,17 +285,29 @@ class Forwarder:
             self.unreachable()
             return web.Response(status=502, text="502 Bad Gateway: the app gave no answer\n")
         async with upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in upstream.headers.items():
-                if name.lower() not in HOP_BY_HOP:
-                    response.headers.add(name, value)
+            headers = CIMultiDict(
+                (name, value)
+                for name, value in upstream.headers.items()
+                if name.lower() not in HOP_BY_HOP
+            )
+            if _small(request, upstream):  # read whole, and sent in one write
+                try:
+                    body = await upstream.read()
+                except ClientError as exc:
+                    log.warning("the app's answer broke off: %s", type(exc).__name__)
+                    return web.Response(status=502, text="502 Bad Gateway: the answer broke off\n")
+                status, reason = upstream.status, upstream.reason
+                return web.Response(status=status, reason=reason, headers=headers, body=body)
+            response = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason, headers=headers
+            )
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
         return response
 
-    async def _send(self, request: web.Request) -> ClientResponse:
+    async def _send(self, request: web.BaseRequest) -> ClientResponse:
         """The request to the app. A kept-alive connection the app closed as it was
         reused fails before any answer: a request without a body that is safe to
         repeat is sent once more, on a new connection."""
@@ -314,7 +328,7 @@ class Forwarder:
                     raise
         raise AssertionError("unreachable")
 
-    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+    async def _websocket(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self.session is not None
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         protocols = [name.strip() for name in offered.split(",") if name.strip()]
@@ -375,7 +389,19 @@ async def _relay(source: WebSocket, target: WebSocket) -> None:
             break
 
 
-def forwarded_headers(request: web.Request) -> CIMultiDict[str]:
+def _small(request: web.BaseRequest, upstream: ClientResponse) -> bool:
+    """An answer with a body of a known length up to BUFFERED_BODY (most answers), not
+    to a HEAD (whose Content-Length describes a body that is not sent)."""
+    length = upstream.content_length
+    return (
+        length is not None
+        and length <= BUFFERED_BODY
+        and request.method != "HEAD"
+        and upstream.status not in (204, 304)
+    )
+
+
+def forwarded_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     """The request's end-to-end headers (Host kept), plus what a proxy adds."""
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP

@@ -69,7 +69,7 @@ class WebSlots:
         self.run_as = run_as
         self.active: str | None = None  # the slot serving the running revision
         self.ready: Ready | None = None  # the slot standing by, if one does
-        self.withdrawn: str | None = None  # the serving slot, stopped as it was down
+        self._proven_pid = 0  # the pid of the active slot when it was promoted
         self._assigned: dict[str, dict[str, Any]] = {}  # what each slot was told to run
 
     def hold_socket(self) -> None:
@@ -83,10 +83,7 @@ class WebSlots:
             log.warning("the shared socket's holder did not start error=%s", exc)
 
     def free(self) -> str:
-        """The slot a start takes: not the serving one, nor one withdrawn (it keeps its
-        assignment, to serve again if the start fails)."""
-        taken = self.active or self.withdrawn
-        return SLOT_NAMES[1] if taken == SLOT_NAMES[0] else SLOT_NAMES[0]
+        return SLOT_NAMES[1] if self.active == SLOT_NAMES[0] else SLOT_NAMES[0]
 
     def start(self, web: ProgramSpec, plan: ProxyPlan | None) -> str:
         """Start `web` in the free slot (behind the proxy of `plan`, if any) and wait
@@ -163,35 +160,36 @@ class WebSlots:
 
     def promote(self, slot: str, bake_seconds: float = 0.0) -> str | None:
         """`slot` serves from now on; returns the slot it replaces, left to drain. For
-        `bake_seconds` (its bake), supervisord restarting it starts nothing (launch.py):
-        its web exited, so the previous release goes back, and a restart would only take
-        connections on the shared socket and drop them as it fell again."""
+        `bake_seconds` (its bake), a start of it by supervisord is held back (launch.py):
+        its web exited, so the previous release goes back, and a web started again would
+        take connections on the shared socket and drop them if it fell again."""
         if bake_seconds > 0:
             self._reassign(slot, **{PROBATION_UNTIL: time.monotonic() + bake_seconds})
-        old, self.active, self.withdrawn = self.active, slot, None
+        self._proven_pid = int(self.supervisor.states().get(slot, {}).get("pid") or 0)
+        old, self.active = self.active, slot
         return old if old != slot else None
 
     def withdraw(self) -> None:
-        """The serving slot stops if its web is down (it exited, and supervisord is
-        between restarts of it), and no slot serves: each restart would take connections
-        on the shared socket and drop them, where now they wait in its backlog for the
-        slot that joins next (promote), or it serves again (reinstate)."""
+        """The serving slot stops if its web fell: it is not the process that was
+        proven (it exited, and supervisord started it again), or it is not running.
+        Then no slot serves: a web that fell again would take connections on the shared
+        socket and drop them, where now they wait in its queue for the next slot."""
         active = self.active
-        if active is None or self._running(active):
+        if active is None:
             return
-        log.warning("the serving web is down, its slot stops first slot=%s", active)
+        state = self.supervisor.states().get(active, {})
+        if state.get("statename") == "RUNNING" and state.get("pid") == self._proven_pid:
+            return
+        log.warning("the serving web fell, its slot stops first slot=%s", active)
         self.stop(active)
-        self.active, self.withdrawn = None, active
+        self.active = None
 
-    def reinstate(self) -> None:
-        """The slot withdrawn, if any, serves again (what was to replace it failed):
-        supervisord starts it, and the watchdog's crash rules apply to it as before."""
-        slot, self.withdrawn = self.withdrawn, None
-        if slot is None:
-            return
-        self.active = slot
-        self._reassign(slot, **{PROBATION_UNTIL: 0.0})
-        self.supervisor.start_process(self.shared.name, slot)
+    def lift_probation(self) -> None:
+        """The serving slot's bake ends early (another switch starts): supervisord's
+        restarts of it are no longer held back."""
+        active = self.active
+        if active is not None and self._assigned.get(active, {}).get(PROBATION_UNTIL):
+            self._reassign(active, **{PROBATION_UNTIL: 0.0})
 
     def stand_by(self, slot: str, sha: str) -> bool:
         """`slot`, just replaced, stops accepting and keeps its app running, ready to

@@ -43,6 +43,7 @@ class StartFirst:
         self.supervisor.apply(old.workers if old else [], self.slots.shared)
         self.supervisor.apply(new.workers, self.slots.shared)
         self.slots.hold_socket()
+        self.slots.lift_probation()  # a bake ends with the next switch
         self.supervisor.wait_running(new.worker_names)
 
     def _join(self, web: ProgramSpec, plan: ProxyPlan | None) -> None:
@@ -71,16 +72,13 @@ class StartFirst:
     def abandon(self, new: Lineup, old: Lineup | None) -> str:
         joining, self.joining = self.joining, None
         try:
-            try:
-                if joining is not None:
-                    self.slots.stop(joining)
-                if old is not None:  # the old workers again, if the new ones replaced them
-                    self.supervisor.apply(old.workers, self.slots.shared)
-            finally:
-                self.slots.reinstate()  # down as it is: the watchdog's rules must see it
+            if joining is not None:
+                self.slots.stop(joining)
+            if old is not None:  # the old workers again, if the new ones replaced them
+                self.supervisor.apply(old.workers, self.slots.shared)
         except Exception as exc:
-            log.error("restoring the previous revision failed error=%s", exc)
-            return f"; restoring {old.sha[:12] if old else '-'} failed: {exc}"
+            log.error("restoring the previous revision's workers failed error=%s", exc)
+            return f"; restoring the workers of {old.sha[:12] if old else '-'} failed: {exc}"
         return ""
 
     def watched(self, lineup: Lineup) -> set[str]:

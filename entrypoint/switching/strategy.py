@@ -40,8 +40,8 @@ class Switch(Protocol):
     """How `new` replaces `old` (None at the first start)."""
 
     def withdraw_fallen(self) -> None:
-        """Before an urgent switch (what serves fell over): what of it is down, and
-        would only take connections to drop them, stops first (abandon brings it back)."""
+        """Before an urgent switch (what serves fell over): a web of it that fell, and
+        would take connections to drop them if it fell again, stops first."""
 
     def start_beside(self, new: Lineup, old: Lineup | None) -> None:
         """Start what `new` runs, as far as can be done while `old` serves."""
