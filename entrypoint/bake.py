@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from entrypoint.health import answer
 
@@ -20,15 +20,21 @@ FAILED_PROBES = 2  # a health path failing this many times in a row fails the ba
 
 @dataclass
 class Bake:
-    """A revision on probation until `until` (time.monotonic())."""
+    """A revision on probation until `until` (time.monotonic()); `pids`: its processes
+    as they went live (one of them replaced since has exited)."""
 
     sha: str
     until: float
+    pids: dict[str, int] = field(default_factory=dict)
     failed_probes: int = 0
 
     @classmethod
-    def starting(cls, sha: str, seconds: float) -> Bake | None:
-        return cls(sha, time.monotonic() + seconds) if seconds > 0 else None
+    def starting(cls, sha: str, seconds: float, pids: dict[str, int]) -> Bake | None:
+        return cls(sha, time.monotonic() + seconds, pids) if seconds > 0 else None
+
+    def replaced(self, process: str, pid: int) -> bool:
+        """Is `process` no longer the one that went live?"""
+        return self.pids.get(process, pid) != pid
 
     @property
     def over(self) -> bool:

@@ -22,6 +22,7 @@ from entrypoint.errors import (
     GitError,
     RevisionError,
     RevisionRefused,
+    SupervisorError,
     TransientError,
 )
 from entrypoint.files import OutsideRoot, resolve_inside
@@ -482,7 +483,7 @@ class Updater:
                 self.board.update(standing_by=switch.standing_by())
             # On probation from its promotion (as its slot, see switching/slots.py): the
             # watchdog brings the previous release back if it fails its bake.
-            self.baking = Bake.starting(revision.sha, bake_seconds)
+            self.baking = Bake.starting(revision.sha, bake_seconds, self._pids(switch, new))
             self.live, self.live_switch = new, switch
             self._serve(revision)
             if old is not None:  # it serves already; /status says what is left to do
@@ -495,6 +496,14 @@ class Updater:
         if self.baking is bake:
             self.baking = None
             log.info("revision baked sha=%s", short(bake.sha))
+
+    def _pids(self, switch: Switch, lineup: Lineup) -> dict[str, int]:
+        """The pids of what the watchdog watches in `lineup`, as it goes live."""
+        try:
+            states = self.supervisor.states()
+        except SupervisorError:  # the bake goes by the exits the watchdog sees
+            return {}
+        return {name: int(states.get(name, {}).get("pid") or 0) for name in switch.watched(lineup)}
 
     def _bake_seconds(self, replacing: bool) -> float:
         """An update that replaces a running revision bakes; a first start does not."""

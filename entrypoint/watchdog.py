@@ -158,16 +158,20 @@ class Watchdog:
     def _bake_failed(self, states: dict[str, dict[str, Any]], watched: set[str]) -> bool:
         """True when the revision on probation failed it: the previous one is asked for
         (once), and nothing else is judged meanwhile. Its programs were all RUNNING when
-        it went live, so one that is not has exited, even if no look saw it go (one
-        that exits as the switch ends; a web that supervisord does not restart in its
-        bake, see slots.promote)."""
+        it went live, so one that is not, or is not the process that went live, has
+        exited, even if no look saw it go (one that exits as the switch ends, while the
+        watchdog cannot look)."""
         bake = self._bake
         if bake is None or bake.sha != self._running or self._reported:
             return False
         if bake.over:
             self.updater.baked(bake)
             return False
-        down = [program_name(n) for n in sorted(watched) if not _running(states, n)]
+        down = [
+            program_name(n)
+            for n in sorted(watched)
+            if not _running(states, n) or bake.replaced(n, int(states[n].get("pid") or 0))
+        ]
         why = judge(bake, self.counter.since_switch or down, self.bake_probe)
         if why is None:
             return False

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,6 +104,26 @@ def app_files(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def expecting_continue(port: int, body: bytes) -> dict[str, object]:
+    """POST /digest as curl sends a body: with `Expect: 100-continue`, and the body only
+    once the 100 came."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        head = f"POST /digest HTTP/1.1\r\nHost: app\r\nContent-Length: {len(body)}\r\n"
+        conn.sendall(head.encode() + b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += conn.recv(1024) or b"<closed>"
+            assert not interim.endswith(b"<closed>"), interim
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n"), interim
+        conn.sendall(body)
+        answer = interim.split(b"\r\n\r\n", 1)[1]
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status, payload = answer.split(b"\r\n", 1)[0], answer.split(b"\r\n\r\n", 1)[1]
+    assert status == b"HTTP/1.1 200 OK", answer
+    return dict(json.loads(payload))
+
+
 def test_the_proxy_forwards_as_proxies_do(
     sample: SampleRepo, agent_factory: Factory, tmp_path: Path
 ) -> None:
@@ -146,6 +168,11 @@ def test_the_proxy_forwards_as_proxies_do(
     assert (head.status_code, head.headers["Content-Length"], head.content) == (200, "1048576", b"")
     nothing = requests.get(f"{base}/nothing", timeout=10)
     assert (nothing.status_code, nothing.content) == (204, b"")
+
+    assert expecting_continue(agent.port, b"hello") == {
+        "sha256": hashlib.sha256(b"hello").hexdigest(),
+        "size": 5,
+    }
 
     with requests.get(f"{base}/paced", stream=True, timeout=30) as response:
         lines = response.iter_lines()

@@ -28,6 +28,7 @@ from aiohttp import (
     ClientTimeout,
     ClientWebSocketResponse,
     DummyCookieJar,
+    HttpVersion11,
     TCPConnector,
     WSMsgType,
     web,
@@ -62,6 +63,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# Answered by the proxy itself, not forwarded: the app would wait for a body that the
+# proxy only sends once the client does (see _expect).
+ANSWERED_HERE = frozenset({"expect"})
 CONNECT_SECONDS = 10.0
 PROOF_REQUEST_SECONDS = 2.0  # one request of the proof, as health.answer allows it
 ACCEPTED_GRACE_SECONDS = 1.0
@@ -273,6 +277,9 @@ class Forwarder:
         return URL(self.base + request.raw_path, encoded=True)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        refused = await _expect(request)
+        if refused is not None:
+            return refused
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
         return await self._http(request)
@@ -389,6 +396,20 @@ async def _relay(source: WebSocket, target: WebSocket) -> None:
             break
 
 
+async def _expect(request: web.BaseRequest) -> web.StreamResponse | None:
+    """What aiohttp's Application does for `Expect`, and its low-level server does not:
+    HTTP/1.1 `100-continue` is answered at once (the body then streams to the app as
+    it comes), any other expectation gets a 417."""
+    expect = request.headers.get("Expect")
+    if expect is None or request.version != HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        return web.Response(status=417, text=f"417 Expectation Failed: {expect}\n")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer's own size starts after it, as aiohttp's
+    return None
+
+
 def _small(request: web.BaseRequest, upstream: ClientResponse) -> bool:
     """An answer with a body of a known length up to BUFFERED_BODY (most answers), not
     to a HEAD (whose Content-Length describes a body that is not sent)."""
@@ -404,7 +425,9 @@ def _small(request: web.BaseRequest, upstream: ClientResponse) -> bool:
 def forwarded_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     """The request's end-to-end headers (Host kept), plus what a proxy adds."""
     headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP
+        (name, value)
+        for name, value in request.headers.items()
+        if name.lower() not in HOP_BY_HOP and name.lower() not in ANSWERED_HERE
     )
     peer = request.remote or ""
     earlier = headers.get("X-Forwarded-For")

@@ -170,19 +170,25 @@ class WebSlots:
         return old if old != slot else None
 
     def withdraw(self) -> None:
-        """The serving slot stops if its web fell: it is not the process that was
-        proven (it exited, and supervisord started it again), or it is not running.
-        Then no slot serves: a web that fell again would take connections on the shared
-        socket and drop them, where now they wait in its queue for the next slot."""
+        """The serving slot stops if its web fell (see _fell). Then no slot serves: a web
+        that fell again would take connections on the shared socket and drop them, where
+        now they wait in its queue for the next slot."""
         active = self.active
-        if active is None:
-            return
-        state = self.supervisor.states().get(active, {})
-        if state.get("statename") == "RUNNING" and state.get("pid") == self._proven_pid:
+        if active is None or not self._fell(active):
             return
         log.warning("the serving web fell, its slot stops first slot=%s", active)
         self.stop(active)
         self.active = None
+
+    def _fell(self, slot: str) -> bool:
+        """Not running; or, in its bake (where a start of it is held back), not the
+        process proven. Past the bake supervisord's restarts are the norm."""
+        state = self.supervisor.states().get(slot, {})
+        if state.get("statename") != "RUNNING":
+            return True
+        until = float(self._assigned.get(slot, {}).get(PROBATION_UNTIL, 0.0))
+        on_probation = until > time.monotonic()
+        return on_probation and state.get("pid") != self._proven_pid
 
     def lift_probation(self) -> None:
         """The serving slot's bake ends early (another switch starts): supervisord's

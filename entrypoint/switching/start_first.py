@@ -36,14 +36,15 @@ class StartFirst:
         self.left: str | None = None  # the slot the new revision replaced
 
     def withdraw_fallen(self) -> None:
+        self.slots.hold_socket()  # the socket stays open with no slot
         self.slots.withdraw()
 
     def start_beside(self, new: Lineup, old: Lineup | None) -> None:
+        self.slots.lift_probation()  # a bake ends with the next switch
         # The slots' group must exist before a slot starts (a no-op once it does).
         self.supervisor.apply(old.workers if old else [], self.slots.shared)
         self.supervisor.apply(new.workers, self.slots.shared)
         self.slots.hold_socket()
-        self.slots.lift_probation()  # a bake ends with the next switch
         self.supervisor.wait_running(new.worker_names)
 
     def _join(self, web: ProgramSpec, plan: ProxyPlan | None) -> None:
