@@ -22,7 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,6 +33,21 @@ from entrypoint.sample import APP, SampleRepo, create_sample_repo
 from tests.wheels import build_wheel
 
 TIMEOUT = 300.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def worktree(commit: str, root: Path) -> Iterator[Path]:
+    """A temporary worktree of `commit` under `root`: another tree's package runs from
+    there (as the current directory), with this venv."""
+    path = root / f"baseline-{commit}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path),
+                    commit], check=True)  # fmt: skip
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                       check=False)  # fmt: skip
 
 
 def build_wheelhouse(root: Path, count: int) -> Path:

@@ -10,12 +10,17 @@ revision whose web dies within its bake: how soon the previous release answers a
 standing by (proxied) or started again (handed over).
 
     .venv/bin/python bench/rollover.py [--updates 20] [--threads 4] [--seconds 15]
-        [--rollbacks 5] [--only updates|rollbacks|cost]
+        [--rollbacks 5] [--rounds 3] [--baseline REV] [--only updates|rollbacks|cost]
+
+The proxy's cost is the median of `rounds` rounds, handed over and proxied in turn (the
+machine's noise moves them alike); with `--baseline`, the proxy of that commit (run
+from a temporary worktree) is measured in the same rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -34,6 +39,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import ROOT, worktree
 from entrypoint.demo import free_port
 from entrypoint.sample import APP, SampleRepo, create_sample_repo
 
@@ -126,8 +132,11 @@ class Load:
 
 
 @contextmanager
-def agent_on(server: str, settings: dict[str, str]) -> Iterator[tuple[SampleRepo, int, str]]:
-    """An agent serving `server`'s first revision; yields the remote, port and status URL."""
+def agent_on(
+    server: str, settings: dict[str, str], tree: Path = ROOT
+) -> Iterator[tuple[SampleRepo, int, str]]:
+    """An agent serving `server`'s first revision, running `tree`'s package; yields the
+    remote, port and status URL."""
     with tempfile.TemporaryDirectory(prefix="live-pull-rollover-") as tmp:
         sample: SampleRepo = create_sample_repo(Path(tmp) / "remote")
         sample.commit(files(server, "v0"), "v0")
@@ -145,6 +154,7 @@ def agent_on(server: str, settings: dict[str, str]) -> Iterator[tuple[SampleRepo
         }
         agent = subprocess.Popen(
             [sys.executable, "-m", "entrypoint", "run"],
+            cwd=tree,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -230,10 +240,13 @@ def bake_rollback(server: str, runs: int, threads: int) -> dict[str, float]:
     return {"back": statistics.median(times), "failed": statistics.median(failures)}
 
 
-def steady(handoff: str, seconds: float, threads: int) -> dict[str, float]:
+def steady(handoff: str, tree: Path, seconds: float, threads: int) -> dict[str, float]:
     """Requests per second and latency with no update, gunicorn handed over or proxied."""
     settings = {"LIVE_PULL_HANDOFF": handoff}
-    with agent_on("gunicorn (sync)", settings) as (_, port, _), loaded(port, threads) as load:
+    with (
+        agent_on("gunicorn (sync)", settings, tree) as (_, port, _),
+        loaded(port, threads) as load,
+    ):
         time.sleep(seconds)
     summary = load.summary()
     return {**summary, "rate": summary["requests"] / seconds}
@@ -254,9 +267,9 @@ def raw_requests(port: int, seconds: float, answers: multiprocessing.Queue[int])
     answers.put(answered)
 
 
-def saturated(handoff: str, seconds: float, processes: int) -> float:
+def saturated(handoff: str, tree: Path, seconds: float, processes: int) -> float:
     """Requests per second that gunicorn, handed over or proxied, answers at most."""
-    with agent_on("gunicorn (sync)", {"LIVE_PULL_HANDOFF": handoff}) as (_, port, _):
+    with agent_on("gunicorn (sync)", {"LIVE_PULL_HANDOFF": handoff}, tree) as (_, port, _):
         answers: multiprocessing.Queue[int] = multiprocessing.Queue()
         clients = [
             multiprocessing.Process(target=raw_requests, args=(port, seconds, answers))
@@ -306,26 +319,58 @@ def print_rollbacks(runs: int, threads: int) -> None:
         print(f"| {server} | {how} | {r['back']:.2f} s | {r['failed']:.0f} |", flush=True)
 
 
-def print_cost(seconds: float, threads: int) -> None:
-    print(f"\nThe proxy's cost: gunicorn, no updates, {seconds:g} s each\n")
+def ways(base: Path | None, baseline: str | None) -> dict[str, tuple[str, Path]]:
+    """The rows of the proxy's cost: how gunicorn gets the socket, and which tree runs."""
+    rows = {"handed the socket": ("socket", ROOT), "behind live-pull's proxy": ("proxy", ROOT)}
+    if base is not None:
+        rows[f"behind the proxy of {baseline}"] = ("proxy", base)
+    return rows
+
+
+def print_cost(seconds: float, threads: int, rounds: int, baseline: str | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="live-pull-cost-") as tmp:
+        trees = worktree(baseline, Path(tmp)) if baseline else contextlib.nullcontext(None)
+        with trees as base:
+            print_cost_of(ways(base, baseline), seconds, threads, rounds)
+
+
+def median_of(results: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def print_cost_of(rows: dict[str, tuple[str, Path]], seconds: float, threads: int,
+                  rounds: int) -> None:  # fmt: skip
+    print(f"\nThe proxy's cost: gunicorn, no updates, {seconds:g} s each, median of {rounds}\n")
     print("| web | requests/s | p50 | p99 |")
     print("| --- | --- | --- | --- |")
-    rows = {"handed the socket": steady("socket", seconds, threads)}
-    rows["behind live-pull's proxy"] = steady("proxy", seconds, threads)
-    for name, r in rows.items():
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, (way, tree) in rows.items():
+            runs[name].append(steady(way, tree, seconds, threads))
+    medians = {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()
+    }
+    for name, r in medians.items():
         print(f"| {name} | {r['rate']:.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms |")
-    direct, proxied = rows.values()
-    print(
-        f"\nproxied against handed over: {100 * (proxied['rate'] / direct['rate'] - 1):+.1f} % "
-        f"requests/s, {proxied['p50'] - direct['p50']:+.2f} ms median"
-    )
+    direct = medians.pop("handed the socket")
+    for name, r in medians.items():
+        print(
+            f"\n{name} against handed over: {100 * (r['rate'] / direct['rate'] - 1):+.1f} % "
+            f"requests/s, {r['p50'] - direct['p50']:+.2f} ms median"
+        )
     print(f"\nAt most: {SATURATING} processes of bare-socket clients, {seconds:g} s each\n")
     print("| web | requests/s |")
     print("| --- | --- |")
-    most = {way: saturated(way, seconds, SATURATING) for way in ("socket", "proxy")}
-    print(f"| handed the socket | {most['socket']:.0f} |")
-    print(f"| behind live-pull's proxy | {most['proxy']:.0f} |")
-    print(f"\nproxied against handed over: {100 * (most['proxy'] / most['socket'] - 1):+.1f} %")
+    most: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, (way, tree) in rows.items():
+            most[name].append(saturated(way, tree, seconds, SATURATING))
+    rates = {name: statistics.median(values) for name, values in most.items()}
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:.0f} |")
+    direct_rate = rates.pop("handed the socket")
+    for name, rate in rates.items():
+        print(f"\n{name} against handed over: {100 * (rate / direct_rate - 1):+.1f} %")
 
 
 def main() -> int:
@@ -334,6 +379,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rollbacks", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", default=None, help="a commit whose proxy to compare")
     parser.add_argument("--only", choices=["updates", "rollbacks", "cost"], default=None)
     args = parser.parse_args()
     if args.only in (None, "updates"):
@@ -341,7 +388,7 @@ def main() -> int:
     if args.only in (None, "rollbacks"):
         print_rollbacks(args.rollbacks, args.threads)
     if args.only in (None, "cost"):
-        print_cost(args.seconds, args.threads)
+        print_cost(args.seconds, args.threads, args.rounds, args.baseline)
     return 0
 
 

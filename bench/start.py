@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench
-from bench import app_files, build_wheelhouse, stop, wait_for
+from bench import app_files, build_wheelhouse, stop, wait_for, worktree
 from entrypoint.demo import free_port
 from entrypoint.sample import SampleRepo, create_sample_repo
 
@@ -95,13 +95,6 @@ def restart(tree: Path, sample: SampleRepo, home: Path, house: Path, listen: str
     return times, memory
 
 
-def worktree(commit: str, root: Path) -> Path:
-    path = root / "baseline"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path),
-                    commit], check=True)  # fmt: skip
-    return path
-
-
 def row(label: str, times: list[float], memory: dict[str, float]) -> str:
     total = sum(memory.values())
     parts = " | ".join(f"{memory.get(k, 0.0):5.1f} MB" for k in ("agent", "supervisord", "proxy"))
@@ -122,17 +115,13 @@ def main() -> int:
         house = build_wheelhouse(root, PACKAGES)
         sample = create_sample_repo(root / "remote")
         sample.commit(app_files(PACKAGES, "1.0", "bench"), "bench app")
-        base = worktree(args.baseline, root)
-        try:
+        with worktree(args.baseline, root) as base:
             for name, tree in ((f"baseline {args.baseline}", base), ("this tree", ROOT)):
                 for listen in ("", "off"):
                     home = root / f"home-{tree.name}-{listen or 'default'}"
                     mode = "LISTEN=off" if listen else "default"
                     times, memory = restart(tree, sample, home, house, listen, args.runs)
                     rows.append(row(f"{name}, {mode}", times, memory))
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
-                           check=False)  # fmt: skip
     print(f"\nrestart to first response (lockfile unchanged), {args.runs} runs; RSS at idle\n")
     print("| what | median | min | agent | supervisord | proxy | live-pull in all |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
