@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from entrypoint.demo import free_port
+from entrypoint.processes import alive
 from entrypoint.sample import APP, SampleRepo, app_files
 from tests.conftest import AgentProcess, wait_until
 
@@ -24,14 +25,6 @@ def head(sample: SampleRepo) -> str:
     return git.Repo(sample.work).head.commit.hexsha
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
 def test_sigterm_stops_app_and_exits_zero_quickly(
     sample: SampleRepo, agent_factory: Factory
 ) -> None:
@@ -41,7 +34,7 @@ def test_sigterm_stops_app_and_exits_zero_quickly(
     code, elapsed = agent.stop(signal.SIGTERM)
     assert code == 0
     assert elapsed < 10
-    assert not pid_alive(app_pid)
+    assert not alive(app_pid)
     assert agent.app() is None
     assert "stopped" in agent.output()
 
@@ -77,7 +70,7 @@ def test_stubborn_app_and_its_children_are_killed_within_bound(
     code, elapsed = agent.stop()
     assert code == 0
     assert elapsed < 10
-    wait_until(lambda: not pid_alive(app_pid) and not pid_alive(child_pid), 5, "group killed")
+    wait_until(lambda: not alive(app_pid) and not alive(child_pid), 5, "group killed")
 
 
 def test_crash_looping_app_exits_non_zero(sample: SampleRepo, agent_factory: Factory) -> None:

@@ -12,12 +12,17 @@ from dataclasses import dataclass
 # accept again (a rollback within the bake).
 STAND_BY = "USR1"
 RESUME = "USR2"
+# The same, as the proxy hears them.
+ORDERS = {
+    signal.Signals["SIG" + STAND_BY]: "stand by",
+    signal.Signals["SIG" + RESUME]: "resume",
+}
 
 
 def ignore_orders() -> None:
     """A proxy slot not listening for the orders ignores them: their default is to exit."""
-    for name in (STAND_BY, RESUME):
-        signal.signal(signal.Signals["SIG" + name], signal.SIG_IGN)
+    for sig in ORDERS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from entrypoint.health import POLL_SECONDS, proves, stop_process_group
-from entrypoint.switching.plan import RESUME, STAND_BY, ProxyPlan, ignore_orders
+from entrypoint.switching.plan import ORDERS, ProxyPlan, ignore_orders
 
 log = logging.getLogger("live-pull proxy")
 
@@ -73,10 +73,6 @@ ACCEPT_TASK_ITERATIONS = 3  # loop iterations for accepted connections to attach
 REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods (RFC 9110 9.2.1)
 BUFFERED_BODY = 64 * 1024  # an answer of known length up to this is read whole
 GOING_AWAY = 1001  # the websocket close code of a server going down
-ORDERS = {  # the agent's orders besides SIGTERM (see plan.py)
-    signal.Signals["SIG" + STAND_BY]: "stand by",
-    signal.Signals["SIG" + RESUME]: "resume",
-}
 
 
 def serve(app: subprocess.Popen[bytes], plan: ProxyPlan, standing_by: Callable[[], bool]) -> int:
@@ -160,8 +156,8 @@ async def _serve_until_stopped(
 
 
 class Orders:
-    """What the agent says to the slot, by signal: "stop" (SIGTERM, SIGINT), and ORDERS:
-    "stand by", "resume" (serve again)."""
+    """What the agent says to the slot, by signal: "stop" (SIGTERM, SIGINT), and the
+    ORDERS of plan.py: "stand by", "resume" (serve again)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.given = {name: asyncio.Event() for name in ("stop", "stand by", "resume")}

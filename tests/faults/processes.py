@@ -48,13 +48,6 @@ def pids_tagged(tag: str) -> list[int]:
     return found
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return False
-
-
 def wait_gone(text: str, timeout: float = 20.0) -> None:
     """Every process with `text` in its argv is gone (bounded wait)."""
     wait_until(

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from entrypoint.processes import alive
 from entrypoint.sample import APP, create_sample_repo
 from tests.conftest import wait_until
 from tests.faults.agents import Agent, Family, Launcher, Prober, Sampler, app_with, head
-from tests.faults.processes import app_pid, marker, pid_alive, pids_with, wait_gone
+from tests.faults.processes import app_pid, marker, pids_with, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_app_ignores_sigterm(family: Family, agent: Agent, tmp_path: Path) -> No
     pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text()))
     newer = family.good("replaces the stubborn one")
     agent.wait_serving(newer)
-    wait_until(lambda: not pid_alive(pid), 20, "the stubborn app killed")
+    wait_until(lambda: not alive(pid), 20, "the stubborn app killed")
 
 
 def _daemonizing_app(setsid_marker: str, double_fork_marker: str) -> str:
