@@ -361,6 +361,47 @@ def test_a_web_that_falls_within_its_bake_is_held_back_and_drops_no_request(
     )
 
 
+FALLING_ONCE = """\
+MARKER = {marker!r}
+
+
+def fall_when_told():
+    if os.path.exists(MARKER):
+        return  # started again: it stays up
+    while not os.path.exists(MARKER):
+        time.sleep(0.05)
+    os._exit(1)
+
+
+threading.Thread(target=fall_when_told, daemon=True).start()
+server.serve_forever()
+server.server_close()
+"""
+
+
+def test_a_web_that_falls_while_the_old_one_drains_fails_its_bake(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    """The watchdog cannot look while the old slot drains: a new web that exits then, and
+    is up again (a new process) by its first look, still fails its bake."""
+    agent, _ = start(sample, agent_factory, LIVE_PULL_BAKE_SECONDS="60")
+    slow = FD_APP.format(message="drains slowly").replace(
+        "threading.Thread(target=server.shutdown)", "threading.Timer(4, server.shutdown)"
+    )
+    slowly = update(agent, sample, {"app.py": slow}, "drains for 4s")
+    agent.wait_status(state="running", revision=slowly, timeout=60)
+    marker = tmp_path / "fall"
+    falling = FD_APP.format(message="falls once").replace(
+        "server.serve_forever()\nserver.server_close()\n", FALLING_ONCE.format(marker=str(marker))
+    )
+    once = update(agent, sample, {"app.py": falling}, "falls once")
+    wait_until(lambda: agent.output().count("draining web slot=") == 2, 60, "the drain")
+    marker.touch()
+    agent.wait_status(state="running", revision=slowly, timeout=60)
+    reason = agent.status()["failed_revisions"][once]
+    assert "failed within the bake time: program web exited" in reason
+
+
 def test_a_revision_whose_health_fails_within_its_bake_time_is_rolled_back(
     sample: SampleRepo, agent_factory: Factory
 ) -> None:
