@@ -4,7 +4,8 @@ side by side in one run, and print a table.
 A restart reuses the volume (release and environment on disk, lockfile unchanged):
 the time is from `live-pull run` to the first answer of the app on PORT. Memory is
 the resident set of live-pull's own processes once the app serves and the agent is
-idle: the agent, supervisord, and the proxy in front of the app (when there is one).
+idle: the agent, supervisord, the proxy in front of the app (when there is one) and the
+holder of the shared socket.
 The app itself is not counted.
 
     .venv/bin/python bench/start.py [--runs 7] [--baseline 37d48a0]
@@ -28,6 +29,7 @@ import bench
 from bench import app_files, build_wheelhouse, stop, wait_for, worktree
 from entrypoint.demo import free_port
 from entrypoint.sample import SampleRepo, create_sample_repo
+from entrypoint.switching.launch import HOLD
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = 10
@@ -61,8 +63,9 @@ def cmdline(pid: int) -> str:
 
 
 def own_memory(agent: int) -> dict[str, float]:
-    """RSS of the agent, supervisord and the proxy slots (not the app)."""
-    found = {"agent": rss_mb(agent), "supervisord": 0.0, "proxy": 0.0}
+    """RSS of the agent, supervisord, the proxy slots (not the app) and the holder of the
+    shared socket (a shell and its sleep)."""
+    found = {"agent": rss_mb(agent), "supervisord": 0.0, "proxy": 0.0, "holder": 0.0}
     for child in children(agent):
         if "supervisord" not in cmdline(child):
             continue
@@ -70,6 +73,8 @@ def own_memory(agent: int) -> dict[str, float]:
         for slot in children(child):
             if "launch" in cmdline(slot) and children(slot):  # a proxy, its app below
                 found["proxy"] += rss_mb(slot)
+            elif HOLD in cmdline(slot):
+                found["holder"] += rss_mb(slot) + sum(map(rss_mb, children(slot)))
     return found
 
 
@@ -97,7 +102,8 @@ def restart(tree: Path, sample: SampleRepo, home: Path, house: Path, listen: str
 
 def row(label: str, times: list[float], memory: dict[str, float]) -> str:
     total = sum(memory.values())
-    parts = " | ".join(f"{memory.get(k, 0.0):5.1f} MB" for k in ("agent", "supervisord", "proxy"))
+    kinds = ("agent", "supervisord", "proxy", "holder")
+    parts = " | ".join(f"{memory.get(k, 0.0):5.1f} MB" for k in kinds)
     return (
         f"| {label:<34} | {statistics.median(times):6.2f} s | {min(times):6.2f} s"
         f" | {parts} | {total:5.1f} MB |"
@@ -123,8 +129,8 @@ def main() -> int:
                     times, memory = restart(tree, sample, home, house, listen, args.runs)
                     rows.append(row(f"{name}, {mode}", times, memory))
     print(f"\nrestart to first response (lockfile unchanged), {args.runs} runs; RSS at idle\n")
-    print("| what | median | min | agent | supervisord | proxy | live-pull in all |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| what | median | min | agent | supervisord | proxy | holder | live-pull in all |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     return 0
 

@@ -67,6 +67,7 @@ HOP_BY_HOP = frozenset(
 # proxy only sends once the client does (see _expect).
 ANSWERED_HERE = frozenset({"expect"})
 CONNECT_SECONDS = 10.0
+FIRST_PROOF_PAUSE = 0.01
 PROOF_REQUEST_SECONDS = 2.0  # one request of the proof, as health.answer allows it
 ACCEPTED_GRACE_SECONDS = 1.0
 ACCEPT_TASK_ITERATIONS = 3  # loop iterations for accepted connections to attach
@@ -99,7 +100,7 @@ async def _prove(app: subprocess.Popen[bytes], plan: ProxyPlan) -> str | None:
     else why not."""
     url = plan.url(plan.proof_path)
     deadline = time.monotonic() + plan.proof_timeout
-    last = "no answer"
+    last, pause = "no answer", FIRST_PROOF_PAUSE
     async with ClientSession(timeout=ClientTimeout(total=PROOF_REQUEST_SECONDS)) as session:
         while time.monotonic() < deadline:
             if app.poll() is not None:
@@ -107,7 +108,10 @@ async def _prove(app: subprocess.Popen[bytes], plan: ProxyPlan) -> str | None:
             last = await _answer(session, url, plan.any_but_5xx) or ""
             if not last:
                 return None
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(pause)
+            # Often at first, while a quick app comes up: every moment until the first
+            # answer counts (a start with nothing serving yet); then as health.py does.
+            pause = min(2 * pause, POLL_SECONDS)
     return f"health check failed: {url} gave {last} for {plan.proof_timeout:g}s"
 
 
