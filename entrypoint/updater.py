@@ -483,7 +483,7 @@ class Updater:
                 self.board.update(standing_by=switch.standing_by())
             # On probation from its promotion (as its slot, see switching/slots.py): the
             # watchdog brings the previous release back if it fails its bake.
-            self.baking = Bake.starting(revision.sha, bake_seconds, self._pids(switch, new))
+            self.baking = self._bake(revision.sha, bake_seconds, switch, new)
             self.live, self.live_switch = new, switch
             self._serve(revision)
             if old is not None:  # it serves already; /status says what is left to do
@@ -497,13 +497,18 @@ class Updater:
             self.baking = None
             log.info("revision baked sha=%s", short(bake.sha))
 
-    def _pids(self, switch: Switch, lineup: Lineup) -> dict[str, int]:
-        """The pids of what the watchdog watches in `lineup`, as it goes live."""
+    def _bake(self, sha: str, seconds: float, switch: Switch, lineup: Lineup) -> Bake | None:
+        """The bake of `lineup` going live (none without bake seconds), with the pids of
+        what the watchdog watches of it."""
+        if seconds <= 0:
+            return None
         try:
             states = self.supervisor.states()
         except SupervisorError:  # the bake goes by the exits the watchdog sees
-            return {}
-        return {name: int(states.get(name, {}).get("pid") or 0) for name in switch.watched(lineup)}
+            states = {}
+        watched = switch.watched(lineup)
+        pids = {name: int(info.get("pid") or 0) for name, info in states.items() if name in watched}
+        return Bake.starting(sha, seconds, pids)
 
     def _bake_seconds(self, replacing: bool) -> float:
         """An update that replaces a running revision bakes; a first start does not."""

@@ -384,11 +384,13 @@ def test_a_web_that_falls_while_the_old_one_drains_fails_its_bake(
 ) -> None:
     """The watchdog cannot look while the old slot drains: a new web that exits then, and
     is up again (a new process) by its first look, still fails its bake."""
-    agent, _ = start(sample, agent_factory, LIVE_PULL_BAKE_SECONDS="60")
-    slow = FD_APP.format(message="drains slowly").replace(
-        "threading.Thread(target=server.shutdown)", "threading.Timer(4, server.shutdown)"
+    agent, _ = start(
+        sample, agent_factory, LIVE_PULL_BAKE_SECONDS="60", LIVE_PULL_DRAIN_SECONDS="12"
     )
-    slowly = update(agent, sample, {"app.py": slow}, "drains for 4s")
+    slow = FD_APP.format(message="drains slowly").replace(
+        "threading.Thread(target=server.shutdown)", "threading.Timer(8, server.shutdown)"
+    )
+    slowly = update(agent, sample, {"app.py": slow}, "drains for 8s")
     agent.wait_status(state="running", revision=slowly, timeout=60)
     marker = tmp_path / "fall"
     falling = FD_APP.format(message="falls once").replace(

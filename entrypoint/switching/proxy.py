@@ -401,7 +401,7 @@ async def _expect(request: web.BaseRequest) -> web.StreamResponse | None:
     HTTP/1.1 `100-continue` is answered at once (the body then streams to the app as
     it comes), any other expectation gets a 417."""
     expect = request.headers.get("Expect")
-    if expect is None or request.version != HttpVersion11:
+    if not expect or request.version != HttpVersion11:
         return None
     if expect.lower() != "100-continue":
         return web.Response(status=417, text=f"417 Expectation Failed: {expect}\n")
