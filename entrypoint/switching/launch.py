@@ -29,7 +29,7 @@ SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 PROBATION_UNTIL = "probation_until"
 HOLD_BACK_SECONDS = 5.0  # at most: the agent's time to roll back (its loop may be busy)
 # The holder: a shell that sleeps, and exits 0 when stopped (a clean stop in the log);
-# without a `sleep` it ends, and supervisord gives up on it, rather than spin.
+# without a `sleep` it ends at once, and supervisord gives up on it after its retries.
 HOLD = 'trap "exit 0" TERM; while sleep 3600 & wait $!; do :; done'
 
 

@@ -51,7 +51,8 @@ class Switch(Protocol):
 
     def promote(self, new: Lineup, bake_seconds: float) -> None:
         """`new` takes the traffic. For `bake_seconds` (its bake) it is on probation: if
-        its web exits, the previous release goes back, so it is not restarted."""
+        its web exits, the previous release goes back, so a start of it again is held
+        back where it would take connections (switching/launch.py)."""
 
     def drain(self, old: Lineup | None, keep_ready: bool) -> None:
         """What is left of `old` finishes its requests and stops; with `keep_ready` (the
