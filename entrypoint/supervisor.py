@@ -275,7 +275,7 @@ class Supervisor:
             fatal = first_fatal(states, wanted)
             if fatal is not None:
                 raise AppFailed(fatal)
-            if all(states.get(name, {}).get("statename") == "RUNNING" for name in wanted):
+            if all(is_running(states, name) for name in wanted):
                 self._remember_pids(states)
                 return
             time.sleep(POLL)
@@ -344,6 +344,11 @@ def end_group(pgid: int, deadline: float) -> None:
     with contextlib.suppress(OSError):
         os.killpg(pgid, signal.SIGKILL)
         log.warning("killed what was left of a stopped program pgid=%d", pgid)
+
+
+def is_running(states: dict[str, dict[str, Any]], name: str) -> bool:
+    """Is process `name` RUNNING in `states` (Supervisor.states)?"""
+    return states.get(name, {}).get("statename") == "RUNNING"
 
 
 def first_fatal(states: dict[str, dict[str, Any]], only: Iterable[str] | None = None) -> str | None:

@@ -20,7 +20,7 @@ from entrypoint.bake import Bake, judge
 from entrypoint.board import StatusBoard
 from entrypoint.errors import AppFailed, OutOfResources, SupervisorError
 from entrypoint.inbox import Inbox
-from entrypoint.supervisor import Supervisor, first_fatal
+from entrypoint.supervisor import Supervisor, first_fatal, is_running
 from entrypoint.supervisor_config import program_name
 from entrypoint.updater import Updater
 
@@ -112,7 +112,7 @@ class Watchdog:
         states, watched = seen
         self.counter.observe(states, watched)
         self.board.update(restarts=dict(self.counter.totals))
-        running = all(_running(states, n) for n in watched)
+        running = all(is_running(states, n) for n in watched)
         self.board.programs_up(running)
         if self._bake_failed(states, watched):
             return
@@ -170,7 +170,7 @@ class Watchdog:
         down = [
             program_name(n)
             for n in sorted(watched)
-            if not _running(states, n) or bake.replaced(n, int(states[n].get("pid") or 0))
+            if not is_running(states, n) or bake.replaced(n, int(states[n].get("pid") or 0))
         ]
         why = judge(bake, self.counter.since_switch or down, self.bake_probe)
         if why is None:
@@ -206,7 +206,7 @@ class Watchdog:
         (a restore that failed half-way leaves one stopped, never FATAL)."""
         now = time.monotonic()
         for name in sorted(watched):
-            if _running(states, name):
+            if is_running(states, name):
                 self._not_running_since.pop(name, None)
                 continue
             since = self._not_running_since.setdefault(name, now)
@@ -228,7 +228,3 @@ class Watchdog:
         if not self.rollback_on_crash:
             raise AppFailed(why)
         self.inbox.crashed(why, self._running)
-
-
-def _running(states: dict[str, dict[str, Any]], name: str) -> bool:
-    return states.get(name, {}).get("statename") == "RUNNING"

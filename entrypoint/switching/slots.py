@@ -19,7 +19,7 @@ from entrypoint.health import wait_healthy
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.ports import unused_port
 from entrypoint.processes import BEHIND_PROXY
-from entrypoint.supervisor import Supervisor
+from entrypoint.supervisor import Supervisor, is_running
 from entrypoint.supervisor_config import HOLDER_NAME, SLOT_NAMES, ProgramSpec, SharedSocket
 from entrypoint.switching.launch import PROBATION_UNTIL
 from entrypoint.switching.plan import RESUME, STAND_BY, ProxyPlan
@@ -156,7 +156,7 @@ class WebSlots:
         )
 
     def _running(self, slot: str) -> bool:
-        return self.supervisor.states().get(slot, {}).get("statename") == "RUNNING"
+        return is_running(self.supervisor.states(), slot)
 
     def promote(self, slot: str, bake_seconds: float = 0.0) -> str | None:
         """`slot` serves from now on; returns the slot it replaces, left to drain. For
@@ -183,12 +183,12 @@ class WebSlots:
     def _fell(self, slot: str) -> bool:
         """Not running; or, in its bake (where a start of it is held back), not the
         process proven. Past the bake supervisord's restarts are the norm."""
-        state = self.supervisor.states().get(slot, {})
-        if state.get("statename") != "RUNNING":
+        states = self.supervisor.states()
+        if not is_running(states, slot):
             return True
         until = float(self._assigned.get(slot, {}).get(PROBATION_UNTIL, 0.0))
         on_probation = until > time.monotonic()
-        return on_probation and state.get("pid") != self._proven_pid
+        return on_probation and states[slot].get("pid") != self._proven_pid
 
     def lift_probation(self) -> None:
         """The serving slot's bake ends early (another switch starts): supervisord's
