@@ -66,6 +66,7 @@ HOP_BY_HOP = frozenset(
 # Answered by the proxy itself, not forwarded: the app would wait for a body that the
 # proxy only sends once the client does (see _expect).
 ANSWERED_HERE = frozenset({"expect"})
+NOT_FORWARDED = HOP_BY_HOP | ANSWERED_HERE  # of a request's headers
 CONNECT_SECONDS = 10.0
 FIRST_PROOF_PAUSE = 0.01
 PROOF_REQUEST_SECONDS = 2.0  # one request of the proof, as health.answer allows it
@@ -427,7 +428,7 @@ def forwarded_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value)
         for name, value in request.headers.items()
-        if name.lower() not in HOP_BY_HOP and name.lower() not in ANSWERED_HERE
+        if name.lower() not in NOT_FORWARDED
     )
     peer = request.remote or ""
     earlier = headers.get("X-Forwarded-For")
