@@ -14,6 +14,7 @@ from entrypoint.config import Settings
 from entrypoint.errors import ConfigError
 from entrypoint.identity import Identity
 from entrypoint.processes import home_id, read_app_processes_as, tag_children
+from entrypoint.quickstart import Begun
 from entrypoint.relay import AppOutput, Inherited
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import Timings
@@ -31,9 +32,10 @@ class Booted:
     output: AppOutput  # started; stopped after supervisord (see relay.py)
 
 
-def boot(settings: Settings, output: AppOutput | None = None) -> Booted:
+def boot(settings: Settings, output: AppOutput | None = None, begun: Begun | None = None) -> Booted:
     """From the main thread, holding the home's lock (see Supervisor.spawn).
-    `output`: where supervisord and the app write, started here."""
+    `output`: where supervisord and the app write, started here; `begun`: the quick
+    start's supervisord, taken over (quickstart.py)."""
     output = output or Inherited()
     log.info("live-pull starting repo=%s ref=%s", settings.repo_url.redacted(), settings.ref_label)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -43,6 +45,10 @@ def boot(settings: Settings, output: AppOutput | None = None) -> Booted:
     tag_children(process_home)
     supervisor = Supervisor(settings.home / "run", timings, process_home, run_as, output)
     output.start()
+    if begun is not None:
+        log.info("taking over the quick start: supervisord pid=%d", begun.process.pid)
+        supervisor.adopt(begun.process, begun.password)
+        return Booted(run_as, supervisor, output)
     try:
         supervisor.spawn()
     except BaseException:

@@ -24,6 +24,7 @@ from entrypoint.config import (
 from entrypoint.errors import AppFailed, ConfigError, LivePullError, StartupFailed
 from entrypoint.homelock import HomeLock
 from entrypoint.logs import Masker, append_to_output_files, configure_logging, json_output
+from entrypoint.quickstart import taken_over
 from entrypoint.relay import app_output
 
 if TYPE_CHECKING:
@@ -144,12 +145,14 @@ def _run(args: argparse.Namespace) -> int:
     secrets = _secrets_to_mask(settings)
     configure_logging(settings.log_level, secrets, settings.log_format)
     append_to_output_files()
-    lock = HomeLock(settings.home)
+    begun = taken_over(settings.home)
+    lock = begun.lock if begun else HomeLock(settings.home)
     try:
-        lock.acquire()  # before anything in the home is read or written
+        if begun is None:
+            lock.acquire()  # before anything in the home is read or written
         scrub_environ(settings)
         output = app_output(settings.log_format, Masker(secrets))
-        booted = boot(settings, output)  # supervisord boots while the agent's modules import
+        booted = boot(settings, output, begun)  # supervisord boots while the agent imports
         from entrypoint.agent import Agent
 
         try:

@@ -39,6 +39,7 @@ from entrypoint.credentials import (
 from entrypoint.errors import ConfigError
 from entrypoint.github_app import GitHubAppSettings
 from entrypoint.notify import DEFAULT_EVENTS, EVENTS, unusable
+from entrypoint.quickstart import DEFAULT_HOME
 from entrypoint.verify import VerifySettings
 from entrypoint.windows import UpdateWindows, parse_windows
 
@@ -72,7 +73,7 @@ class Settings(BaseSettings):
 
     repo_url: Annotated[RepoUrl, NoDecode] = Field(validation_alias=AliasChoices("REPO_URL"))
     repo_ref: str | None = Field(None, validation_alias=AliasChoices("REPO_REF"))
-    home: Path = Field(Path("/var/lib/live-pull"), validation_alias=AliasChoices("LIVE_PULL_HOME"))
+    home: Path = Field(Path(DEFAULT_HOME), validation_alias=AliasChoices("LIVE_PULL_HOME"))
     poll_interval: float = Field(
         30.0, ge=0, validation_alias=AliasChoices("LIVE_PULL_POLL_INTERVAL")
     )

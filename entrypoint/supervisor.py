@@ -15,8 +15,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import xmlrpc.client
@@ -29,15 +27,14 @@ from xml.parsers.expat import ExpatError
 from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 from entrypoint.errors import AppFailed, OutOfResources, SupervisorError
-from entrypoint.files import write_private
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.processes import (
     alive,
-    die_with_parent,
     end_leftovers,
     end_tagged,
     terminate_escapees,
 )
+from entrypoint.quickstart import remember
 from entrypoint.relay import SUPERVISORD, AppOutput, Inherited
 from entrypoint.supervisor_config import (
     ProgramSpec,
@@ -45,8 +42,14 @@ from entrypoint.supervisor_config import (
     Timings,
     process_programs,
     program_name,
-    render_main,
     render_programs,
+)
+from entrypoint.supervisord import (
+    CONF_NAME,
+    PIDFILE_NAME,
+    PROGRAMS_NAME,
+    socket_path,
+    spawn_supervisord,
 )
 
 log = logging.getLogger(__name__)
@@ -55,11 +58,8 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENO
 
 POLL = 0.2
 READY_POLL = 0.02  # at start, when every moment until the app serves counts
-SOCKET_NAME = "supervisor.sock"
 RPC_USER = "live-pull"
 RPC_SLACK = 30.0
-# sun_path holds 107 bytes; supervisord binds "<path>.<pid>" first, then renames.
-UNIX_PATH_MAX = 107 - 12
 
 
 class _TimedUnixConnection(UnixStreamHTTPConnection):  # type: ignore[misc]
@@ -99,9 +99,9 @@ class Supervisor:
         self.output: AppOutput = output or Inherited()
         self.timings = timings
         self.home = home
-        self.conf = run_dir / "supervisord.conf"
-        self.programs_file = run_dir / "programs.conf"
-        self.socket = _socket_path(run_dir)
+        self.conf = run_dir / CONF_NAME
+        self.programs_file = run_dir / PROGRAMS_NAME
+        self.socket = socket_path(run_dir)
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._known_pids: set[int] = set()
@@ -123,26 +123,15 @@ class Supervisor:
         supervisord that is still running would let it, as it exits, unlink ours.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        pidfile = self.run_dir / "supervisord.pid"
-        self._end_leftovers(pidfile)
-        self.socket.unlink(missing_ok=True)
-        self.programs_file.write_text("")
-        write_private(
-            self.conf, render_main(self.socket, pidfile, self.programs_file, self._password)
-        )
-        argv = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.conf)]
-        # Its own session: a terminal's Ctrl-C reaches the agent, which stops the app
-        # in order. Must be called from the main thread (see die_with_parent): it
-        # gets SIGTERM, and stops the app, if the agent dies without stopping it.
+        self._end_leftovers(self.run_dir / PIDFILE_NAME)
         with self.output.child_streams(SUPERVISORD) as streams:
-            self._process = subprocess.Popen(
-                argv,
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGTERM),
-                stdin=subprocess.DEVNULL,
-                stdout=streams.get("stdout"),  # None: ours (LIVE_PULL_LOG_FORMAT=text)
-                stderr=streams.get("stderr"),
+            self._process = spawn_supervisord(
+                self.run_dir, self.socket, "", self._password, streams
             )
+
+    def adopt(self, process: subprocess.Popen[bytes], password: str) -> None:
+        """The supervisord the quick start spawned (quickstart.py) is this one."""
+        self._process, self._password = process, password
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         assert self._process is not None, "wait_ready before spawn"
@@ -240,6 +229,13 @@ class Supervisor:
         for pid in pids:
             end_group(pid, deadline)
         end_tagged(self.home, names, deadline, termed=termed)
+
+    def remember(self, names: Iterable[str], answers: str | None) -> None:
+        """For the quick start of this home's next agent (quickstart.py): the programs as
+        applied, the processes `names` to start, in order, and where the web `answers`."""
+        states = self.states()
+        start = [(states[name]["group"], name) for name in names if name in states]
+        remember(self.run_dir, self.timings, self.programs_file.read_text(), start, answers)
 
     def start_process(self, group: str, name: str) -> None:
         """Start one process (a slot); its state is then awaited with wait_running."""
@@ -359,14 +355,6 @@ def first_fatal(states: dict[str, dict[str, Any]], only: Iterable[str] | None = 
             detail = info.get("spawnerr") or info.get("description") or "exited too quickly"
             return f"program {program_name(name)} went FATAL after its retries: {detail}"
     return None
-
-
-def _socket_path(run_dir: Path) -> Path:
-    """Unix sockets have a short path limit; fall back to a private temp dir."""
-    candidate = run_dir / SOCKET_NAME
-    if len(str(candidate)) <= UNIX_PATH_MAX:
-        return candidate
-    return Path(tempfile.mkdtemp(prefix="live-pull-")) / SOCKET_NAME
 
 
 def _leftover_supervisord(pidfile: Path, conf: Path) -> int | None:

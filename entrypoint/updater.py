@@ -30,11 +30,12 @@ from entrypoint.fleet.store import WAIT_SLACK, Fleet, Solo
 from entrypoint.hold import UpdateGate
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
 from entrypoint.procfile import WEB, Processes, load_processes
+from entrypoint.quickstart import forget
 from entrypoint.releases import Releases
 from entrypoint.repository import FETCHED_REF, RemoteRevision, Repository
 from entrypoint.state import Paused, State, StateFile
 from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import ProgramSpec, SharedSocket
+from entrypoint.supervisor_config import ProgramSpec, SharedSocket, local_url
 from entrypoint.switching.picking import switches_for
 from entrypoint.switching.strategy import Lineup, Switch
 from entrypoint.verify import Verifier, refusal_reason
@@ -490,6 +491,22 @@ class Updater:
                 self._step("draining", self._stop_budget())
             switch.drain(old, keep_ready=self._keeps_previous(bake_seconds))
             self.board.update(standing_by=switch.standing_by())
+            self._remember(switch, new)
+
+    def _remember(self, switch: Switch, lineup: Lineup) -> None:
+        """What serves now, for a quick start of the next agent (quickstart.py); only
+        with LIVE_PULL_LOG_FORMAT=text: the app's output goes through no relay then."""
+        run_dir = self.supervisor.run_dir
+        if self.settings.log_format != "text":
+            forget(run_dir)
+            return
+        try:
+            settings = self.settings
+            answers = local_url(settings.listen_address, settings.port, "/") if lineup.web else None
+            self.supervisor.remember(switch.restarted(lineup), answers)
+        except (OSError, SupervisorError) as exc:
+            log.warning("the next start will not be a quick one error=%s", exc)
+            forget(run_dir)
 
     def baked(self, bake: Bake) -> None:
         """The revision stayed up through its bake time (the watchdog's thread)."""
@@ -676,6 +693,7 @@ class Updater:
         if not released:
             self.state.record_unreleased(revision.sha)
         self.releases.activate(revision.sha)
+        forget(self.supervisor.run_dir)  # the next start serves this one, not what ran
         self.collect_garbage()
 
     def collect_garbage(self) -> None:

@@ -9,11 +9,13 @@ changes across updates, only which revision each slot's file names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ PROBATION_UNTIL = "probation_until"
 HOLD_BACK_SECONDS = 5.0  # at most: the agent's time to roll back (its loop may be busy)
 # The holder: a shell that sleeps, and exits 0 when stopped (a clean stop in the log);
 # without a `sleep` it ends at once, and supervisord gives up on it after its retries.
+CERTIFICATE_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 HOLD = 'trap "exit 0" TERM; while sleep 3600 & wait $!; do :; done'
 
 
@@ -49,10 +52,28 @@ def main() -> int:
         app = start_app(assignment["command"], dict(os.environ), plan)
         ignore_orders()  # after the app started: it keeps the signals' own meaning
         # aiohttp only in proxy slots, and imported while the app starts
-        from entrypoint.switching.proxy import serve
+        with _no_certificates():
+            from entrypoint.switching.proxy import serve
 
         return serve(app, plan, lambda: bool(_assignment(slot).get("stand_by")))
     os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])
+
+
+@contextlib.contextmanager
+def _no_certificates() -> Iterator[None]:
+    """aiohttp builds its TLS contexts as it is imported, reading the system's CA
+    certificates (40 ms of the slot's start): the proxy speaks plain HTTP on 127.0.0.1
+    and needs none, so they are read from an empty file while it imports."""
+    saved = {name: os.environ.get(name) for name in CERTIFICATE_VARIABLES}
+    os.environ.update(dict.fromkeys(CERTIFICATE_VARIABLES, os.devnull))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _held_back(slot: str, assignment: dict[str, Any]) -> dict[str, Any]:

@@ -48,11 +48,12 @@ class Proof:
 
 @dataclass(frozen=True)
 class Ready:
-    """A proxied slot standing by with the release `sha`, its app on `plan`'s port."""
+    """A slot running the release `sha`, ready to serve: a proxied one standing by, its
+    app on `plan`'s port; or one a quick start began (no `plan`: handed the socket)."""
 
     sha: str
     slot: str
-    plan: ProxyPlan
+    plan: ProxyPlan | None
 
 
 class WebSlots:
@@ -108,6 +109,41 @@ class WebSlots:
             self.stop(slot)
             raise
         return slot
+
+    def adopt(self, sha: str, web: ProgramSpec, *, proxied: bool) -> Ready | None:
+        """At the first start: the slot a quick start began (quickstart.py), if it runs
+        this very `web`, serves on, taken as started. Any other slot running then stops."""
+        if self.active is not None or self._assigned:
+            return None
+        states = self.supervisor.states()
+        adopted: Ready | None = None
+        for slot in SLOT_NAMES:
+            if states.get(slot, {}).get("statename") not in ("STARTING", "RUNNING"):
+                continue
+            assignment = self._assignment_on_disk(slot)
+            if adopted is None and _runs(assignment, web, proxied):
+                self._assigned[slot] = assignment
+                proxy = assignment.get("proxy")
+                adopted = Ready(sha, slot, ProxyPlan.from_json(proxy) if proxy else None)
+            else:
+                self.stop(slot)
+        if adopted is None:
+            return None
+        log.info("the web a quick start began serves on slot=%s", adopted.slot)
+        try:
+            self.supervisor.wait_running([adopted.slot])
+        except (AppFailed, SupervisorError):
+            self.stop(adopted.slot)
+            del self._assigned[adopted.slot]
+            return None
+        return adopted
+
+    def _assignment_on_disk(self, slot: str) -> dict[str, Any]:
+        try:
+            found = json.loads((self.shared.slots_dir / f"{slot}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
 
     def _assign(self, slot: str, assignment: dict[str, Any]) -> None:
         """What the slot runs, for its launcher (launch.py) when supervisord (re)starts it."""
@@ -241,3 +277,13 @@ class WebSlots:
         (daemons keep its tag)."""
         log.info("stopping web slot=%s", slot)
         self.supervisor.stop_process(self.shared.name, slot, also=[slot + BEHIND_PROXY])
+
+
+def _runs(assignment: dict[str, Any], web: ProgramSpec, proxied: bool) -> bool:
+    """Does a slot so assigned run `web`, proxied or not?"""
+    return (
+        assignment.get("cwd") == str(web.directory)
+        and assignment.get("env") == web.environment
+        and assignment.get("command") == web.command
+        and (assignment.get("proxy") is not None) == proxied
+    )

@@ -17,7 +17,7 @@ import logging
 
 from entrypoint.health import probe_before_joining
 from entrypoint.supervisor import Supervisor
-from entrypoint.supervisor_config import ProgramSpec
+from entrypoint.supervisor_config import HOLDER_NAME, ProgramSpec
 from entrypoint.switching.doors import Handoff, handoff
 from entrypoint.switching.plan import ProxyPlan
 from entrypoint.switching.slots import WebSlots
@@ -41,8 +41,9 @@ class StartFirst:
 
     def start_beside(self, new: Lineup, old: Lineup | None) -> None:
         self.slots.lift_probation()  # a bake ends with the next switch
-        # The slots' group must exist before a slot starts (a no-op once it does).
-        self.supervisor.apply(old.workers if old else [], self.slots.shared)
+        # The slots' group must exist before a slot starts (a no-op once it does). At
+        # the first start nothing is replaced: the new workers (a quick start's run on).
+        self.supervisor.apply(old.workers if old else new.workers, self.slots.shared)
         self.supervisor.apply(new.workers, self.slots.shared)
         self.slots.hold_socket()
         self.supervisor.wait_running(new.worker_names)
@@ -86,6 +87,11 @@ class StartFirst:
         serving = {self.slots.active} if self.slots.active else set()
         return serving | set(lineup.worker_names)
 
+    def restarted(self, lineup: Lineup) -> list[str]:
+        """The socket's holder first: the socket stays open whatever the slot does."""
+        serving = [HOLDER_NAME, self.slots.active] if self.slots.active else []
+        return [*serving, *lineup.worker_names]
+
 
 class SocketHandoff(StartFirst):
     def prove(self, new: Lineup) -> None:
@@ -107,7 +113,11 @@ class SocketHandoff(StartFirst):
         """Proven: an instance of it joins the socket (and takes connections at once)."""
         assert new.web is not None
         first = self.slots.active is None
-        self._join(new.web, None)
+        adopted = self.slots.adopt(new.sha, new.web, proxied=False) if first else None
+        if adopted is not None:
+            self.joining = adopted.slot
+        else:
+            self._join(new.web, None)
         if first:
             assert self.joining is not None
             self.slots.wait_joined(self.joining)
@@ -124,7 +134,7 @@ class Proxied(StartFirst):
         standing by with the revision (a rollback within the bake) serves again instead."""
         super().start_beside(new, old)
         assert new.web is not None
-        ready = self.slots.resume(new.sha)
+        ready = self.slots.resume(new.sha) or self.slots.adopt(new.sha, new.web, proxied=True)
         if ready is not None:
             self.joining, self.plan = ready.slot, ready.plan
             return

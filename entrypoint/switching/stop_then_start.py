@@ -72,3 +72,6 @@ class StopThenStart:
 
     def watched(self, lineup: Lineup) -> set[str]:
         return {spec.name for spec in lineup.programs}
+
+    def restarted(self, lineup: Lineup) -> list[str]:
+        return [spec.name for spec in lineup.programs]

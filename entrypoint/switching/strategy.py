@@ -71,3 +71,7 @@ class Switch(Protocol):
 
     def watched(self, lineup: Lineup) -> set[str]:
         """The processes of the running `lineup` whose FATAL means the app cannot stay up."""
+
+    def restarted(self, lineup: Lineup) -> list[str]:
+        """The processes that serve the running `lineup`, in the order a quick start of
+        the next agent starts them (quickstart.py); what stands by is not among them."""

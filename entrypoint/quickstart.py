@@ -1,0 +1,243 @@
+"""The quick start of `live-pull run`: the app serves again before the agent has loaded.
+
+A restart with nothing changed (the same environment, the same live-pull, the same
+user: one digest, the record's `key`) starts supervisord and what served when the last
+agent of this home left off, from the record that agent wrote (`remember`), before the
+agent's own modules (pydantic, aiohttp, GitPython) are imported. The agent then starts
+as always and takes over what runs: supervisord (boot.py), and the programs, which its
+unchanged configuration leaves running, and the web's slot (switching/slots.py
+`adopt`). If anything is not as it was, the agent replaces it, as at any start.
+
+Up to supervisord's spawn this module imports only the standard library and
+live-pull's light modules: every moment until the app serves counts. Anything it
+cannot do (no record, another key, the home's lock taken, a supervisord left running)
+leaves the start to the agent, which says what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from entrypoint.files import write_atomic, write_private
+from entrypoint.homelock import HomeLock
+from entrypoint.processes import alive, end_leftovers, home_id, tag_children
+from entrypoint.supervisor_config import Timings
+from entrypoint.supervisord import PIDFILE_NAME, SOCKET_NAME, fits, spawn_supervisord
+from entrypoint.switching.launch import PROBATION_UNTIL
+
+if TYPE_CHECKING:
+    from entrypoint.supervisor import Supervisor
+
+RECORD_NAME = "quickstart.json"
+DEFAULT_HOME = "/var/lib/live-pull"  # config.py's default too
+SUPERVISORD_READY_SECONDS = 10.0
+AWAIT_ANSWER_SECONDS = 2.0  # the agent's start waits this long at most (see _await_answer)
+ANSWER_POLL = 0.01
+# Written into the assignment of a slot started again: a restart is no crash in a bake,
+# and no slot stands by (launch.py reads both).
+FRESH_ASSIGNMENT = {"stand_by": False, PROBATION_UNTIL: 0.0}
+PACKAGE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What the quick start left running, for the agent to take over."""
+
+    home: Path
+    lock: HomeLock
+    process: subprocess.Popen[bytes]
+    password: str
+
+
+class Skipped(Exception):
+    """The quick start cannot be made: the agent starts as always."""
+
+
+_key: str | None = None  # this start's, once computed: what `remember` writes
+_environ_at_start: dict[str, str] = {}
+_begun: Begun | None = None
+
+
+def quick_start(argv: Sequence[str]) -> None:
+    """From __main__, before anything else: for `live-pull run`, start what the record
+    names, if it is this start's. Never raises: the agent's own start says what is wrong."""
+    global _key, _begun
+    if list(argv) != ["run"]:
+        return
+    _environ_at_start.update(os.environ)
+    _key = environment_key(_environ_at_start)
+    home = Path(os.environ.get("LIVE_PULL_HOME") or DEFAULT_HOME)
+    try:
+        record = _record(home, _key)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if record is None or not home.is_absolute():
+        return
+    lock = HomeLock(home)
+    try:
+        lock.acquire()
+    except Exception:  # another agent holds it: the agent's start says so
+        return
+    try:
+        _begun = Begun(home, lock, *_start(home, record))
+    except Exception as exc:
+        lock.release()
+        print(f"live-pull: no quick start: {exc}", file=sys.stderr)
+
+
+def taken_over(home: Path) -> Begun | None:
+    """What the quick start began, for the agent of `home` (once)."""
+    global _begun
+    begun, _begun = _begun, None
+    if begun is None or begun.home == home:
+        return begun
+    # For another home (the settings read LIVE_PULL_HOME otherwise): ended.
+    begun.process.terminate()
+    begun.process.wait()
+    begun.lock.release()
+    return None
+
+
+def environment_key(environ: dict[str, str]) -> str:
+    """The digest of what a start depends on: its environment, the user, the Python and
+    live-pull's own files (their sizes and times: an image with another live-pull)."""
+    files = sorted(
+        (str(path.relative_to(PACKAGE)), stat.st_size, stat.st_mtime_ns)
+        for path in PACKAGE.rglob("*.py")
+        for stat in [path.stat()]
+    )
+    made_of = {
+        "environ": sorted(environ.items()),
+        "uid": os.getuid(),
+        "python": sys.executable,
+        "live_pull": files,
+    }
+    return hashlib.sha256(json.dumps(made_of).encode()).hexdigest()
+
+
+def remember(
+    run_dir: Path,
+    timings: Timings,
+    programs: str,
+    start: Sequence[tuple[str, str]],
+    answers: str | None,
+) -> None:
+    """The record for the next start of this home: supervisord's `programs` (its
+    configuration as last applied), the processes to start in order (group, name), the
+    URL where the web `answers` (None: no web), and how this agent's environment differs
+    from the one it was started with (secrets scrubbed: their names only). Nothing when
+    this start computed no key."""
+    if _key is None:
+        return
+    after = dict(os.environ)
+    changed = {name: value for name, value in after.items() if _environ_at_start.get(name) != value}
+    record = {
+        "key": _key,
+        "timings": [timings.start_seconds, timings.start_retries, timings.stop_timeout],
+        "programs": programs,
+        "start": [list(pair) for pair in start],
+        "answers": answers,
+        "unset": sorted(set(_environ_at_start) - set(after)),
+        "set": changed,
+    }
+    write_private(run_dir / RECORD_NAME, json.dumps(record))
+
+
+def forget(run_dir: Path) -> None:
+    """No quick start from this home's record (what it names no longer serves)."""
+    with contextlib.suppress(OSError):
+        (run_dir / RECORD_NAME).unlink(missing_ok=True)
+
+
+def _record(home: Path, key: str) -> dict[str, Any] | None:
+    record: dict[str, Any] = json.loads((home / "run" / RECORD_NAME).read_text())
+    return record if record["key"] == key else None
+
+
+def _start(home: Path, record: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
+    """supervisord with the recorded programs, then those started; returns it and its
+    password. On failure what was started is stopped again."""
+    run_dir = home / "run"
+    timings = Timings(*record["timings"])
+    if alive(_pid(run_dir / PIDFILE_NAME)):
+        raise Skipped("a supervisord of this home may still run")
+    process_home = home_id(home)
+    end_leftovers(process_home, time.monotonic() + timings.stop_timeout)
+    tag_children(process_home)
+    # The agent's environment as its settings leave it (they read this one still).
+    env = {name: value for name, value in os.environ.items() if name not in record["unset"]}
+    env.update(record["set"])
+    password = secrets.token_hex(16)
+    socket = run_dir / SOCKET_NAME
+    if not fits(socket):  # the agent's Supervisor falls back to a temporary directory
+        raise Skipped("the home's path is too long for supervisord's socket")
+    process = spawn_supervisord(run_dir, socket, record["programs"], password, env=env)
+    # Imported while supervisord boots (it needs the other core for that long).
+    from entrypoint.supervisor import Supervisor
+
+    supervisor = Supervisor(run_dir, timings, process_home)
+    supervisor.adopt(process, password)
+    try:
+        _start_programs(supervisor, run_dir, record["start"])
+    except BaseException:
+        supervisor.stop()
+        raise
+    if record["answers"] is not None:
+        _await_answer(record["answers"], AWAIT_ANSWER_SECONDS)
+    return process, password
+
+
+def _start_programs(supervisor: Supervisor, run_dir: Path, start: list[list[str]]) -> None:
+    supervisor.wait_ready(SUPERVISORD_READY_SECONDS)
+    for group, name in start:
+        _refresh_assignment(run_dir / "slots" / f"{name}.json")
+        supervisor.start_process(group, name)
+
+
+def _await_answer(url: str, seconds: float) -> None:
+    """Until the web answers `url` (whatever it answers) or `seconds` passed: the
+    agent's own start would take the CPU the web's start needs (two cores here, and the
+    agent's imports are the longest part of its start)."""
+    parts = urlsplit(url)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=left)
+        try:
+            connection.request("GET", parts.path or "/")
+            connection.getresponse().read()
+            return
+        except OSError:  # not listening yet (LIVE_PULL_LISTEN=off), or cut off
+            time.sleep(ANSWER_POLL)
+        except http.client.HTTPException:
+            return  # it answered, if not in HTTP
+        finally:
+            connection.close()
+
+
+def _refresh_assignment(path: Path) -> None:
+    """A slot's assignment (launch.py), if it is a slot: as a fresh start has it."""
+    try:
+        assignment = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    write_atomic(path, json.dumps({**assignment, **FRESH_ASSIGNMENT}))
+
+
+def _pid(pidfile: Path) -> int:
+    try:
+        return int(pidfile.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0

@@ -1,0 +1,65 @@
+"""supervisord's files in the run directory, and its process: spawned by the agent
+(supervisor.py) and by the quick start (quickstart.py), which may import only light
+modules, hence a module of its own."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from entrypoint.files import write_private
+from entrypoint.processes import die_with_parent
+from entrypoint.supervisor_config import render_main
+
+SOCKET_NAME = "supervisor.sock"
+PIDFILE_NAME = "supervisord.pid"
+CONF_NAME = "supervisord.conf"
+PROGRAMS_NAME = "programs.conf"
+# sun_path holds 107 bytes; supervisord binds "<path>.<pid>" first, then renames.
+UNIX_PATH_MAX = 107 - 12
+
+
+def socket_path(run_dir: Path) -> Path:
+    """Unix sockets have a short path limit; fall back to a private temp dir."""
+    candidate = run_dir / SOCKET_NAME
+    if fits(candidate):
+        return candidate
+    return Path(tempfile.mkdtemp(prefix="live-pull-")) / SOCKET_NAME
+
+
+def fits(socket: Path) -> bool:
+    """Can supervisord bind a unix socket there?"""
+    return len(str(socket)) <= UNIX_PATH_MAX
+
+
+def spawn_supervisord(
+    run_dir: Path,
+    socket: Path,
+    programs: str,
+    password: str,
+    streams: dict[str, int] | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """supervisord on `run_dir`'s configuration, with `programs` loaded (none started).
+    Its own session: a terminal's Ctrl-C reaches the agent, which stops the app in
+    order. Called from the main thread (see die_with_parent): it gets SIGTERM, and stops
+    the app, if the agent dies without stopping it. `streams`: its stdout and stderr,
+    when not ours (see relay.py); `env`: its environment, when not ours."""
+    streams = streams or {}
+    socket.unlink(missing_ok=True)
+    programs_file = run_dir / PROGRAMS_NAME
+    programs_file.write_text(programs)
+    conf = run_dir / CONF_NAME
+    write_private(conf, render_main(socket, run_dir / PIDFILE_NAME, programs_file, password))
+    return subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
+        start_new_session=True,
+        preexec_fn=die_with_parent(signal.SIGTERM),
+        stdin=subprocess.DEVNULL,
+        stdout=streams.get("stdout"),  # None: ours (LIVE_PULL_LOG_FORMAT=text)
+        stderr=streams.get("stderr"),
+        env=env,
+    )
