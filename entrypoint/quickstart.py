@@ -132,11 +132,11 @@ def remember(
     run_dir: Path,
     timings: Timings,
     programs: str,
-    start: Sequence[tuple[str, str]],
+    start: Sequence[str],
     answers: str | None,
 ) -> None:
     """The record for the next start of this home: supervisord's `programs` (its
-    configuration as last applied), the processes to start in order (group, name), the
+    configuration as last applied), the processes to start, in order, the
     URL where the web `answers` (None: no web), and how this agent's environment differs
     from the one it was started with (secrets scrubbed: their names only). Nothing when
     this start computed no key."""
@@ -148,7 +148,7 @@ def remember(
         "key": _key,
         "timings": [timings.start_seconds, timings.start_retries, timings.stop_timeout],
         "programs": programs,
-        "start": [list(pair) for pair in start],
+        "start": list(start),
         "answers": answers,
         "unset": sorted(set(_environ_at_start) - set(after)),
         "set": changed,
@@ -200,11 +200,12 @@ def _start(home: Path, record: dict[str, Any]) -> tuple[subprocess.Popen[bytes],
     return process, password
 
 
-def _start_programs(supervisor: Supervisor, run_dir: Path, start: list[list[str]]) -> None:
-    supervisor.wait_ready(SUPERVISORD_READY_SECONDS)
-    for group, name in start:
+def _start_programs(supervisor: Supervisor, run_dir: Path, names: list[str]) -> None:
+    """Those that do not start on their own (autostart: all but the web's slots)."""
+    for name in names:
         _refresh_assignment(run_dir / "slots" / f"{name}.json")
-        supervisor.start_process(group, name)
+    supervisor.wait_ready(SUPERVISORD_READY_SECONDS)
+    supervisor.start_stopped(names)
 
 
 def _await_answer(url: str, seconds: float) -> None:

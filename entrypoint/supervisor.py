@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN})
 
 POLL = 0.2
+STARTED_STATES = frozenset({"STARTING", "RUNNING", "BACKOFF"})  # startProcess refuses these
 READY_POLL = 0.02  # at start, when every moment until the app serves counts
 RPC_USER = "live-pull"
 RPC_SLACK = 30.0
@@ -230,12 +231,21 @@ class Supervisor:
             end_group(pid, deadline)
         end_tagged(self.home, names, deadline, termed=termed)
 
-    def remember(self, names: Iterable[str], answers: str | None) -> None:
+    def remember(self, names: list[str], answers: str | None) -> None:
         """For the quick start of this home's next agent (quickstart.py): the programs as
         applied, the processes `names` to start, in order, and where the web `answers`."""
+        remember(self.run_dir, self.timings, self.programs_file.read_text(), names, answers)
+
+    def start_stopped(self, names: Iterable[str]) -> None:
+        """Start those of the processes `names` that do not run, in order; the others are
+        left as they are. Their configuration may not have changed since they stopped
+        (a quick start's went FATAL), so that applying it starts nothing."""
         states = self.states()
-        start = [(states[name]["group"], name) for name in names if name in states]
-        remember(self.run_dir, self.timings, self.programs_file.read_text(), start, answers)
+        for name in names:
+            info = states.get(name)
+            if info is not None and info["statename"] not in STARTED_STATES:
+                with contextlib.suppress(SupervisorError):  # started meanwhile (autostart)
+                    self.start_process(info["group"], name)
 
     def start_process(self, group: str, name: str) -> None:
         """Start one process (a slot); its state is then awaited with wait_running."""

@@ -19,7 +19,7 @@ from entrypoint.health import wait_healthy
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.ports import unused_port
 from entrypoint.processes import BEHIND_PROXY
-from entrypoint.supervisor import Supervisor, is_running
+from entrypoint.supervisor import STARTED_STATES, Supervisor, is_running
 from entrypoint.supervisor_config import HOLDER_NAME, SLOT_NAMES, ProgramSpec, SharedSocket
 from entrypoint.switching.launch import PROBATION_UNTIL
 from entrypoint.switching.plan import RESUME, STAND_BY, ProxyPlan
@@ -77,9 +77,7 @@ class WebSlots:
         """The socket's holder runs (supervisor_config.py): started with the program,
         and again if it was stopped (supervisord restarts it when it exits)."""
         try:
-            state = self.supervisor.states().get(HOLDER_NAME, {}).get("statename")
-            if state not in ("RUNNING", "STARTING", "BACKOFF"):
-                self.supervisor.start_process(self.shared.name, HOLDER_NAME)
+            self.supervisor.start_stopped([HOLDER_NAME])
         except SupervisorError as exc:  # the slots serve without it, as before
             log.warning("the shared socket's holder did not start error=%s", exc)
 
@@ -118,7 +116,7 @@ class WebSlots:
         states = self.supervisor.states()
         adopted: Ready | None = None
         for slot in SLOT_NAMES:
-            if states.get(slot, {}).get("statename") not in ("STARTING", "RUNNING"):
+            if states.get(slot, {}).get("statename") not in STARTED_STATES:
                 continue
             assignment = self._assignment_on_disk(slot)
             if adopted is None and _runs(assignment, web, proxied):

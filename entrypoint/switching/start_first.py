@@ -45,6 +45,7 @@ class StartFirst:
         # the first start nothing is replaced: the new workers (a quick start's run on).
         self.supervisor.apply(old.workers if old else new.workers, self.slots.shared)
         self.supervisor.apply(new.workers, self.slots.shared)
+        self.supervisor.start_stopped(new.worker_names)  # those a quick start left stopped
         self.slots.hold_socket()
         self.supervisor.wait_running(new.worker_names)
 

@@ -36,8 +36,10 @@ class StopThenStart:
     def start_beside(self, new: Lineup, old: Lineup | None) -> None:
         """Nothing runs beside: the old programs stop as the new ones start."""
         self.board.serving(False)
+        names = [spec.name for spec in new.programs]
         self.supervisor.apply(new.programs)
-        self.supervisor.wait_running(spec.name for spec in new.programs)
+        self.supervisor.start_stopped(names)  # those a quick start left stopped
+        self.supervisor.wait_running(names)
 
     def prove(self, new: Lineup) -> None:
         """Only the health path, when one is configured (a web here may not speak HTTP)."""
