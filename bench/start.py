@@ -2,7 +2,10 @@
 side by side in one run, and print a table.
 
 A restart reuses the volume (release and environment on disk, lockfile unchanged):
-the time is from `live-pull run` to the first answer of the app on PORT. Memory is
+the time is from `live-pull run` to the first answer of the app on PORT. Each restart
+has the environment of the one before, as a container's restart has: the quick start
+(entrypoint/quickstart.py) serves then. The rows "environment changed" change one
+variable at each restart, so the agent's own start serves. Memory is
 the resident set of live-pull's own processes once the app serves and the agent is
 idle: the agent, supervisord, the proxy in front of the app (when there is one) and the
 holder of the shared socket.
@@ -25,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import requests
+
 import bench
 from bench import app_files, build_wheelhouse, stop, wait_for, worktree
 from entrypoint.demo import free_port
@@ -36,11 +41,31 @@ PACKAGES = 10
 IDLE_SECONDS = 3.0  # after the first answer, for the agent to settle before RSS is read
 
 
+MODES = {"default": {}, "LISTEN=off": {"LIVE_PULL_LISTEN": "off"}, "environment changed": {}}
+
+
 def start_agent(tree: Path, sample: SampleRepo, home: Path, port: int, house: Path,
-                listen: str) -> subprocess.Popen[bytes]:  # fmt: skip
+                extra: dict[str, str]) -> subprocess.Popen[bytes]:  # fmt: skip
     """bench.py's agent, running `tree`'s own package ahead of the editable install."""
-    extra = {"PYTHONPATH": str(tree), **({"LIVE_PULL_LISTEN": listen} if listen else {})}
+    extra = {"PYTHONPATH": str(tree), **extra}
     return bench.start_agent(sample, home, port, "pip", house, extra=extra, cwd=tree)
+
+
+def wait_ready(status_port: int) -> None:
+    """The agent is up (not only the app): its stop is then the orderly one."""
+    url = f"http://127.0.0.1:{status_port}/readyz"
+    deadline = time.monotonic() + bench.TIMEOUT
+    while requests_status(url) != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the agent was not ready at {url}")
+        time.sleep(0.05)
+
+
+def requests_status(url: str) -> int:
+    try:
+        return requests.get(url, timeout=2).status_code
+    except requests.RequestException:
+        return 0
 
 
 def children(pid: int) -> list[int]:
@@ -78,20 +103,25 @@ def own_memory(agent: int) -> dict[str, float]:
     return found
 
 
-def restart(tree: Path, sample: SampleRepo, home: Path, house: Path, listen: str,
+def restart(tree: Path, sample: SampleRepo, home: Path, house: Path, mode: str,
             runs: int) -> tuple[list[float], dict[str, float]]:  # fmt: skip
-    port = free_port()
+    port, status_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/"
-    warm = start_agent(tree, sample, home, port, house, listen)  # installs; not timed
+    extra = {**MODES[mode], "LIVE_PULL_STATUS_PORT": str(status_port)}
+    warm = start_agent(tree, sample, home, port, house, extra)  # installs; not timed
     wait_for(url, "from revision")
+    wait_ready(status_port)
     stop(warm)
     times: list[float] = []
     memory: dict[str, float] = {}
     for run in range(runs):
+        if mode == "environment changed":
+            extra["BENCH_RESTART"] = str(run)
         started = time.monotonic()
-        agent = start_agent(tree, sample, home, port, house, listen)
+        agent = start_agent(tree, sample, home, port, house, extra)
         try:
             times.append(wait_for(url, "from revision") - started)
+            wait_ready(status_port)
             if run == runs - 1:
                 time.sleep(IDLE_SECONDS)
                 memory = own_memory(agent.pid)
@@ -113,7 +143,7 @@ def row(label: str, times: list[float], memory: dict[str, float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--baseline", default="37d48a0", help="the commit to compare with")
+    parser.add_argument("--baseline", default="c208c8d", help="the commit to compare with")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="live-pull-start-") as tmp:
@@ -123,10 +153,9 @@ def main() -> int:
         sample.commit(app_files(PACKAGES, "1.0", "bench"), "bench app")
         with worktree(args.baseline, root) as base:
             for name, tree in ((f"baseline {args.baseline}", base), ("this tree", ROOT)):
-                for listen in ("", "off"):
-                    home = root / f"home-{tree.name}-{listen or 'default'}"
-                    mode = "LISTEN=off" if listen else "default"
-                    times, memory = restart(tree, sample, home, house, listen, args.runs)
+                for number, mode in enumerate(MODES):
+                    home = root / f"home-{tree.name}-{number}"
+                    times, memory = restart(tree, sample, home, house, mode, args.runs)
                     rows.append(row(f"{name}, {mode}", times, memory))
     print(f"\nrestart to first response (lockfile unchanged), {args.runs} runs; RSS at idle\n")
     print("| what | median | min | agent | supervisord | proxy | holder | live-pull in all |")

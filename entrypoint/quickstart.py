@@ -18,42 +18,32 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from entrypoint.files import write_atomic, write_private
 from entrypoint.homelock import HomeLock
 from entrypoint.processes import alive, end_leftovers, home_id, tag_children
-from entrypoint.supervisor_config import Timings
 from entrypoint.supervisord import PIDFILE_NAME, SOCKET_NAME, fits, spawn_supervisord
-from entrypoint.switching.launch import PROBATION_UNTIL
 
 if TYPE_CHECKING:
-    from entrypoint.supervisor import Supervisor
+    from entrypoint.supervisor_config import Timings
 
 RECORD_NAME = "quickstart.json"
 DEFAULT_HOME = "/var/lib/live-pull"  # config.py's default too
 SUPERVISORD_READY_SECONDS = 10.0
 AWAIT_ANSWER_SECONDS = 2.0  # the agent's start waits this long at most (see _await_answer)
 ANSWER_POLL = 0.01
-# Written into the assignment of a slot started again: a restart is no crash in a bake,
-# and no slot stands by (launch.py reads both).
-FRESH_ASSIGNMENT = {"stand_by": False, PROBATION_UNTIL: 0.0}
 PACKAGE = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class Begun:
+class Begun(NamedTuple):
     """What the quick start left running, for the agent to take over."""
 
     home: Path
@@ -114,11 +104,7 @@ def taken_over(home: Path) -> Begun | None:
 def environment_key(environ: dict[str, str]) -> str:
     """The digest of what a start depends on: its environment, the user, the Python and
     live-pull's own files (their sizes and times: an image with another live-pull)."""
-    files = sorted(
-        (str(path.relative_to(PACKAGE)), stat.st_size, stat.st_mtime_ns)
-        for path in PACKAGE.rglob("*.py")
-        for stat in [path.stat()]
-    )
+    files = sorted(_package_files(str(PACKAGE)))
     made_of = {
         "environ": sorted(environ.items()),
         "uid": os.getuid(),
@@ -126,6 +112,19 @@ def environment_key(environ: dict[str, str]) -> str:
         "live_pull": files,
     }
     return hashlib.sha256(json.dumps(made_of).encode()).hexdigest()
+
+
+def _package_files(directory: str) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of the package's modules, with os.scandir (pathlib's rglob
+    is slower, and every moment before the spawn counts)."""
+    found = []
+    for entry in os.scandir(directory):
+        if entry.is_dir() and entry.name != "__pycache__":
+            found.extend(_package_files(entry.path))
+        elif entry.name.endswith(".py"):
+            stat = entry.stat()
+            found.append((entry.path, stat.st_size, stat.st_mtime_ns))
+    return found
 
 
 def remember(
@@ -169,49 +168,74 @@ def _record(home: Path, key: str) -> dict[str, Any] | None:
 
 def _start(home: Path, record: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
     """supervisord with the recorded programs, then those started; returns it and its
-    password. On failure what was started is stopped again."""
+    password. On failure supervisord is stopped again, and with it what it started."""
     run_dir = home / "run"
-    timings = Timings(*record["timings"])
+    timings = record["timings"]  # start seconds, retries, stop timeout
     if alive(_pid(run_dir / PIDFILE_NAME)):
         raise Skipped("a supervisord of this home may still run")
+    socket = run_dir / SOCKET_NAME
+    if not fits(socket):  # the agent's Supervisor falls back to a temporary directory
+        raise Skipped("the home's path is too long for supervisord's socket")
     process_home = home_id(home)
-    end_leftovers(process_home, time.monotonic() + timings.stop_timeout)
+    end_leftovers(process_home, time.monotonic() + float(timings[2]))
     tag_children(process_home)
     # The agent's environment as its settings leave it (they read this one still).
     env = {name: value for name, value in os.environ.items() if name not in record["unset"]}
     env.update(record["set"])
-    password = secrets.token_hex(16)
-    socket = run_dir / SOCKET_NAME
-    if not fits(socket):  # the agent's Supervisor falls back to a temporary directory
-        raise Skipped("the home's path is too long for supervisord's socket")
+    password = os.urandom(16).hex()  # as secrets.token_hex, which imports more
     process = spawn_supervisord(run_dir, socket, record["programs"], password, env=env)
-    # Imported while supervisord boots (it needs the other core for that long).
-    from entrypoint.supervisor import Supervisor
-
-    supervisor = Supervisor(run_dir, timings, process_home)
-    supervisor.adopt(process, password)
     try:
-        _start_programs(supervisor, run_dir, record["start"])
+        _start_programs(process, password, home, process_home, timings, record["start"])
     except BaseException:
-        supervisor.stop()
+        _stop(process, float(timings[2]))
         raise
     if record["answers"] is not None:
         _await_answer(record["answers"], AWAIT_ANSWER_SECONDS)
     return process, password
 
 
-def _start_programs(supervisor: Supervisor, run_dir: Path, names: list[str]) -> None:
-    """Those that do not start on their own (autostart: all but the web's slots)."""
+def _start_programs(
+    process: subprocess.Popen[bytes],
+    password: str,
+    home: Path,
+    process_home: str,
+    timings: list[float],
+    names: list[str],
+) -> None:
+    """Those of `names` that do not start on their own (autostart: all but the web's
+    slots), once supervisord answers."""
+    # Imported only now, while supervisord boots (on the other core, for that long).
+    from entrypoint.supervisor import Supervisor
+    from entrypoint.supervisor_config import Timings
+
+    run_dir = home / "run"
+    start_seconds, retries, stop_timeout = timings
+    timed = Timings(int(start_seconds), int(retries), stop_timeout)
+    supervisor = Supervisor(run_dir, timed, process_home)
+    supervisor.adopt(process, password)
     for name in names:
         _refresh_assignment(run_dir / "slots" / f"{name}.json")
     supervisor.wait_ready(SUPERVISORD_READY_SECONDS)
     supervisor.start_stopped(names)
 
 
+def _stop(process: subprocess.Popen[bytes], stop_timeout: float) -> None:
+    """supervisord stops what it started on SIGTERM (the agent ends any leftovers)."""
+    process.terminate()
+    try:
+        process.wait(stop_timeout + 5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _await_answer(url: str, seconds: float) -> None:
     """Until the web answers `url` (whatever it answers) or `seconds` passed: the
     agent's own start would take the CPU the web's start needs (two cores here, and the
     agent's imports are the longest part of its start)."""
+    import http.client  # only here: what comes before supervisord's spawn counts
+    from urllib.parse import urlsplit
+
     parts = urlsplit(url)
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
@@ -229,12 +253,15 @@ def _await_answer(url: str, seconds: float) -> None:
 
 
 def _refresh_assignment(path: Path) -> None:
-    """A slot's assignment (launch.py), if it is a slot: as a fresh start has it."""
+    """A slot's assignment (launch.py), if it is a slot: as a fresh start has it, not in
+    a bake (a restart is no crash in one), not standing by."""
+    from entrypoint.switching.launch import PROBATION_UNTIL
+
     try:
         assignment = json.loads(path.read_text())
     except FileNotFoundError:
         return
-    write_atomic(path, json.dumps({**assignment, **FRESH_ASSIGNMENT}))
+    write_atomic(path, json.dumps({**assignment, "stand_by": False, PROBATION_UNTIL: 0.0}))
 
 
 def _pid(pidfile: Path) -> int:

@@ -58,7 +58,7 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENO
 
 POLL = 0.2
 STARTED_STATES = frozenset({"STARTING", "RUNNING", "BACKOFF"})  # startProcess refuses these
-READY_POLL = 0.02  # at start, when every moment until the app serves counts
+READY_POLL = 0.005  # at start, when every moment until the app serves counts
 RPC_USER = "live-pull"
 RPC_SLACK = 30.0
 

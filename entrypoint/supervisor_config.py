@@ -6,8 +6,6 @@ asks supervisord to reread it (reloadConfig), never restarting supervisord.
 
 from __future__ import annotations
 
-import getpass
-import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ from pathlib import Path
 
 from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import shell_line
+from entrypoint.supervisord import escape
 
 SLOTS = 2  # processes of the shared socket's program that serve (see switching/slots.py)
 SLOT_NAMES = ("web_0", "web_1")  # as supervisord names them: `<program>_<n>`
@@ -69,42 +68,6 @@ class Timings:
     stop_timeout: float
 
 
-def _escape(value: str) -> str:
-    """supervisord expands %(name)s in values; a literal % is written %%."""
-    return value.replace("%", "%%")
-
-
-def render_main(socket: Path, pidfile: Path, programs_file: Path, password: str) -> str:
-    """The file holds the XML-RPC password: write it mode 0600."""
-    # Naming the user we already are silences supervisord's warning about root.
-    user = f"user={getpass.getuser()}\n" if os.geteuid() == 0 else ""
-    return f"""\
-[unix_http_server]
-file={_escape(str(socket))}
-chmod=0700
-username=live-pull
-password={password}
-
-[supervisord]
-{user}nodaemon=true
-logfile=/dev/null
-logfile_maxbytes=0
-pidfile={_escape(str(pidfile))}
-loglevel=info
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{_escape(str(socket))}
-username=live-pull
-password={password}
-
-[include]
-files = {_escape(str(programs_file))}
-"""
-
-
 def render_programs(
     programs: list[ProgramSpec],
     timings: Timings,
@@ -117,7 +80,7 @@ def render_programs(
     `user`: the app user every program runs as (see identity.py); `logs_dir`: where each
     process writes, `<process>.stdout|stderr` (None: the agent's stdout and stderr)."""
     parts = [
-        _render_program(_tagged(program, home), timings, _output(logs_dir, _escape(program.name)))
+        _render_program(_tagged(program, home), timings, _output(logs_dir, escape(program.name)))
         for program in programs
     ]
     if shared is not None:
@@ -139,13 +102,13 @@ def _output(logs_dir: Path | None, process: str) -> tuple[str, str]:
     spells it (supervisord expands %(process_num)s)."""
     if logs_dir is None:
         return "/dev/fd/1", "/dev/fd/2"
-    base = f"{_escape(str(logs_dir))}/{process}"
+    base = f"{escape(str(logs_dir))}/{process}"
     return f"{base}.stdout", f"{base}.stderr"
 
 
 def _as_user(section: str, user: str | None) -> str:
     """supervisord switches to `user` before it executes the program's command."""
-    return section if user is None else f"{section}user={_escape(user)}\n"
+    return section if user is None else f"{section}user={escape(user)}\n"
 
 
 def _tagged(program: ProgramSpec, home: str) -> ProgramSpec:
@@ -167,10 +130,10 @@ def _render_shared(shared: SharedSocket, timings: Timings, home: str, logs_dir: 
     return f"""\
 [fcgi-program:{shared.name}]
 socket={shared.listen}
-command={_escape(command)}
+command={escape(command)}
 process_name=%(program_name)s_%(process_num)s
 numprocs={SLOTS + 1}
-environment={_escape(environment)}
+environment={escape(environment)}
 autostart=false
 {_lifecycle(timings, shared.drain_seconds + timings.stop_timeout, output)}"""
 
@@ -181,9 +144,9 @@ def _render_program(program: ProgramSpec, timings: Timings, output: tuple[str, s
     environment = ",".join(f'{key}="{value}"' for key, value in program.environment.items())
     return f"""\
 [program:{program.name}]
-command={_escape(command)}
-directory={_escape(str(program.directory))}
-environment={_escape(environment)}
+command={escape(command)}
+directory={escape(str(program.directory))}
+environment={escape(environment)}
 autostart=true
 {_lifecycle(timings, timings.stop_timeout, output)}"""
 

@@ -4,6 +4,8 @@ modules, hence a module of its own."""
 
 from __future__ import annotations
 
+import getpass
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +14,6 @@ from pathlib import Path
 
 from entrypoint.files import write_private
 from entrypoint.processes import die_with_parent
-from entrypoint.supervisor_config import render_main
 
 SOCKET_NAME = "supervisor.sock"
 PIDFILE_NAME = "supervisord.pid"
@@ -63,3 +64,39 @@ def spawn_supervisord(
         stderr=streams.get("stderr"),
         env=env,
     )
+
+
+def escape(value: str) -> str:
+    """supervisord expands %(name)s in values; a literal % is written %%."""
+    return value.replace("%", "%%")
+
+
+def render_main(socket: Path, pidfile: Path, programs_file: Path, password: str) -> str:
+    """The file holds the XML-RPC password: write it mode 0600."""
+    # Naming the user we already are silences supervisord's warning about root.
+    user = f"user={getpass.getuser()}\n" if os.geteuid() == 0 else ""
+    return f"""\
+[unix_http_server]
+file={escape(str(socket))}
+chmod=0700
+username=live-pull
+password={password}
+
+[supervisord]
+{user}nodaemon=true
+logfile=/dev/null
+logfile_maxbytes=0
+pidfile={escape(str(pidfile))}
+loglevel=info
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{escape(str(socket))}
+username=live-pull
+password={password}
+
+[include]
+files = {escape(str(programs_file))}
+"""

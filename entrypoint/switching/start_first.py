@@ -89,8 +89,9 @@ class StartFirst:
         return serving | set(lineup.worker_names)
 
     def restarted(self, lineup: Lineup) -> list[str]:
-        """The socket's holder first: the socket stays open whatever the slot does."""
-        serving = [HOLDER_NAME, self.slots.active] if self.slots.active else []
+        """The serving slot first (every moment until it serves counts), then the
+        socket's holder."""
+        serving = [self.slots.active, HOLDER_NAME] if self.slots.active else []
         return [*serving, *lineup.worker_names]
 
 
