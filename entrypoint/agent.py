@@ -29,6 +29,7 @@ from entrypoint.inbox import Inbox, Pause, Resume, Rollback
 from entrypoint.installers import pick_installer
 from entrypoint.loop import ControlLoop
 from entrypoint.metrics import Metrics
+from entrypoint.quickstart import stop_asked
 from entrypoint.releases import Releases
 from entrypoint.repository import Repository
 from entrypoint.state import StateFile
@@ -220,6 +221,8 @@ class Agent:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+        if stop_asked():  # while the quick start's app served, before these handlers
+            self.stop.set()
 
 
 def build_updater(

@@ -14,7 +14,7 @@ from entrypoint.config import Settings
 from entrypoint.errors import ConfigError
 from entrypoint.identity import Identity
 from entrypoint.processes import home_id, read_app_processes_as, tag_children
-from entrypoint.quickstart import Begun
+from entrypoint.quickstart import Begun, end
 from entrypoint.relay import AppOutput, Inherited
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import Timings
@@ -39,7 +39,12 @@ def boot(settings: Settings, output: AppOutput | None = None, begun: Begun | Non
     output = output or Inherited()
     log.info("live-pull starting repo=%s ref=%s", settings.repo_url.redacted(), settings.ref_label)
     settings.home.mkdir(parents=True, exist_ok=True)
-    run_as = separate(settings)
+    try:
+        run_as = separate(settings, begun.release if begun else None)
+    except BaseException:
+        if begun is not None:  # what it began stops in order, not by the agent's death
+            end(begun)
+        raise
     timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
     process_home = home_id(settings.home)
     tag_children(process_home)
@@ -61,16 +66,17 @@ def _interpreter() -> Path:
     return Path(sys.executable).resolve().parent
 
 
-def separate(settings: Settings) -> Identity:
+def separate(settings: Settings, running: Path | None = None) -> Identity:
     """Who code from the repository runs as; said once, at start, when that is the
-    agent itself. The home is the agent's; the app may only pass through it."""
+    agent itself. The home is the agent's; the app may only pass through it, and write
+    the release it runs (`running`: the one a quick start began, which it keeps)."""
     run_as = identity.resolve(settings.app_user)
     notice = identity.notice(settings.app_user, run_as)
     if notice is not None:
         log.warning("%s", notice)
     if run_as.app is None:
         return run_as
-    run_as.claim_home(settings.home, APP_OWNED)
+    run_as.claim_home(settings.home, APP_OWNED, running)
     for variable, path in settings.secret_files().items():
         if run_as.can_read(path):
             log.warning(

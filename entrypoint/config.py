@@ -38,8 +38,8 @@ from entrypoint.credentials import (
 )
 from entrypoint.errors import ConfigError
 from entrypoint.github_app import GitHubAppSettings
+from entrypoint.homelock import DEFAULT_HOME
 from entrypoint.notify import DEFAULT_EVENTS, EVENTS, unusable
-from entrypoint.quickstart import DEFAULT_HOME
 from entrypoint.verify import VerifySettings
 from entrypoint.windows import UpdateWindows, parse_windows
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from entrypoint.errors import AnotherAgent
 
 LOCK_NAME = "lock"
+DEFAULT_HOME = "/var/lib/live-pull"  # LIVE_PULL_HOME's default (config.py, quickstart.py)
 
 
 class HomeLock:

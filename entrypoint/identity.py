@@ -92,17 +92,30 @@ class Identity:
         bit = self._class_bit(info, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
         return bool(info.st_mode & bit) and self.blocked_on_the_way(path.parent) is None
 
-    def claim_home(self, home: Path, app_owned: Collection[str]) -> None:
+    def claim_home(
+        self, home: Path, app_owned: Collection[str], running: Path | None = None
+    ) -> None:
         """At start: everything in the home is the agent's but what the app may write
-        (`app_owned`: shared data, scratch, the installers' cache). A home written by an
-        earlier single-uid agent, or by an older image whose one user is the app user
-        now, is taken back here; the release to run is handed over again when prepared."""
+        (`app_owned`: shared data, scratch, the installers' cache; the release a quick
+        start runs, `running`). A home written by an earlier single-uid agent, or by an
+        older image whose one user is the app user now, is taken back here; the release
+        to run is handed over again when prepared."""
         if self.app is None:
             return
         os.chown(home, os.geteuid(), os.getegid())
         home.chmod(0o755)
-        for child in home.iterdir():
-            if child.name not in app_owned:
+        kept = {home / name for name in app_owned} | ({running} if running else set())
+        self._take_back_all_but(home, kept)
+
+    def _take_back_all_but(self, directory: Path, kept: set[Path]) -> None:
+        """What is in `directory`, but `kept` (the way to them: those directories alone)."""
+        for child in directory.iterdir():
+            if child in kept:
+                continue
+            if any(child in path.parents for path in kept):
+                _chown_one(str(child), os.geteuid(), os.getegid(), read_only=True)
+                self._take_back_all_but(child, kept)
+            else:
                 self.take_back(child)
 
     def _class_bit(self, info: os.stat_result, user: int, group: int, other: int) -> int:

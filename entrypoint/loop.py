@@ -146,6 +146,7 @@ class ControlLoop:
         if self._serve_from_disk():
             self.inbox.check("start")  # check the remote straight away
             return True
+        self.updater.stop_unclaimed()  # nothing runs but what the agent chose
         return self._fetch_first_revision()
 
     def _serve_from_disk(self) -> bool:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,15 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from entrypoint.files import write_atomic, write_private
-from entrypoint.homelock import HomeLock
-from entrypoint.processes import alive, end_leftovers, home_id, tag_children
-from entrypoint.supervisord import PIDFILE_NAME, SOCKET_NAME, fits, spawn_supervisord
+from entrypoint.homelock import DEFAULT_HOME, HomeLock
+from entrypoint.processes import end_leftovers, home_id, tag_children
+from entrypoint.supervisord import SOCKET_NAME, fits, leftover_supervisord, spawn_supervisord
 
 if TYPE_CHECKING:
     from entrypoint.supervisor_config import Timings
 
 RECORD_NAME = "quickstart.json"
-DEFAULT_HOME = "/var/lib/live-pull"  # config.py's default too
 SUPERVISORD_READY_SECONDS = 10.0
 AWAIT_ANSWER_SECONDS = 2.0  # the agent's start waits this long at most (see _await_answer)
 ANSWER_POLL = 0.01
@@ -50,6 +50,7 @@ class Begun(NamedTuple):
     lock: HomeLock
     process: subprocess.Popen[bytes]
     password: str
+    release: Path | None  # the release it runs (the app user's: see boot.separate)
 
 
 class Skipped(Exception):
@@ -59,22 +60,25 @@ class Skipped(Exception):
 _key: str | None = None  # this start's, once computed: what `remember` writes
 _environ_at_start: dict[str, str] = {}
 _begun: Begun | None = None
+_stop_asked = False
 
 
 def quick_start(argv: Sequence[str]) -> None:
-    """From __main__, before anything else: for `live-pull run`, start what the record
+    """From main.py, before anything else: for `live-pull run`, start what the record
     names, if it is this start's. Never raises: the agent's own start says what is wrong."""
     global _key, _begun
     if list(argv) != ["run"]:
         return
-    _environ_at_start.update(os.environ)
-    _key = environment_key(_environ_at_start)
-    home = Path(os.environ.get("LIVE_PULL_HOME") or DEFAULT_HOME)
     try:
-        record = _record(home, _key)
-    except (OSError, ValueError, KeyError, TypeError):
+        _environ_at_start.update(os.environ)
+        _key = environment_key(_environ_at_start)
+        home = Path(os.environ.get("LIVE_PULL_HOME") or DEFAULT_HOME)
+        if not home.is_absolute() or _record(home, _key) is None:
+            return
+    except Skipped as exc:
+        print(f"live-pull: no quick start: {exc}", file=sys.stderr)
         return
-    if record is None or not home.is_absolute():
+    except (OSError, ValueError, KeyError, TypeError):  # no record, or not one of ours
         return
     lock = HomeLock(home)
     try:
@@ -82,10 +86,13 @@ def quick_start(argv: Sequence[str]) -> None:
     except Exception:  # another agent holds it: the agent's start says so
         return
     try:
-        _begun = Begun(home, lock, *_start(home, record))
+        record = _record(home, _key)  # again: `live-pull prepare` may have just removed it
+        if record is not None:
+            _begun = _start(home, lock, record)
     except Exception as exc:
-        lock.release()
         print(f"live-pull: no quick start: {exc}", file=sys.stderr)
+    if _begun is None:
+        lock.release()
 
 
 def taken_over(home: Path) -> Begun | None:
@@ -94,11 +101,25 @@ def taken_over(home: Path) -> Begun | None:
     begun, _begun = _begun, None
     if begun is None or begun.home == home:
         return begun
-    # For another home (the settings read LIVE_PULL_HOME otherwise): ended.
-    begun.process.terminate()
-    begun.process.wait()
-    begun.lock.release()
+    end(begun)  # for another home (the settings read LIVE_PULL_HOME otherwise)
     return None
+
+
+def end(begun: Begun) -> None:
+    """The agent cannot take over: supervisord stops what it started; the lock goes."""
+    _stop(begun.process)
+    begun.lock.release()
+
+
+def stop_asked() -> bool:
+    """Was the agent told to stop (SIGTERM, SIGINT) while the quick start's app served
+    and the agent had not yet its own handlers? It stops in order then (agent.py)."""
+    return _stop_asked
+
+
+def _note_stop(signum: int, frame: object) -> None:
+    global _stop_asked
+    _stop_asked = True
 
 
 def environment_key(environ: dict[str, str]) -> str:
@@ -133,13 +154,16 @@ def remember(
     programs: str,
     start: Sequence[str],
     answers: str | None,
+    release: Path | None,
 ) -> None:
     """The record for the next start of this home: supervisord's `programs` (its
-    configuration as last applied), the processes to start, in order, the
-    URL where the web `answers` (None: no web), and how this agent's environment differs
-    from the one it was started with (secrets scrubbed: their names only). Nothing when
-    this start computed no key."""
+    configuration as last applied), the processes to start, in order, the URL where the
+    web `answers` (None: no web), the `release` they run, and how this agent's
+    environment differs from the one it was started with (secrets scrubbed: their names
+    only). None when this start computed no key (an agent not started by main.py), lest
+    an older record outlive what it names."""
     if _key is None:
+        forget(run_dir)
         return
     after = dict(os.environ)
     changed = {name: value for name, value in after.items() if _environ_at_start.get(name) != value}
@@ -149,6 +173,7 @@ def remember(
         "programs": programs,
         "start": list(start),
         "answers": answers,
+        "release": str(release) if release else None,
         "unset": sorted(set(_environ_at_start) - set(after)),
         "set": changed,
     }
@@ -162,17 +187,30 @@ def forget(run_dir: Path) -> None:
 
 
 def _record(home: Path, key: str) -> dict[str, Any] | None:
-    record: dict[str, Any] = json.loads((home / "run" / RECORD_NAME).read_text())
+    """The record, if it is this start's and only the agent could have written it: it
+    names commands that supervisord, as root, starts."""
+    run_dir = home / "run"
+    path = run_dir / RECORD_NAME
+    if not all(_agent_only(where, 0o022) for where in (home, run_dir)):
+        raise Skipped(f"{run_dir} is not the agent's alone")
+    if not _agent_only(path, 0o077):
+        raise Skipped(f"{path} is not the agent's alone")
+    record: dict[str, Any] = json.loads(path.read_text())
     return record if record["key"] == key else None
 
 
-def _start(home: Path, record: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
-    """supervisord with the recorded programs, then those started; returns it and its
-    password. On failure supervisord is stopped again, and with it what it started."""
+def _agent_only(path: Path, others_bits: int) -> bool:
+    info = path.stat()
+    return info.st_uid == os.geteuid() and not info.st_mode & others_bits
+
+
+def _start(home: Path, lock: HomeLock, record: dict[str, Any]) -> Begun:
+    """supervisord with the recorded programs, then those started. On failure
+    supervisord is stopped again, and with it what it started."""
     run_dir = home / "run"
     timings = record["timings"]  # start seconds, retries, stop timeout
-    if alive(_pid(run_dir / PIDFILE_NAME)):
-        raise Skipped("a supervisord of this home may still run")
+    if leftover_supervisord(run_dir) is not None:
+        raise Skipped("a supervisord of this home still runs")
     socket = run_dir / SOCKET_NAME
     if not fits(socket):  # the agent's Supervisor falls back to a temporary directory
         raise Skipped("the home's path is too long for supervisord's socket")
@@ -183,15 +221,18 @@ def _start(home: Path, record: dict[str, Any]) -> tuple[subprocess.Popen[bytes],
     env = {name: value for name, value in os.environ.items() if name not in record["unset"]}
     env.update(record["set"])
     password = os.urandom(16).hex()  # as secrets.token_hex, which imports more
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the app is about to serve: stop in order
+        signal.signal(sig, _note_stop)
     process = spawn_supervisord(run_dir, socket, record["programs"], password, env=env)
     try:
         _start_programs(process, password, home, process_home, timings, record["start"])
+        if record["answers"] is not None:
+            _await_answer(record["answers"], AWAIT_ANSWER_SECONDS)
     except BaseException:
-        _stop(process, float(timings[2]))
+        _stop(process)
         raise
-    if record["answers"] is not None:
-        _await_answer(record["answers"], AWAIT_ANSWER_SECONDS)
-    return process, password
+    release = Path(record["release"]) if record["release"] else None
+    return Begun(home, lock, process, password, release)
 
 
 def _start_programs(
@@ -219,14 +260,11 @@ def _start_programs(
     supervisor.start_stopped(names)
 
 
-def _stop(process: subprocess.Popen[bytes], stop_timeout: float) -> None:
-    """supervisord stops what it started on SIGTERM (the agent ends any leftovers)."""
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """supervisord stops what it started on SIGTERM, each program within its stop
+    timeout (the agent ends whatever is left, as it does a dead agent's)."""
     process.terminate()
-    try:
-        process.wait(stop_timeout + 5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    process.wait()
 
 
 def _await_answer(url: str, seconds: float) -> None:
@@ -262,10 +300,3 @@ def _refresh_assignment(path: Path) -> None:
     except FileNotFoundError:
         return
     write_atomic(path, json.dumps({**assignment, "stand_by": False, PROBATION_UNTIL: 0.0}))
-
-
-def _pid(pidfile: Path) -> int:
-    try:
-        return int(pidfile.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0

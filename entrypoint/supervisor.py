@@ -46,8 +46,8 @@ from entrypoint.supervisor_config import (
 )
 from entrypoint.supervisord import (
     CONF_NAME,
-    PIDFILE_NAME,
     PROGRAMS_NAME,
+    leftover_supervisord,
     socket_path,
     spawn_supervisord,
 )
@@ -124,7 +124,7 @@ class Supervisor:
         supervisord that is still running would let it, as it exits, unlink ours.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._end_leftovers(self.run_dir / PIDFILE_NAME)
+        self._end_leftovers()
         with self.output.child_streams(SUPERVISORD) as streams:
             self._process = spawn_supervisord(
                 self.run_dir, self.socket, "", self._password, streams
@@ -181,10 +181,10 @@ class Supervisor:
             process.kill()
             process.wait()
 
-    def _end_leftovers(self, pidfile: Path) -> None:
+    def _end_leftovers(self) -> None:
         """A dead agent's supervisord, its apps and its one-off commands."""
         stop_wait = self.timings.stop_timeout + 5
-        pid = _leftover_supervisord(pidfile, self.conf)
+        pid = leftover_supervisord(self.run_dir)
         if pid is not None:
             log.warning("stopping the supervisord a previous agent left pid=%d", pid)
             with contextlib.suppress(OSError):
@@ -197,8 +197,10 @@ class Supervisor:
 
     # -- programs -------------------------------------------------------------------
 
-    def apply(self, programs: list[ProgramSpec], shared: SharedSocket | None = None) -> None:
-        """Make supervisord run exactly `programs`; changed ones are restarted."""
+    def apply(self, programs: list[ProgramSpec], shared: SharedSocket | None = None) -> set[str]:
+        """Make supervisord run exactly `programs`; changed ones are restarted. Returns
+        the groups left as they were: a process of them that stopped (a quick start's
+        that went FATAL) stays so (see start_stopped)."""
         with self._lock:
             user = self.run_as.supervisor_user()
             self.output.prepare(process_programs(programs, shared))
@@ -212,6 +214,7 @@ class Supervisor:
                 self._remove_group(name)
             for name in [*changed, *added]:
                 self._add_group(name)
+            return {info["group"] for info in self.states().values()} - {*changed, *added}
 
     def _add_group(self, name: str) -> None:
         self._call(lambda rpc: rpc.supervisor.addProcessGroup(name))
@@ -231,15 +234,16 @@ class Supervisor:
             end_group(pid, deadline)
         end_tagged(self.home, names, deadline, termed=termed)
 
-    def remember(self, names: list[str], answers: str | None) -> None:
+    def remember(self, names: list[str], answers: str | None, release: Path) -> None:
         """For the quick start of this home's next agent (quickstart.py): the programs as
-        applied, the processes `names` to start, in order, and where the web `answers`."""
-        remember(self.run_dir, self.timings, self.programs_file.read_text(), names, answers)
+        applied, the processes `names` to start, in order, where the web `answers`, and
+        the `release` they run."""
+        programs = self.programs_file.read_text()
+        remember(self.run_dir, self.timings, programs, names, answers, release)
 
     def start_stopped(self, names: Iterable[str]) -> None:
         """Start those of the processes `names` that do not run, in order; the others are
-        left as they are. Their configuration may not have changed since they stopped
-        (a quick start's went FATAL), so that applying it starts nothing."""
+        left as they are (a quick start's programs, the socket's holder)."""
         states = self.states()
         for name in names:
             info = states.get(name)
@@ -365,18 +369,6 @@ def first_fatal(states: dict[str, dict[str, Any]], only: Iterable[str] | None = 
             detail = info.get("spawnerr") or info.get("description") or "exited too quickly"
             return f"program {program_name(name)} went FATAL after its retries: {detail}"
     return None
-
-
-def _leftover_supervisord(pidfile: Path, conf: Path) -> int | None:
-    """The pid in the pidfile, if that process is a supervisord run on this very
-    configuration (a reused pid is never taken for it)."""
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    named = any(b"supervisord" in part for part in cmdline)
-    return pid if named and str(conf).encode() in cmdline else None
 
 
 def _wait_gone(pid: int, deadline: float) -> bool:

@@ -31,6 +31,18 @@ def socket_path(run_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="live-pull-")) / SOCKET_NAME
 
 
+def leftover_supervisord(run_dir: Path) -> int | None:
+    """The pid in the pidfile, if that process is a supervisord run on this very
+    configuration (a reused pid is never taken for it)."""
+    try:
+        pid = int((run_dir / PIDFILE_NAME).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    named = any(b"supervisord" in part for part in cmdline)
+    return pid if named and str(run_dir / CONF_NAME).encode() in cmdline else None
+
+
 def fits(socket: Path) -> bool:
     """Can supervisord bind a unix socket there?"""
     return len(str(socket)) <= UNIX_PATH_MAX

@@ -502,11 +502,22 @@ class Updater:
             return
         try:
             settings = self.settings
-            answers = local_url(settings.listen_address, settings.port, "/") if lineup.web else None
-            self.supervisor.remember(switch.restarted(lineup), answers)
+            path = settings.healthcheck_path or "/"
+            answers = (
+                local_url(settings.listen_address, settings.port, path) if lineup.web else None
+            )
+            release = self.releases.path(lineup.sha)
+            self.supervisor.remember(switch.restarted(lineup), answers, release)
         except (OSError, SupervisorError) as exc:
             log.warning("the next start will not be a quick one error=%s", exc)
             forget(run_dir)
+
+    def stop_unclaimed(self) -> None:
+        """Before the first revision is fetched: what a quick start began (quickstart.py)
+        stops, for the agent serves none of it (its release is gone, or refused, or would
+        not start)."""
+        if self.live is None:
+            self.supervisor.apply([])
 
     def baked(self, bake: Bake) -> None:
         """The revision stayed up through its bake time (the watchdog's thread)."""

@@ -174,3 +174,21 @@ def test_a_home_from_a_single_uid_agent_is_taken_back(tmp_path: Path) -> None:
         assert (home / path).stat().st_uid == 0, path
     for path in ("shared/db", "scratch/x"):
         assert (home / path).stat().st_uid == NOBODY.pw_uid, path
+
+
+@as_root
+def test_the_release_a_quick_start_runs_stays_the_apps(tmp_path: Path) -> None:
+    """Taking the home over from a quick start (quickstart.py): the app is running its
+    release and may write there; the other releases are taken back as always."""
+    home = tmp_path / "home"
+    running, other = home / "releases" / ("a" * 40), home / "releases" / ("b" * 40)
+    for release in (running, other):
+        (release / "app.py").parent.mkdir(parents=True)
+        (release / "app.py").write_text("x")
+        APP.hand_over(release)
+    APP.claim_home(home, {"shared", "scratch", "cache"}, running)
+    assert (running / "app.py").stat().st_uid == NOBODY.pw_uid
+    assert running.stat().st_uid == NOBODY.pw_uid
+    for path in (home / "releases", other, other / "app.py"):
+        assert path.stat().st_uid == 0, path
+        assert not stat.S_IMODE(path.stat().st_mode) & 0o022, path

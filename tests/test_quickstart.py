@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from entrypoint.demo import free_port
+from entrypoint.processes import find_tagged, home_id
 from entrypoint.quickstart import RECORD_NAME
 from entrypoint.sample import PROCFILE, SampleRepo, app_files
-from tests.conftest import AgentProcess
+from tests.conftest import AgentProcess, wait_until
 
 Factory = Callable[..., AgentProcess]
 TAKEN_OVER = "taking over the quick start"
@@ -157,3 +159,64 @@ def test_a_slot_assigned_something_else_is_stopped_and_replaced(
     assert ADOPTED not in out
     assert "stopping web slot=web_0" in out
     assert "starting web in slot=web_0 beside slot=-" in out
+
+
+def test_a_record_others_could_have_written_is_not_used(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    """It names commands that a root supervisord starts: only the agent's own counts."""
+    env = same_start()
+    sha = served_then_stopped(agent_factory, sample, env)
+    record = tmp_path / "home" / "run" / RECORD_NAME
+    record.chmod(0o644)
+
+    again = agent_factory(sample.url, **env)
+    again.wait_serving(sha)
+
+    out = again.output()
+    assert f"live-pull: no quick start: {record} is not the agent's alone" in out
+    assert TAKEN_OVER not in out
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600  # written anew by the agent
+
+
+def test_a_stop_while_the_quick_start_waits_for_the_web_is_an_orderly_one(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    """SIGTERM before the agent has its own handlers (the quick start waits for a web
+    that is slow to answer): the agent starts, then stops the app in order, exit 0."""
+    env = same_start()
+    served_then_stopped(agent_factory, sample, env, "web: sleep 3 && python app.py\n")
+
+    again = agent_factory(sample.url, **env)
+    wait_until(lambda: "spawned: 'web_0'" in again.output(), what="the quick start's web")
+    code, _ = again.stop()
+
+    out = again.output()
+    assert code == 0, out
+    assert "stopping app and supervisord" in out
+    assert find_tagged(home_id(tmp_path / "home")) == []
+
+
+def test_what_the_quick_start_began_stops_when_the_agent_cannot_serve_it(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path
+) -> None:
+    """The release step left to this start fails: the agent fetches instead (from a
+    remote that is gone: it retries), and the web the quick start began, which the agent
+    does not serve, stops meanwhile."""
+    env = {**same_start(), "LIVE_PULL_START_TIMEOUT": "300"}
+    flag = tmp_path / "release-fails"
+    procfile = f"{PROCFILE}release: test ! -e {flag}\n"
+    sha = served_then_stopped(agent_factory, sample, env, procfile)
+    state_path = tmp_path / "home" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["unreleased"] = [sha]
+    state_path.write_text(json.dumps(state))
+    flag.write_text("")
+    sample.remote.rename(sample.remote.with_name("gone.git"))
+
+    again = agent_factory(sample.url, **env)
+
+    wait_until(lambda: "last good revision did not start" in again.output())
+    assert TAKEN_OVER in again.output()
+    wait_until(lambda: again.app() is None, 15, "the quick start's web to stop")
+    assert "stopping app and supervisord" not in again.output()  # the agent retries on

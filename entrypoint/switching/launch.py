@@ -30,9 +30,9 @@ SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 # whole machine) until which a start of the slot is held back (slots.promote says why).
 PROBATION_UNTIL = "probation_until"
 HOLD_BACK_SECONDS = 5.0  # at most: the agent's time to roll back (its loop may be busy)
+CERTIFICATE_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 # The holder: a shell that sleeps, and exits 0 when stopped (a clean stop in the log);
 # without a `sleep` it ends at once, and supervisord gives up on it after its retries.
-CERTIFICATE_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 HOLD = 'trap "exit 0" TERM; while sleep 3600 & wait $!; do :; done'
 
 

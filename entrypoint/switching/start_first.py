@@ -41,11 +41,11 @@ class StartFirst:
 
     def start_beside(self, new: Lineup, old: Lineup | None) -> None:
         self.slots.lift_probation()  # a bake ends with the next switch
-        # The slots' group must exist before a slot starts (a no-op once it does). At
-        # the first start nothing is replaced: the new workers (a quick start's run on).
-        self.supervisor.apply(old.workers if old else new.workers, self.slots.shared)
-        self.supervisor.apply(new.workers, self.slots.shared)
-        self.supervisor.start_stopped(new.worker_names)  # those a quick start left stopped
+        # The slots' group must exist before a slot starts (a no-op once it does).
+        if old is not None:
+            self.supervisor.apply(old.workers, self.slots.shared)
+        unchanged = self.supervisor.apply(new.workers, self.slots.shared)
+        self.supervisor.start_stopped(unchanged & set(new.worker_names))
         self.slots.hold_socket()
         self.supervisor.wait_running(new.worker_names)
 

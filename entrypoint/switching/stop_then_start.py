@@ -37,8 +37,8 @@ class StopThenStart:
         """Nothing runs beside: the old programs stop as the new ones start."""
         self.board.serving(False)
         names = [spec.name for spec in new.programs]
-        self.supervisor.apply(new.programs)
-        self.supervisor.start_stopped(names)  # those a quick start left stopped
+        unchanged = self.supervisor.apply(new.programs)
+        self.supervisor.start_stopped(unchanged & set(names))
         self.supervisor.wait_running(names)
 
     def prove(self, new: Lineup) -> None:
