@@ -14,7 +14,7 @@ from entrypoint.config import Settings
 from entrypoint.errors import ConfigError
 from entrypoint.identity import Identity
 from entrypoint.processes import home_id, read_app_processes_as, tag_children
-from entrypoint.quickstart import Begun, end
+from entrypoint.quickstart import Begun, end, why_not
 from entrypoint.relay import AppOutput, Inherited
 from entrypoint.supervisor import Supervisor
 from entrypoint.supervisor_config import Timings
@@ -48,8 +48,11 @@ def boot(settings: Settings, output: AppOutput | None = None, begun: Begun | Non
     timings = Timings(settings.start_seconds, settings.start_retries, settings.stop_timeout)
     process_home = home_id(settings.home)
     tag_children(process_home)
-    supervisor = Supervisor(settings.home / "run", timings, process_home, run_as, output)
+    socket = begun.socket if begun else None
+    supervisor = Supervisor(settings.home / "run", timings, process_home, run_as, output, socket)
     output.start()
+    if begun is None and why_not() is not None:
+        log.info("no quick start: %s", why_not())
     if begun is not None:
         log.info("taking over the quick start: supervisord pid=%d", begun.process.pid)
         supervisor.adopt(begun.process, begun.password)

@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from entrypoint.files import write_atomic, write_private
 from entrypoint.homelock import DEFAULT_HOME, HomeLock
 from entrypoint.processes import end_leftovers, home_id, tag_children
-from entrypoint.supervisord import SOCKET_NAME, fits, leftover_supervisord, spawn_supervisord
+from entrypoint.supervisord import (
+    leftover_supervisord,
+    remove_socket_dir,
+    socket_path,
+    spawn_supervisord,
+)
 
 if TYPE_CHECKING:
     from entrypoint.supervisor_config import Timings
@@ -50,6 +55,7 @@ class Begun(NamedTuple):
     lock: HomeLock
     process: subprocess.Popen[bytes]
     password: str
+    socket: Path  # supervisord's (a temporary directory's, for a long home path)
     release: Path | None  # the release it runs (the app user's: see boot.separate)
 
 
@@ -61,24 +67,28 @@ _key: str | None = None  # this start's, once computed: what `remember` writes
 _environ_at_start: dict[str, str] = {}
 _begun: Begun | None = None
 _stop_asked = False
+_why_not: str | None = None
 
 
 def quick_start(argv: Sequence[str]) -> None:
     """From main.py, before anything else: for `live-pull run`, start what the record
     names, if it is this start's. Never raises: the agent's own start says what is wrong."""
-    global _key, _begun
+    global _key, _begun, _why_not
     if list(argv) != ["run"]:
         return
     try:
         _environ_at_start.update(os.environ)
         _key = environment_key(_environ_at_start)
         home = Path(os.environ.get("LIVE_PULL_HOME") or DEFAULT_HOME)
-        if not home.is_absolute() or _record(home, _key) is None:
-            return
+        _record(home, _key)
     except Skipped as exc:
-        print(f"live-pull: no quick start: {exc}", file=sys.stderr)
+        _why_not = str(exc)
         return
-    except (OSError, ValueError, KeyError, TypeError):  # no record, or not one of ours
+    except FileNotFoundError:
+        _why_not = "no record of what served (a first start, or `live-pull prepare` since)"
+        return
+    except Exception as exc:  # not one of ours, or unreadable
+        _why_not = f"the record cannot be read: {exc}"
         return
     lock = HomeLock(home)
     try:
@@ -86,13 +96,15 @@ def quick_start(argv: Sequence[str]) -> None:
     except Exception:  # another agent holds it: the agent's start says so
         return
     try:
-        record = _record(home, _key)  # again: `live-pull prepare` may have just removed it
-        if record is not None:
-            _begun = _start(home, lock, record)
+        _begun = _start(home, lock, _record(home, _key))  # again: `prepare` may have run
     except Exception as exc:
-        print(f"live-pull: no quick start: {exc}", file=sys.stderr)
-    if _begun is None:
+        _why_not = str(exc)
         lock.release()
+
+
+def why_not() -> str | None:
+    """Why no quick start was made (None: one was, or `run` was not the command)."""
+    return _why_not
 
 
 def taken_over(home: Path) -> Begun | None:
@@ -107,7 +119,7 @@ def taken_over(home: Path) -> Begun | None:
 
 def end(begun: Begun) -> None:
     """The agent cannot take over: supervisord stops what it started; the lock goes."""
-    _stop(begun.process)
+    _stop(begun.process, begun.socket)
     begun.lock.release()
 
 
@@ -186,9 +198,11 @@ def forget(run_dir: Path) -> None:
         (run_dir / RECORD_NAME).unlink(missing_ok=True)
 
 
-def _record(home: Path, key: str) -> dict[str, Any] | None:
+def _record(home: Path, key: str) -> dict[str, Any]:
     """The record, if it is this start's and only the agent could have written it: it
     names commands that supervisord, as root, starts."""
+    if not home.is_absolute():
+        raise Skipped(f"LIVE_PULL_HOME={home} is not an absolute path")
     run_dir = home / "run"
     path = run_dir / RECORD_NAME
     if not all(_agent_only(where, 0o022) for where in (home, run_dir)):
@@ -196,7 +210,9 @@ def _record(home: Path, key: str) -> dict[str, Any] | None:
     if not _agent_only(path, 0o077):
         raise Skipped(f"{path} is not the agent's alone")
     record: dict[str, Any] = json.loads(path.read_text())
-    return record if record["key"] == key else None
+    if record["key"] != key:
+        raise Skipped("the environment, the user or live-pull differ from the last start's")
+    return record
 
 
 def _agent_only(path: Path, others_bits: int) -> bool:
@@ -211,9 +227,6 @@ def _start(home: Path, lock: HomeLock, record: dict[str, Any]) -> Begun:
     timings = record["timings"]  # start seconds, retries, stop timeout
     if leftover_supervisord(run_dir) is not None:
         raise Skipped("a supervisord of this home still runs")
-    socket = run_dir / SOCKET_NAME
-    if not fits(socket):  # the agent's Supervisor falls back to a temporary directory
-        raise Skipped("the home's path is too long for supervisord's socket")
     process_home = home_id(home)
     end_leftovers(process_home, time.monotonic() + float(timings[2]))
     tag_children(process_home)
@@ -223,21 +236,23 @@ def _start(home: Path, lock: HomeLock, record: dict[str, Any]) -> Begun:
     password = os.urandom(16).hex()  # as secrets.token_hex, which imports more
     for sig in (signal.SIGTERM, signal.SIGINT):  # the app is about to serve: stop in order
         signal.signal(sig, _note_stop)
+    socket = socket_path(run_dir)
     process = spawn_supervisord(run_dir, socket, record["programs"], password, env=env)
     try:
-        _start_programs(process, password, home, process_home, timings, record["start"])
+        _start_programs(process, password, socket, home, process_home, timings, record["start"])
         if record["answers"] is not None:
             _await_answer(record["answers"], AWAIT_ANSWER_SECONDS)
     except BaseException:
-        _stop(process)
+        _stop(process, socket)
         raise
     release = Path(record["release"]) if record["release"] else None
-    return Begun(home, lock, process, password, release)
+    return Begun(home, lock, process, password, socket, release)
 
 
 def _start_programs(
     process: subprocess.Popen[bytes],
     password: str,
+    socket: Path,
     home: Path,
     process_home: str,
     timings: list[float],
@@ -252,7 +267,7 @@ def _start_programs(
     run_dir = home / "run"
     start_seconds, retries, stop_timeout = timings
     timed = Timings(int(start_seconds), int(retries), stop_timeout)
-    supervisor = Supervisor(run_dir, timed, process_home)
+    supervisor = Supervisor(run_dir, timed, process_home, socket=socket)
     supervisor.adopt(process, password)
     for name in names:
         _refresh_assignment(run_dir / "slots" / f"{name}.json")
@@ -260,11 +275,12 @@ def _start_programs(
     supervisor.start_stopped(names)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes], socket: Path) -> None:
     """supervisord stops what it started on SIGTERM, each program within its stop
     timeout (the agent ends whatever is left, as it does a dead agent's)."""
     process.terminate()
     process.wait()
+    remove_socket_dir(socket)
 
 
 def _await_answer(url: str, seconds: float) -> None:

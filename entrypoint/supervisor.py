@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import threading
@@ -48,6 +47,7 @@ from entrypoint.supervisord import (
     CONF_NAME,
     PROGRAMS_NAME,
     leftover_supervisord,
+    remove_socket_dir,
     socket_path,
     spawn_supervisord,
 )
@@ -91,10 +91,12 @@ class Supervisor:
         home: str,
         run_as: Identity = AS_AGENT,
         output: AppOutput | None = None,
+        socket: Path | None = None,
     ) -> None:
         """`home`: the home id its processes are tagged with (see processes.py);
         `run_as`: who the app's programs run as (supervisord itself stays the agent's);
-        `output`: where supervisord and the programs write (see relay.py)."""
+        `output`: where supervisord and the programs write (see relay.py); `socket`:
+        its XML-RPC socket, when a quick start chose it (quickstart.py)."""
         self.run_dir = run_dir
         self.run_as = run_as
         self.output: AppOutput = output or Inherited()
@@ -102,7 +104,7 @@ class Supervisor:
         self.home = home
         self.conf = run_dir / CONF_NAME
         self.programs_file = run_dir / PROGRAMS_NAME
-        self.socket = socket_path(run_dir)
+        self.socket = socket or socket_path(run_dir)
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._known_pids: set[int] = set()
@@ -169,8 +171,7 @@ class Supervisor:
             end_group(pid, deadline)
         # What left its group, and one-off commands.
         end_tagged(self.home, None, deadline, termed=termed)
-        if self.socket.parent != self.run_dir:  # the short-path fallback
-            shutil.rmtree(self.socket.parent, ignore_errors=True)
+        remove_socket_dir(self.socket)
 
     def _stop_supervisord(self, process: subprocess.Popen[bytes]) -> None:
         process.send_signal(signal.SIGTERM)

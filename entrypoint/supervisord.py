@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ SOCKET_NAME = "supervisor.sock"
 PIDFILE_NAME = "supervisord.pid"
 CONF_NAME = "supervisord.conf"
 PROGRAMS_NAME = "programs.conf"
+SOCKET_DIR_PREFIX = "live-pull-"  # of the temporary directory of a socket (a long home)
 # sun_path holds 107 bytes; supervisord binds "<path>.<pid>" first, then renames.
 UNIX_PATH_MAX = 107 - 12
 
@@ -26,9 +28,15 @@ UNIX_PATH_MAX = 107 - 12
 def socket_path(run_dir: Path) -> Path:
     """Unix sockets have a short path limit; fall back to a private temp dir."""
     candidate = run_dir / SOCKET_NAME
-    if fits(candidate):
+    if len(str(candidate)) <= UNIX_PATH_MAX:
         return candidate
-    return Path(tempfile.mkdtemp(prefix="live-pull-")) / SOCKET_NAME
+    return Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)) / SOCKET_NAME
+
+
+def remove_socket_dir(socket: Path) -> None:
+    """The temporary directory of socket_path's fallback, if `socket` is in one."""
+    if socket.parent.name.startswith(SOCKET_DIR_PREFIX):
+        shutil.rmtree(socket.parent, ignore_errors=True)
 
 
 def leftover_supervisord(run_dir: Path) -> int | None:
@@ -41,11 +49,6 @@ def leftover_supervisord(run_dir: Path) -> int | None:
         return None
     named = any(b"supervisord" in part for part in cmdline)
     return pid if named and str(run_dir / CONF_NAME).encode() in cmdline else None
-
-
-def fits(socket: Path) -> bool:
-    """Can supervisord bind a unix socket there?"""
-    return len(str(socket)) <= UNIX_PATH_MAX
 
 
 def spawn_supervisord(

@@ -56,7 +56,7 @@ def test_a_restart_with_nothing_changed_takes_over_what_the_quick_start_began(
     again.wait_serving(sha)
 
     out = again.output()
-    assert TAKEN_OVER in out
+    assert TAKEN_OVER in out, out[-4000:]
     assert out.count("worker up") == 1  # started once, by the quick start, and kept
     if listen:
         assert out.count("spawned: 'web' with pid") == 1, out
@@ -76,6 +76,7 @@ def test_another_environment_starts_as_always(sample: SampleRepo, agent_factory:
 
     out = again.output()
     assert TAKEN_OVER not in out
+    assert "no quick start: the environment, the user or live-pull differ" in out
     assert "starting web in slot=web_0 beside slot=-" in out
 
 
@@ -138,7 +139,7 @@ def test_a_quick_start_of_a_release_gone_from_disk_is_mended(
 
     again = agent_factory(sample.url, **env)
     again.wait_serving(sha)
-    assert TAKEN_OVER in again.output()
+    assert TAKEN_OVER in again.output(), again.output()[-4000:]
 
 
 def test_a_slot_assigned_something_else_is_stopped_and_replaced(
@@ -155,7 +156,7 @@ def test_a_slot_assigned_something_else_is_stopped_and_replaced(
     again.wait_serving(sha)
 
     out = again.output()
-    assert TAKEN_OVER in out
+    assert TAKEN_OVER in out, out[-4000:]
     assert ADOPTED not in out
     assert "stopping web slot=web_0" in out
     assert "starting web in slot=web_0 beside slot=-" in out
@@ -174,7 +175,7 @@ def test_a_record_others_could_have_written_is_not_used(
     again.wait_serving(sha)
 
     out = again.output()
-    assert f"live-pull: no quick start: {record} is not the agent's alone" in out
+    assert f"no quick start: {record} is not the agent's alone" in out
     assert TAKEN_OVER not in out
     assert stat.S_IMODE(record.stat().st_mode) == 0o600  # written anew by the agent
 
@@ -217,6 +218,6 @@ def test_what_the_quick_start_began_stops_when_the_agent_cannot_serve_it(
     again = agent_factory(sample.url, **env)
 
     wait_until(lambda: "last good revision did not start" in again.output())
-    assert TAKEN_OVER in again.output()
+    assert TAKEN_OVER in again.output(), again.output()[-4000:]
     wait_until(lambda: again.app() is None, 15, "the quick start's web to stop")
     assert "stopping app and supervisord" not in again.output()  # the agent retries on

@@ -35,7 +35,7 @@ from entrypoint.installers import pick_installer
 from entrypoint.releases import Releases
 from entrypoint.repository import RemoteRevision
 from entrypoint.state import StateFile
-from entrypoint.supervisor import first_fatal
+from entrypoint.supervisor import STARTED_STATES, first_fatal
 from entrypoint.supervisor_config import ProgramSpec, SharedSocket
 from entrypoint.updater import Updater
 from entrypoint.verify import Verifier
@@ -193,6 +193,8 @@ class FakeSupervisor:
     running_supervisord: bool = True
     answering: bool = True
     out_of_files: bool = False  # the agent's own calls fail with EMFILE
+    run_dir: Path = Path("/nonexistent/live-pull-run")  # nothing is written there
+    remembered: list[str] = field(default_factory=list)  # for a quick start (quickstart.py)
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -236,8 +238,9 @@ class FakeSupervisor:
     def alive(self) -> bool:
         return self.running_supervisord
 
-    def apply(self, programs: list[ProgramSpec], shared: SharedSocket | None = None) -> None:
-        """Run exactly `programs`: removed ones stop, changed ones restart."""
+    def apply(self, programs: list[ProgramSpec], shared: SharedSocket | None = None) -> set[str]:
+        """Run exactly `programs`: removed ones stop, changed ones restart; returns the
+        unchanged ones."""
         self._answer()
         with self._lock:
             self.calls.append(("apply", *sorted(p.name for p in programs)))
@@ -248,10 +251,21 @@ class FakeSupervisor:
             for name in [n for n in self.programs if n not in wanted]:
                 del self.programs[name]
                 del self.infos[name]
+            unchanged = {name for name, spec in wanted.items() if self.programs.get(name) == spec}
             for name, spec in wanted.items():
-                if self.programs.get(name) != spec:
+                if name not in unchanged:
                     self.programs[name] = spec
                     self.infos[name] = self._started(spec)
+            return unchanged
+
+    def start_stopped(self, names: Iterable[str]) -> None:
+        for name in names:
+            info = self.states().get(name)
+            if info is not None and info["statename"] not in STARTED_STATES:
+                self.start_process(info["group"], name)
+
+    def remember(self, names: list[str], answers: str | None, release: Path) -> None:
+        self.remembered = list(names)
 
     def wait_running(self, names: Iterable[str]) -> None:
         states = self.states()
@@ -394,6 +408,9 @@ class ScriptedUpdater:
 
     def after_the_bake(self) -> None:
         """Called when the loop is idle; nothing stands by here."""
+
+    def stop_unclaimed(self) -> None:
+        """Called before the first fetch; no quick start ran here."""
 
     def fail_with(self, error: Exception | None) -> int:
         """Checks from now on raise `error` (None: succeed); returns the checks so far."""
