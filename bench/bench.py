@@ -119,17 +119,22 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def live_pull_restart(sample: SampleRepo, root: Path, house: Path) -> Callable[[], float]:
+    """A container's restart: the same environment each time (a quick start)."""
     home = root / "home-restart"
-    port = free_port()
-    warm = start_agent(sample, home, port, "pip", house)  # first start installs; not timed
+    port, status_port = free_port(), free_port()
+    same = {"LIVE_PULL_STATUS_PORT": str(status_port)}
+    warm = start_agent(sample, home, port, "pip", house, same)  # installs; not timed
     wait_for(f"http://127.0.0.1:{port}/", "from revision")
+    wait_for(f"http://127.0.0.1:{status_port}/readyz", "true")
     stop(warm)
 
     def once() -> float:
         started = time.monotonic()
-        agent = start_agent(sample, home, port, "pip", house)
+        agent = start_agent(sample, home, port, "pip", house, same)
         try:
-            return wait_for(f"http://127.0.0.1:{port}/", "from revision") - started
+            answered = wait_for(f"http://127.0.0.1:{port}/", "from revision") - started
+            wait_for(f"http://127.0.0.1:{status_port}/readyz", "true")  # an orderly stop
+            return answered
         finally:
             stop(agent)
 

@@ -500,7 +500,7 @@ class Updater:
         if self.settings.log_format != "text":
             forget(run_dir)
             return
-        try:
+        try:  # a head start for the next start: never worth failing this one for
             settings = self.settings
             path = settings.healthcheck_path or "/"
             answers = (
@@ -508,7 +508,7 @@ class Updater:
             )
             release = self.releases.path(lineup.sha)
             self.supervisor.remember(switch.restarted(lineup), answers, release)
-        except (OSError, SupervisorError) as exc:
+        except Exception as exc:
             log.warning("the next start will not be a quick one error=%s", exc)
             forget(run_dir)
 
