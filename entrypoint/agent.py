@@ -222,6 +222,7 @@ class Agent:
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
         if stop_asked():  # while the quick start's app served, before these handlers
+            log.info("stopping: asked to while the quick start served")
             self.stop.set()
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from entrypoint.quickstart import quick_start
+from entrypoint.quickstart import end_untaken, quick_start
 
 
 def main() -> int:
     quick_start(sys.argv[1:])  # `live-pull run` only: see quickstart.py
-    from entrypoint.cli import main as command_line
+    try:
+        from entrypoint.cli import main as command_line
 
-    return command_line()
+        return command_line()
+    finally:
+        end_untaken()

@@ -46,6 +46,10 @@ SUPERVISORD_READY_SECONDS = 10.0
 AWAIT_ANSWER_SECONDS = 2.0  # the agent's start waits this long at most (see _await_answer)
 ANSWER_POLL = 0.01
 PACKAGE = Path(__file__).resolve().parent
+RECORD_KEYS = frozenset(
+    {"key", "timings", "programs", "start", "answers", "release", "unset", "set"}
+)
+STOP_SLACK = 5.0  # supervisord's own, past the programs' stop timeout
 
 
 class Begun(NamedTuple):
@@ -55,8 +59,9 @@ class Begun(NamedTuple):
     lock: HomeLock
     process: subprocess.Popen[bytes]
     password: str
-    socket: Path  # supervisord's (a temporary directory's, for a long home path)
+    socket: Path  # supervisord's (a temporary directory's, for a long home)
     release: Path | None  # the release it runs (the app user's: see boot.separate)
+    stop_timeout: float  # the programs'; supervisord gets this long, and 5 s, to stop
 
 
 class Skipped(Exception):
@@ -68,6 +73,11 @@ _environ_at_start: dict[str, str] = {}
 _begun: Begun | None = None
 _stop_asked = False
 _why_not: str | None = None
+_handlers: dict[int, Any] = {}  # the signals' own, while the quick start notes them
+RECORD_KEYS = frozenset(
+    {"key", "timings", "programs", "start", "answers", "release", "unset", "set"}
+)
+STOP_SLACK = 5.0
 
 
 def quick_start(argv: Sequence[str]) -> None:
@@ -85,7 +95,10 @@ def quick_start(argv: Sequence[str]) -> None:
         _why_not = str(exc)
         return
     except FileNotFoundError:
-        _why_not = "no record of what served (a first start, or `live-pull prepare` since)"
+        _why_not = (
+            "no record of what served (a first start, `live-pull prepare` since, or"
+            " LIVE_PULL_LOG_FORMAT=json)"
+        )
         return
     except Exception as exc:  # not one of ours, or unreadable
         _why_not = f"the record cannot be read: {exc}"
@@ -117,9 +130,18 @@ def taken_over(home: Path) -> Begun | None:
     return None
 
 
+def end_untaken() -> None:
+    """What the quick start began and no agent took over (its start failed before:
+    bad settings) stops in order, not by the death of this process (main.py)."""
+    global _begun
+    begun, _begun = _begun, None
+    if begun is not None:
+        end(begun)
+
+
 def end(begun: Begun) -> None:
     """The agent cannot take over: supervisord stops what it started; the lock goes."""
-    _stop(begun.process, begun.socket)
+    _stop(begun.process, begun.socket, begun.stop_timeout)
     begun.lock.release()
 
 
@@ -200,16 +222,21 @@ def forget(run_dir: Path) -> None:
 
 def _record(home: Path, key: str) -> dict[str, Any]:
     """The record, if it is this start's and only the agent could have written it: it
-    names commands that supervisord, as root, starts."""
+    names commands that supervisord starts. As root, the home too must be the agent's
+    alone (a home an older image left to the app user is claimed by the agent's start);
+    an agent that is not root runs the app as itself, so the home's owner is not asked."""
     if not home.is_absolute():
         raise Skipped(f"LIVE_PULL_HOME={home} is not an absolute path")
     run_dir = home / "run"
     path = run_dir / RECORD_NAME
-    if not all(_agent_only(where, 0o022) for where in (home, run_dir)):
+    ways = (home, run_dir) if os.geteuid() == 0 else (run_dir,)
+    if not all(_agent_only(where, 0o022) for where in ways):
         raise Skipped(f"{run_dir} is not the agent's alone")
     if not _agent_only(path, 0o077):
         raise Skipped(f"{path} is not the agent's alone")
     record: dict[str, Any] = json.loads(path.read_text())
+    if not isinstance(record, dict) or set(record) != RECORD_KEYS:
+        raise Skipped(f"{path} is not a record of this live-pull")
     if record["key"] != key:
         raise Skipped("the environment, the user or live-pull differ from the last start's")
     return record
@@ -234,19 +261,43 @@ def _start(home: Path, lock: HomeLock, record: dict[str, Any]) -> Begun:
     env = {name: value for name, value in os.environ.items() if name not in record["unset"]}
     env.update(record["set"])
     password = os.urandom(16).hex()  # as secrets.token_hex, which imports more
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the app is about to serve: stop in order
-        signal.signal(sig, _note_stop)
+    stop_timeout = float(timings[2])
+    _note_stops()  # the app is about to serve: a stop is the agent's, in order
     socket = socket_path(run_dir)
-    process = spawn_supervisord(run_dir, socket, record["programs"], password, env=env)
+    process: subprocess.Popen[bytes] | None = None
     try:
+        process = spawn_supervisord(run_dir, socket, record["programs"], password, env=env)
         _start_programs(process, password, socket, home, process_home, timings, record["start"])
         if record["answers"] is not None:
             _await_answer(record["answers"], AWAIT_ANSWER_SECONDS)
     except BaseException:
-        _stop(process, socket)
+        if process is not None:
+            _stop(process, socket, stop_timeout)
+        remove_socket_dir(socket)
+        _restore_stops()
         raise
-    release = Path(record["release"]) if record["release"] else None
-    return Begun(home, lock, process, password, socket, release)
+    release = _release(home, record["release"])
+    return Begun(home, lock, process, password, socket, release, stop_timeout)
+
+
+def _release(home: Path, recorded: str | None) -> Path | None:
+    """The release the record names, if it is one of the home's releases."""
+    if recorded is None:
+        return None
+    release = Path(recorded)
+    return release if release.parent == home / "releases" else None
+
+
+def _note_stops() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        _handlers[sig] = signal.signal(sig, _note_stop)
+
+
+def _restore_stops() -> None:
+    """The signals' own handlers again (an agent not taking over stops as it would)."""
+    for sig, handler in _handlers.items():
+        signal.signal(sig, handler)
+    _handlers.clear()
 
 
 def _start_programs(
@@ -275,12 +326,17 @@ def _start_programs(
     supervisor.start_stopped(names)
 
 
-def _stop(process: subprocess.Popen[bytes], socket: Path) -> None:
+def _stop(process: subprocess.Popen[bytes], socket: Path, stop_timeout: float) -> None:
     """supervisord stops what it started on SIGTERM, each program within its stop
     timeout (the agent ends whatever is left, as it does a dead agent's)."""
     process.terminate()
-    process.wait()
+    try:
+        process.wait(stop_timeout + STOP_SLACK)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     remove_socket_dir(socket)
+    _restore_stops()
 
 
 def _await_answer(url: str, seconds: float) -> None:

@@ -126,6 +126,7 @@ class Supervisor:
         supervisord that is still running would let it, as it exits, unlink ours.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o755)  # whatever the umask: the quick start asks (quickstart.py)
         self._end_leftovers()
         with self.output.child_streams(SUPERVISORD) as streams:
             self._process = spawn_supervisord(
@@ -215,7 +216,11 @@ class Supervisor:
                 self._remove_group(name)
             for name in [*changed, *added]:
                 self._add_group(name)
-            return {info["group"] for info in self.states().values()} - {*changed, *added}
+            try:
+                groups = {info["group"] for info in self.states().values()}
+            except SupervisorError:  # applied all the same; nothing to start again then
+                return set()
+            return groups - {*changed, *added}
 
     def _add_group(self, name: str) -> None:
         self._call(lambda rpc: rpc.supervisor.addProcessGroup(name))

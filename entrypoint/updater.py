@@ -515,9 +515,14 @@ class Updater:
     def stop_unclaimed(self) -> None:
         """Before the first revision is fetched: what a quick start began (quickstart.py)
         stops, for the agent serves none of it (its release is gone, or refused, or would
-        not start)."""
-        if self.live is None:
+        not start), and the next start is not a quick one."""
+        if self.live is not None:
+            return
+        forget(self.supervisor.run_dir)
+        try:
             self.supervisor.apply([])
+        except SupervisorError as exc:  # the first fetch replaces what runs anyway
+            log.warning("what a quick start began did not stop error=%s", exc)
 
     def baked(self, bake: Bake) -> None:
         """The revision stayed up through its bake time (the watchdog's thread)."""

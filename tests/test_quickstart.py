@@ -64,7 +64,7 @@ def test_a_restart_with_nothing_changed_takes_over_what_the_quick_start_began(
         assert ADOPTED in out
         assert out.count("spawned: 'web_0' with pid") == 1, out
         assert "starting web in slot=" not in out
-    assert again.status()["state"] == "running"
+    again.wait_status(state="running")
 
 
 def test_another_environment_starts_as_always(sample: SampleRepo, agent_factory: Factory) -> None:
@@ -194,6 +194,7 @@ def test_a_stop_while_the_quick_start_waits_for_the_web_is_an_orderly_one(
 
     out = again.output()
     assert code == 0, out
+    assert "stopping: asked to while the quick start served" in out
     assert "stopping app and supervisord" in out
     assert find_tagged(home_id(tmp_path / "home")) == []
 
@@ -221,3 +222,32 @@ def test_what_the_quick_start_began_stops_when_the_agent_cannot_serve_it(
     assert TAKEN_OVER in again.output(), again.output()[-4000:]
     wait_until(lambda: again.app() is None, 15, "the quick start's web to stop")
     assert "stopping app and supervisord" not in again.output()  # the agent retries on
+
+
+@pytest.mark.parametrize("listen", ["", "off"], ids=["shared-socket", "listen-off"])
+def test_a_worker_the_quick_start_left_fatal_is_started_again(
+    sample: SampleRepo, agent_factory: Factory, tmp_path: Path, listen: str
+) -> None:
+    """The worker fails once, in the quick start (FATAL at once: no retries). The
+    configuration is the agent's own, so applying it starts nothing: the agent starts
+    the worker again itself, and the revision serves on, with no fetch."""
+    marker = tmp_path / "worker-ran-once"
+    worker = f"worker: test -e {marker} && exec sleep 3600 || {{ touch {marker}; exit 1; }}\n"
+    env = {
+        **same_start(),
+        "LIVE_PULL_START_RETRIES": "0",
+        **({"LIVE_PULL_LISTEN": listen} if listen else {}),
+    }
+    marker.write_text("")  # the first start's worker runs at once
+    sha = served_then_stopped(agent_factory, sample, env, PROCFILE + worker)
+    marker.unlink()
+
+    again = agent_factory(sample.url, **env)
+    again.wait_serving(sha)
+    again.wait_status(state="running")
+
+    out = again.output()
+    assert TAKEN_OVER in out, out[-4000:]
+    assert "gave up: worker entered FATAL state" in out
+    assert "last good revision did not start" not in out
+    assert again.status()["app_down"] is None
