@@ -584,3 +584,27 @@ def test_a_derived_image_starts_offline_from_its_baked_release(
         )
     finally:
         podman("rmi", "-f", baked, check=False)
+
+
+BYTECODE_CHECK = """
+import importlib, os, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+compiled = [m.__cached__ for m in list(sys.modules.values()) if getattr(m, "__cached__", None)]
+missing = sorted(path for path in compiled if not os.path.exists(path))
+print(len(compiled), "modules;", len(missing), "without bytecode:", *missing[:5])
+"""
+
+
+def test_the_image_keeps_the_bytecode_of_what_the_agent_and_proxy_import(image: str) -> None:
+    """A new container (each pod's restart) must not compile the agent again, and the
+    proxy, run as the app user, could not even keep what it compiled."""
+    modules = ["entrypoint.main", "entrypoint.cli", "entrypoint.agent", "entrypoint.updater"]
+    modules += ["entrypoint.switching.proxy", "supervisor.supervisord", "git", "aiohttp.web"]
+    result = podman(
+        "run", "--rm", "--network", "host", "--user", "app", "--entrypoint",
+        "/opt/live-pull/bin/python", image, "-B", "-c", BYTECODE_CHECK, *modules,
+    )  # fmt: skip
+    counted, _, rest = result.stdout.partition(" modules; ")
+    assert int(counted) > 300, result.stdout
+    assert rest.startswith("0 without bytecode"), result.stdout
