@@ -34,7 +34,7 @@ import bench
 from bench import app_files, build_wheelhouse, stop, wait_for, worktree
 from entrypoint.demo import free_port
 from entrypoint.sample import SampleRepo, create_sample_repo
-from entrypoint.switching.launch import HOLD
+from entrypoint.supervisor_config import HOLD
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = 10

@@ -17,8 +17,11 @@ from entrypoint.supervisord import escape
 
 SLOTS = 2  # processes of the shared socket's program that serve (see switching/slots.py)
 SLOT_NAMES = ("web_0", "web_1")  # as supervisord names them: `<program>_<n>`
-# The program's last process serves nothing: it holds the socket open (launch.py).
+# The program's last process serves nothing: it holds the socket open.
 HOLDER_NAME = f"web_{SLOTS}"
+# The holder: a shell that sleeps, and exits 0 when stopped (a clean stop in the log);
+# without a `sleep` it ends at once, and supervisord gives up on it after its retries.
+HOLD = 'trap "exit 0" TERM; while sleep 3600 & wait $!; do :; done'
 
 
 def program_name(process: str) -> str:
@@ -124,7 +127,7 @@ def _render_shared(shared: SharedSocket, timings: Timings, home: str, logs_dir: 
     The configuration is the same for every revision (the launcher reads which
     revision a slot runs), so updates never reload the group or close the socket.
     """
-    command = shlex.join([sys.executable, "-m", "entrypoint.switching.launch"])
+    command = shlex.join(["/bin/sh", "-c", _shared_line()])
     output = _output(logs_dir, f"{shared.name}_%(process_num)s")
     environment = f'LIVE_PULL_SLOTS="{shared.slots_dir}",{TAG_VARIABLE}="{tag(home, shared.name)}"'
     return f"""\
@@ -136,6 +139,14 @@ numprocs={SLOTS + 1}
 environment={escape(environment)}
 autostart=false
 {_lifecycle(timings, shared.drain_seconds + timings.stop_timeout, output)}"""
+
+
+def _shared_line() -> str:
+    """Every process of the shared program runs this line: the slots the launcher
+    (switching/launch.py), the holder the shell alone. The holder starts beside a slot at
+    every start, and a Python start of its own would take the slot's cores meanwhile."""
+    launcher = shlex.join([sys.executable, "-m", "entrypoint.switching.launch"])
+    return f'if [ "$SUPERVISOR_PROCESS_NAME" = {HOLDER_NAME} ]; then {HOLD}; fi; exec {launcher}'
 
 
 def _render_program(program: ProgramSpec, timings: Timings, output: tuple[str, str]) -> str:

@@ -21,7 +21,6 @@ from typing import Any
 
 from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import socket_handoff_line
-from entrypoint.supervisor_config import HOLDER_NAME
 from entrypoint.switching.behind import start_app
 from entrypoint.switching.plan import ProxyPlan, ignore_orders
 
@@ -31,15 +30,10 @@ SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 PROBATION_UNTIL = "probation_until"
 HOLD_BACK_SECONDS = 5.0  # at most: the agent's time to roll back (its loop may be busy)
 CERTIFICATE_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
-# The holder: a shell that sleeps, and exits 0 when stopped (a clean stop in the log);
-# without a `sleep` it ends at once, and supervisord gives up on it after its retries.
-HOLD = 'trap "exit 0" TERM; while sleep 3600 & wait $!; do :; done'
 
 
 def main() -> int:
-    slot = os.environ["SUPERVISOR_PROCESS_NAME"]
-    if slot == HOLDER_NAME:  # while it runs, supervisord keeps the socket open
-        os.execv("/bin/sh", ["/bin/sh", "-c", HOLD])
+    slot = os.environ["SUPERVISOR_PROCESS_NAME"]  # a slot: the holder is no launcher
     assignment = _held_back(slot, _assignment(slot))
     # The group's tag (from supervisord) names the group; each slot's processes carry
     # the slot's name. Read before the revision's environment, which may hold another.

@@ -31,7 +31,6 @@ from aiohttp import (
     HttpVersion11,
     TCPConnector,
     WSMsgType,
-    web,
 )
 from aiohttp.client_exceptions import (
     ClientError,
@@ -39,6 +38,13 @@ from aiohttp.client_exceptions import (
     ServerDisconnectedError,
     WSServerHandshakeError,
 )
+
+# aiohttp's low-level server by its own modules: `aiohttp.web` (and its runners) would
+# load the whole application framework too, 30 ms of every slot's start.
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import Response, StreamResponse
+from aiohttp.web_server import Server
+from aiohttp.web_ws import WebSocketResponse
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -47,7 +53,7 @@ from entrypoint.switching.plan import ORDERS, ProxyPlan, ignore_orders
 
 log = logging.getLogger("live-pull proxy")
 
-WebSocket = web.WebSocketResponse | ClientWebSocketResponse
+WebSocket = WebSocketResponse | ClientWebSocketResponse
 
 # Headers that describe one connection, not the message (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset(
@@ -205,24 +211,24 @@ async def _serve_the_socket(
     forwarder = Forwarder(plan.port, unreachable=orders.nudged.set)
     forwarder.open()
     # aiohttp's low-level server: every request goes to the one handler, with no router
-    # or middleware to pass through first.
-    server = web.Server(forwarder.handle, access_log=None)
-    runner = web.ServerRunner(server, shutdown_timeout=plan.drain_seconds)
+    # or middleware to pass through first. It is the protocol of asyncio's own server
+    # on the socket, as aiohttp's ServerRunner and SockSite would make it. asyncio
+    # listens on the socket again: with supervisord's backlog, which other slots share.
+    handlers = Server(forwarder.handle, access_log=None)
+    listener = socket.socket(fileno=os.dup(0))
+    loop = asyncio.get_running_loop()
     try:
-        await runner.setup()
-        listener = socket.socket(fileno=os.dup(0))
-        site = web.SockSite(runner, listener)
-        await site.start()
+        server = await loop.create_server(handlers, sock=listener, backlog=socket.SOMAXCONN)
     except BaseException:
-        await runner.cleanup()
+        listener.close()
         await forwarder.close()
         raise
     ended = await orders.first(app, "stop", "stand by")
-    await _stop_accepting(site, listener)
-    return ended, asyncio.create_task(_drain(runner, forwarder, plan))
+    await _stop_accepting(server, listener)
+    return ended, asyncio.create_task(_drain(handlers, forwarder, plan))
 
 
-async def _drain(runner: web.BaseRunner, forwarder: Forwarder, plan: ProxyPlan) -> None:
+async def _drain(handlers: Server, forwarder: Forwarder, plan: ProxyPlan) -> None:
     # Websockets cannot drain: they are closed (1001, going away) as the drain ends.
     asyncio.get_running_loop().call_later(
         max(0.0, plan.drain_seconds - 1), forwarder.going_away.set
@@ -231,12 +237,15 @@ async def _drain(runner: web.BaseRunner, forwarder: Forwarder, plan: ProxyPlan) 
         # A connection accepted just now may not have sent its request yet: give it
         # the time to, before connections without a request in flight are closed.
         await asyncio.sleep(min(ACCEPTED_GRACE_SECONDS, plan.drain_seconds / 2))
-        await runner.cleanup()  # closes idle connections, waits for requests in flight
+        # As aiohttp's runners end: idle connections close, requests in flight finish.
+        await asyncio.sleep(0)
+        handlers.pre_shutdown()
+        await handlers.shutdown(plan.drain_seconds)
     finally:
         await forwarder.close()
 
 
-async def _stop_accepting(site: web.SockSite, listener: socket.socket) -> None:
+async def _stop_accepting(server: asyncio.Server, listener: socket.socket) -> None:
     """No more accepts; the socket stays open in supervisord for the other slot.
 
     asyncio accepts a burst of connections in one callback and wraps each in a task
@@ -247,7 +256,7 @@ async def _stop_accepting(site: web.SockSite, listener: socket.socket) -> None:
     asyncio.get_running_loop().remove_reader(listener.fileno())
     for _ in range(ACCEPT_TASK_ITERATIONS):
         await asyncio.sleep(0)
-    await site.stop()
+    server.close()
 
 
 class Forwarder:
@@ -272,12 +281,12 @@ class Forwarder:
         if self.session is not None:
             await self.session.close()
 
-    def _target(self, request: web.BaseRequest) -> URL:
+    def _target(self, request: BaseRequest) -> URL:
         """The app's URL for the request, its path and query exactly as the client sent
         them (no re-encoding: %2F stays %2F)."""
         return URL(self.base + request.raw_path, encoded=True)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: BaseRequest) -> StreamResponse:
         refused = await _expect(request)
         if refused is not None:
             return refused
@@ -285,13 +294,13 @@ class Forwarder:
             return await self._websocket(request)
         return await self._http(request)
 
-    async def _http(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _http(self, request: BaseRequest) -> StreamResponse:
         try:
             upstream = await self._send(request)
         except ClientError as exc:
             log.warning("the app gave no answer: %s", type(exc).__name__)
             self.unreachable()
-            return web.Response(status=502, text="502 Bad Gateway: the app gave no answer\n")
+            return Response(status=502, text="502 Bad Gateway: the app gave no answer\n")
         async with upstream:
             headers = CIMultiDict(
                 (name, value)
@@ -303,10 +312,10 @@ class Forwarder:
                     body = await upstream.read()
                 except ClientError as exc:
                     log.warning("the app's answer broke off: %s", type(exc).__name__)
-                    return web.Response(status=502, text="502 Bad Gateway: the answer broke off\n")
+                    return Response(status=502, text="502 Bad Gateway: the answer broke off\n")
                 status, reason = upstream.status, upstream.reason
-                return web.Response(status=status, reason=reason, headers=headers, body=body)
-            response = web.StreamResponse(
+                return Response(status=status, reason=reason, headers=headers, body=body)
+            response = StreamResponse(
                 status=upstream.status, reason=upstream.reason, headers=headers
             )
             await response.prepare(request)
@@ -315,7 +324,7 @@ class Forwarder:
             await response.write_eof()
         return response
 
-    async def _send(self, request: web.BaseRequest) -> ClientResponse:
+    async def _send(self, request: BaseRequest) -> ClientResponse:
         """The request to the app. A kept-alive connection the app closed as it was
         reused fails before any answer: a request without a body that is safe to
         repeat is sent once more, on a new connection."""
@@ -336,7 +345,7 @@ class Forwarder:
                     raise
         raise AssertionError("unreachable")
 
-    async def _websocket(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _websocket(self, request: BaseRequest) -> StreamResponse:
         assert self.session is not None
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         protocols = [name.strip() for name in offered.split(",") if name.strip()]
@@ -353,13 +362,13 @@ class Forwarder:
                 autoping=True,
             )
         except WSServerHandshakeError as exc:
-            return web.Response(status=exc.status, text=f"{exc.status} {exc.message}\n")
+            return Response(status=exc.status, text=f"{exc.status} {exc.message}\n")
         except ClientError as exc:
             log.warning("the app gave no websocket: %s", type(exc).__name__)
-            return web.Response(status=502, text="502 Bad Gateway: the app gave no answer\n")
+            return Response(status=502, text="502 Bad Gateway: the app gave no answer\n")
         async with upstream:
             chosen = [upstream.protocol] if upstream.protocol else []
-            client = web.WebSocketResponse(protocols=chosen)
+            client = WebSocketResponse(protocols=chosen)
             await client.prepare(request)
             await _relay_both_ways(client, upstream, self.going_away)
         return client
@@ -397,7 +406,7 @@ async def _relay(source: WebSocket, target: WebSocket) -> None:
             break
 
 
-async def _expect(request: web.BaseRequest) -> web.StreamResponse | None:
+async def _expect(request: BaseRequest) -> StreamResponse | None:
     """What aiohttp's Application does for `Expect`, and its low-level server does not:
     HTTP/1.1 `100-continue` is answered at once (the body then streams to the app as
     it comes), any other expectation gets a 417."""
@@ -405,13 +414,13 @@ async def _expect(request: web.BaseRequest) -> web.StreamResponse | None:
     if not expect or request.version != HttpVersion11:
         return None
     if expect.lower() != "100-continue":
-        return web.Response(status=417, text=f"417 Expectation Failed: {expect}\n")
+        return Response(status=417, text=f"417 Expectation Failed: {expect}\n")
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the answer's own size starts after it, as aiohttp's
     return None
 
 
-def _small(request: web.BaseRequest, upstream: ClientResponse) -> bool:
+def _small(request: BaseRequest, upstream: ClientResponse) -> bool:
     """An answer with a body of a known length up to BUFFERED_BODY (most answers), not
     to a HEAD (whose Content-Length describes a body that is not sent)."""
     length = upstream.content_length
@@ -423,7 +432,7 @@ def _small(request: web.BaseRequest, upstream: ClientResponse) -> bool:
     )
 
 
-def forwarded_headers(request: web.BaseRequest) -> CIMultiDict[str]:
+def forwarded_headers(request: BaseRequest) -> CIMultiDict[str]:
     """The request's end-to-end headers (Host kept), plus what a proxy adds."""
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value)
