@@ -96,10 +96,10 @@ def own_memory(agent: int) -> dict[str, float]:
             continue
         found["supervisord"] += rss_mb(child)
         for slot in children(child):
-            if "launch" in cmdline(slot) and children(slot):  # a proxy, its app below
-                found["proxy"] += rss_mb(slot)
-            elif HOLD in cmdline(slot):
+            if HOLD in cmdline(slot):  # the holder's shell line names the launcher too
                 found["holder"] += rss_mb(slot) + sum(map(rss_mb, children(slot)))
+            elif "launch" in cmdline(slot) and children(slot):  # a proxy, its app below
+                found["proxy"] += rss_mb(slot)
     return found
 
 

@@ -321,7 +321,7 @@ def _start_programs(
     supervisor = Supervisor(run_dir, timed, process_home, socket=socket)
     supervisor.adopt(process, password)
     for name in names:
-        _refresh_assignment(run_dir / "slots" / f"{name}.json")
+        _refresh_assignment(run_dir / "slots", name)
     supervisor.wait_ready(SUPERVISORD_READY_SECONDS)
     supervisor.start_stopped(names)
 
@@ -362,13 +362,13 @@ def _await_answer(url: str, seconds: float) -> None:
             connection.close()
 
 
-def _refresh_assignment(path: Path) -> None:
-    """A slot's assignment (launch.py), if it is a slot: as a fresh start has it, not in
-    a bake (a restart is no crash in one), not standing by."""
-    from entrypoint.switching.launch import PROBATION_UNTIL
+def _refresh_assignment(slots_dir: Path, name: str) -> None:
+    """A slot's assignment (launch.py), if `name` is a slot: as a fresh start has it, not
+    in a bake (a restart is no crash in one), not standing by."""
+    from entrypoint.switching.launch import FRESH, assignment_path, read_assignment
 
     try:
-        assignment = json.loads(path.read_text())
+        assignment = read_assignment(slots_dir, name)
     except FileNotFoundError:
         return
-    write_atomic(path, json.dumps({**assignment, "stand_by": False, PROBATION_UNTIL: 0.0}))
+    write_atomic(assignment_path(slots_dir, name), json.dumps({**assignment, **FRESH}))

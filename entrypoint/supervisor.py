@@ -58,6 +58,7 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENO
 
 POLL = 0.2
 STARTED_STATES = frozenset({"STARTING", "RUNNING", "BACKOFF"})  # startProcess refuses these
+ALREADY_STARTED = "ALREADY_STARTED"  # the fault of a startProcess that came too late
 READY_POLL = 0.005  # at start, when every moment until the app serves counts
 RPC_USER = "live-pull"
 RPC_SLACK = 30.0
@@ -216,10 +217,7 @@ class Supervisor:
                 self._remove_group(name)
             for name in [*changed, *added]:
                 self._add_group(name)
-            try:
-                groups = {info["group"] for info in self.states().values()}
-            except SupervisorError:  # applied all the same; nothing to start again then
-                return set()
+            groups = set(process_programs(programs, shared).values())
             return groups - {*changed, *added}
 
     def _add_group(self, name: str) -> None:
@@ -247,15 +245,23 @@ class Supervisor:
         programs = self.programs_file.read_text()
         remember(self.run_dir, self.timings, programs, names, answers, release)
 
-    def start_stopped(self, names: Iterable[str]) -> None:
+    def start_stopped(self, names: Iterable[str]) -> dict[str, str]:
         """Start those of the processes `names` that do not run, in order; the others are
-        left as they are (a quick start's programs, the socket's holder)."""
+        left as they are (a quick start's programs, the socket's holder). Returns those
+        that could not be started, with why: the caller says whether that matters."""
         states = self.states()
+        failed: dict[str, str] = {}
         for name in names:
             info = states.get(name)
-            if info is not None and info["statename"] not in STARTED_STATES:
-                with contextlib.suppress(SupervisorError):  # started meanwhile (autostart)
+            if info is None:
+                failed[name] = "supervisord has no such process"
+            elif info["statename"] not in STARTED_STATES:
+                try:
                     self.start_process(info["group"], name)
+                except SupervisorError as exc:
+                    if ALREADY_STARTED not in str(exc):  # else started meanwhile (autostart)
+                        failed[name] = str(exc)
+        return failed
 
     def start_process(self, group: str, name: str) -> None:
         """Start one process (a slot); its state is then awaited with wait_running."""

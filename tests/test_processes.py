@@ -199,6 +199,22 @@ def shared_web(tmp_path: Path, commands: dict[str, str]) -> SharedSocket:
     return shared
 
 
+def test_apply_names_the_groups_it_left_and_start_stopped_what_did_not_start(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    """What a quick start's takeover relies on: the groups apply left running, and the
+    processes start_stopped could not start (the holder's warning comes from there)."""
+    supervisor = supervisors(tmp_path / "home")
+    shared = shared_web(tmp_path, {"web_0": "sleep 30"})
+    first = [program("a", "sleep 31", tmp_path), program("b", "sleep 32", tmp_path)]
+    assert supervisor.apply(first, shared) == set()  # all of them new
+    again = [first[0], program("b", "sleep 33", tmp_path)]
+    assert supervisor.apply(again, shared) == {"a", "web"}
+    failed = supervisor.start_stopped(["web_0", "a", "web_9"])
+    assert failed == {"web_9": "supervisord has no such process"}
+    supervisor.wait_running(["web_0", "a", "b"])
+
+
 def test_a_removed_group_takes_its_escaped_children_and_no_other_homes(
     tmp_path: Path, supervisors: Callable[[Path], Supervisor]
 ) -> None:

@@ -28,6 +28,9 @@ SLOTS_VARIABLE = "LIVE_PULL_SLOTS"
 # In an assignment: while its revision bakes, the time.monotonic() (one clock for the
 # whole machine) until which a start of the slot is held back (slots.promote says why).
 PROBATION_UNTIL = "probation_until"
+STANDING_BY = "stand_by"  # in an assignment: a proxy slot that (re)starts stands by
+# An assignment as a fresh start of its slot has it: serving, in no bake.
+FRESH = {STANDING_BY: False, PROBATION_UNTIL: 0.0}
 HOLD_BACK_SECONDS = 5.0  # at most: the agent's time to roll back (its loop may be busy)
 CERTIFICATE_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 
@@ -49,7 +52,7 @@ def main() -> int:
         with _no_certificates():
             from entrypoint.switching.proxy import serve
 
-        return serve(app, plan, lambda: bool(_assignment(slot).get("stand_by")))
+        return serve(app, plan, lambda: bool(_assignment(slot).get(STANDING_BY)))
     os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])
 
 
@@ -89,8 +92,20 @@ def _held_back(slot: str, assignment: dict[str, Any]) -> dict[str, Any]:
 
 
 def _assignment(slot: str) -> dict[str, Any]:
+    return read_assignment(Path(os.environ[SLOTS_VARIABLE]), slot)
+
+
+def assignment_path(slots_dir: Path, slot: str) -> Path:
+    return slots_dir / f"{slot}.json"
+
+
+def read_assignment(slots_dir: Path, slot: str) -> dict[str, Any]:
     """What the agent assigned the slot (slots.py writes it atomically)."""
-    return dict(json.loads((Path(os.environ[SLOTS_VARIABLE]) / f"{slot}.json").read_text()))
+    path = assignment_path(slots_dir, slot)
+    found = json.loads(path.read_text())
+    if not isinstance(found, dict):
+        raise ValueError(f"{path} holds no assignment")
+    return found
 
 
 if __name__ == "__main__":

@@ -21,7 +21,13 @@ from entrypoint.ports import unused_port
 from entrypoint.processes import BEHIND_PROXY
 from entrypoint.supervisor import STARTED_STATES, Supervisor, is_running
 from entrypoint.supervisor_config import HOLDER_NAME, SLOT_NAMES, ProgramSpec, SharedSocket
-from entrypoint.switching.launch import PROBATION_UNTIL
+from entrypoint.switching.launch import (
+    FRESH,
+    PROBATION_UNTIL,
+    STANDING_BY,
+    assignment_path,
+    read_assignment,
+)
 from entrypoint.switching.plan import RESUME, STAND_BY, ProxyPlan
 
 log = logging.getLogger(__name__)
@@ -77,9 +83,11 @@ class WebSlots:
         """The socket's holder runs (supervisor_config.py): started with the program,
         and again if it was stopped (supervisord restarts it when it exits)."""
         try:
-            self.supervisor.start_stopped([HOLDER_NAME])
-        except SupervisorError as exc:  # the slots serve without it, as before
-            log.warning("the shared socket's holder did not start error=%s", exc)
+            failed = self.supervisor.start_stopped([HOLDER_NAME])
+        except SupervisorError as exc:
+            failed = {HOLDER_NAME: str(exc)}
+        for why in failed.values():  # the slots serve without it, as before
+            log.warning("the shared socket's holder did not start error=%s", why)
 
     def free(self) -> str:
         return SLOT_NAMES[1] if self.active == SLOT_NAMES[0] else SLOT_NAMES[0]
@@ -96,7 +104,7 @@ class WebSlots:
                 "env": web.environment,
                 "command": web.command,
                 "proxy": asdict(plan) if plan else None,
-                "stand_by": False,  # a proxy slot restarted while it stands by stays so
+                STANDING_BY: False,  # a proxy slot restarted while it stands by stays so
             },
         )
         log.info("starting web in slot=%s beside slot=%s", slot, self.active or "-")
@@ -138,14 +146,13 @@ class WebSlots:
 
     def _assignment_on_disk(self, slot: str) -> dict[str, Any]:
         try:
-            found = json.loads((self.shared.slots_dir / f"{slot}.json").read_text())
+            return read_assignment(self.shared.slots_dir, slot)
         except (OSError, ValueError):
             return {}
-        return found if isinstance(found, dict) else {}
 
     def _assign(self, slot: str, assignment: dict[str, Any]) -> None:
         """What the slot runs, for its launcher (launch.py) when supervisord (re)starts it."""
-        write_atomic(self.shared.slots_dir / f"{slot}.json", json.dumps(assignment))
+        write_atomic(assignment_path(self.shared.slots_dir, slot), json.dumps(assignment))
         self._assigned[slot] = assignment
 
     def _reassign(self, slot: str, **changes: Any) -> None:
@@ -154,7 +161,7 @@ class WebSlots:
     def _tell(self, slot: str, order: str, stand_by: bool) -> None:
         """Give a proxy slot an order (see plan.py), and keep its assignment in step, so
         that supervisord restarting it (its app crashed) restarts it in the same mode."""
-        self._reassign(slot, stand_by=stand_by, **{PROBATION_UNTIL: 0.0})
+        self._reassign(slot, **{**FRESH, STANDING_BY: stand_by})
         self.supervisor.signal_process(self.shared.name, slot, order)
 
     def proxy_plan(self) -> ProxyPlan:

@@ -258,11 +258,15 @@ class FakeSupervisor:
                     self.infos[name] = self._started(spec)
             return unchanged
 
-    def start_stopped(self, names: Iterable[str]) -> None:
+    def start_stopped(self, names: Iterable[str]) -> dict[str, str]:
+        failed: dict[str, str] = {}
         for name in names:
             info = self.states().get(name)
-            if info is not None and info["statename"] not in STARTED_STATES:
+            if info is None:
+                failed[name] = "supervisord has no such process"
+            elif info["statename"] not in STARTED_STATES:
                 self.start_process(info["group"], name)
+        return failed
 
     def remember(self, names: list[str], answers: str | None, release: Path) -> None:
         self.remembered = list(names)
