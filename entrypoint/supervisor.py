@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 from xml.parsers.expat import ExpatError
 
-from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
-
+from entrypoint import unix_rpc
 from entrypoint.errors import AppFailed, OutOfResources, SupervisorError
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.processes import (
@@ -62,26 +61,6 @@ ALREADY_STARTED = "ALREADY_STARTED"  # the fault of a startProcess that came too
 READY_POLL = 0.005  # at start, when every moment until the app serves counts
 RPC_USER = "live-pull"
 RPC_SLACK = 30.0
-
-
-class _TimedUnixConnection(UnixStreamHTTPConnection):  # type: ignore[misc]
-    """supervisor's unix-socket connection, with a timeout on its socket."""
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self.timeout)
-
-
-def _transport(password: str, socket_path: Path, timeout: float) -> SupervisorTransport:
-    transport = SupervisorTransport(RPC_USER, password, f"unix://{socket_path}")
-
-    def connection() -> _TimedUnixConnection:
-        made = _TimedUnixConnection("localhost", timeout=timeout)
-        made.socketfile = str(socket_path)
-        return made
-
-    transport._get_connection = connection
-    return transport
 
 
 class Supervisor:
@@ -308,8 +287,7 @@ class Supervisor:
     def _call(self, method: Callable[[Any], Any]) -> Any:
         # A fresh proxy per call: SupervisorTransport keeps one connection and
         # is not safe to share between the poller and the watchdog.
-        transport = _transport(self._password, self.socket, self._rpc_timeout())
-        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        proxy = unix_rpc.server(self.socket, RPC_USER, self._password, self._rpc_timeout())
         try:
             return method(proxy)
         except xmlrpc.client.Fault as exc:

@@ -11,18 +11,20 @@ import signal
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import git
 import pytest
 
+from entrypoint import unix_rpc
 from entrypoint.demo import free_port
 from entrypoint.errors import AnotherAgent
 from entrypoint.homelock import HomeLock
 from entrypoint.processes import TAG_VARIABLE, alive, find_tagged, home_id
 from entrypoint.sample import APP, SampleRepo
-from entrypoint.supervisor import Supervisor
+from entrypoint.supervisor import RPC_USER, Supervisor
 from entrypoint.supervisor_config import ProgramSpec, SharedSocket, Timings
 from tests.conftest import AgentProcess, wait_until
 
@@ -213,6 +215,17 @@ def test_apply_names_the_groups_it_left_and_start_stopped_what_did_not_start(
     failed = supervisor.start_stopped(["web_0", "a", "web_9"])
     assert failed == {"web_9": "supervisord has no such process"}
     supervisor.wait_running(["web_0", "a", "b"])
+
+
+def test_supervisord_refuses_another_password_and_the_error_names_none(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    supervisor = supervisors(tmp_path / "home")
+    guess = "a-guessed-password-4711"
+    with pytest.raises(xmlrpc.client.ProtocolError) as refused:
+        unix_rpc.server(supervisor.socket, RPC_USER, guess, 5.0).supervisor.getState()
+    assert refused.value.errcode == 401
+    assert guess not in f"{refused.value} {refused.value!r} {refused.value.url}"
 
 
 def test_a_removed_group_takes_its_escaped_children_and_no_other_homes(
