@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from entrypoint.errors import AppFailed
 from entrypoint.identity import AS_AGENT, Identity
@@ -29,6 +30,9 @@ from entrypoint.shell import socket_handoff_line
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
+# A health path is sent percent-encoded (`/santé` as `/sant%C3%A9`), as requests sent it;
+# what is already encoded, and the characters that delimit a URL, stay as they are.
+URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 def wait_healthy(
@@ -61,7 +65,7 @@ def answer(url: str, *, any_but_5xx: bool = False, timeout: float = 2.0) -> str 
     imported for this, would stay in the agent's memory (7 MB of it at idle)."""
     opener = _NOT_FOLLOWING if any_but_5xx else _FOLLOWING
     try:
-        with opener.open(url, timeout=timeout) as response:
+        with opener.open(quote(url, safe=URL_SAFE), timeout=timeout) as response:
             status = int(response.status)
     except urllib.error.HTTPError as exc:  # an answer all the same
         status = exc.code
@@ -78,9 +82,25 @@ class _Unfollowed(urllib.request.HTTPRedirectHandler):
         return None
 
 
-# Never through an HTTP_PROXY of the environment: the app is on this machine.
-_FOLLOWING = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-_NOT_FOLLOWING = urllib.request.build_opener(urllib.request.ProxyHandler({}), _Unfollowed)
+def _opener(redirects: urllib.request.HTTPRedirectHandler) -> urllib.request.OpenerDirector:
+    """HTTP(S) only: a redirect elsewhere (ftp:, file:) is an unknown URL type, an error.
+    Never through an HTTP_PROXY of the environment: the app is on this machine."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler({}),
+        urllib.request.UnknownHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        redirects,
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+_FOLLOWING = _opener(urllib.request.HTTPRedirectHandler())
+_NOT_FOLLOWING = _opener(_Unfollowed())
 
 
 def proves(status: int, any_but_5xx: bool) -> bool:

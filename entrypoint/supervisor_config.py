@@ -146,7 +146,8 @@ def _shared_line() -> str:
     (switching/launch.py), the holder the shell alone. The holder starts beside a slot at
     every start, and a Python start of its own would take the slot's cores meanwhile."""
     launcher = shlex.join([sys.executable, "-m", "entrypoint.switching.launch"])
-    return f'if [ "$SUPERVISOR_PROCESS_NAME" = {HOLDER_NAME} ]; then {HOLD}; fi; exec {launcher}'
+    holder = f'[ "$SUPERVISOR_PROCESS_NAME" = {HOLDER_NAME} ]'
+    return f"if {holder}; then {HOLD}; exit 1; fi; exec {launcher}"  # exit: its sleep died
 
 
 def _render_program(program: ProgramSpec, timings: Timings, output: tuple[str, str]) -> str:

@@ -43,7 +43,9 @@ class _UnixTransport(xmlrpc.client.Transport):
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
         self._extra_headers = self.authorization
-        return _UnixConnection(self.socket_path, self.timeout)
+        connection = _UnixConnection(self.socket_path, self.timeout)
+        self._connection = host, connection  # for close(), after each request
+        return connection
 
     def request(self, host: Any, handler: str, request_body: Any, verbose: bool = False) -> Any:
         # Once: xmlrpc.client repeats a call on a reset connection, and a call that

@@ -3,6 +3,7 @@ commands die with the agent, and the app's output lands beside the agent's."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import pytest
 
 from entrypoint import unix_rpc
 from entrypoint.demo import free_port
-from entrypoint.errors import AnotherAgent
+from entrypoint.errors import AnotherAgent, SupervisorError
 from entrypoint.homelock import HomeLock
 from entrypoint.processes import TAG_VARIABLE, alive, find_tagged, home_id
 from entrypoint.sample import APP, SampleRepo
@@ -226,6 +227,28 @@ def test_supervisord_refuses_another_password_and_the_error_names_none(
         unix_rpc.server(supervisor.socket, RPC_USER, guess, 5.0).supervisor.getState()
     assert refused.value.errcode == 401
     assert guess not in f"{refused.value} {refused.value!r} {refused.value.url}"
+
+
+def test_each_call_to_supervisord_closes_its_connection(
+    tmp_path: Path, supervisors: Callable[[Path], Supervisor]
+) -> None:
+    """The agent calls supervisord for as long as it runs: no socket may wait for the
+    garbage collector, after an answer or after an error."""
+    supervisor = supervisors(tmp_path / "home")
+    gc.disable()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        errors = []
+        for _ in range(20):
+            supervisor.states()
+            try:
+                supervisor.start_process("nothing", "nothing")
+            except SupervisorError as exc:
+                errors.append(exc)  # kept: its traceback must not hold a socket open
+        assert len(errors) == 20
+        assert len(os.listdir("/proc/self/fd")) <= before
+    finally:
+        gc.enable()
 
 
 def test_a_removed_group_takes_its_escaped_children_and_no_other_homes(

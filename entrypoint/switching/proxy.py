@@ -215,12 +215,14 @@ async def _serve_the_socket(
     # on the socket, as aiohttp's ServerRunner and SockSite would make it. asyncio
     # listens on the socket again: with supervisord's backlog, which other slots share.
     handlers = Server(forwarder.handle, access_log=None)
-    listener = socket.socket(fileno=os.dup(0))
-    loop = asyncio.get_running_loop()
+    listener: socket.socket | None = None
     try:
+        listener = socket.socket(fileno=os.dup(0))
+        loop = asyncio.get_running_loop()
         server = await loop.create_server(handlers, sock=listener, backlog=socket.SOMAXCONN)
     except BaseException:
-        listener.close()
+        if listener is not None:
+            listener.close()
         await forwarder.close()
         raise
     ended = await orders.first(app, "stop", "stand by")

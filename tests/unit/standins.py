@@ -265,7 +265,10 @@ class FakeSupervisor:
             if info is None:
                 failed[name] = "supervisord has no such process"
             elif info["statename"] not in STARTED_STATES:
-                self.start_process(info["group"], name)
+                try:
+                    self.start_process(info["group"], name)
+                except SupervisorError as exc:  # as the real one: the caller decides
+                    failed[name] = str(exc)
         return failed
 
     def remember(self, names: list[str], answers: str | None, release: Path) -> None:
