@@ -83,8 +83,9 @@ class _Unfollowed(urllib.request.HTTPRedirectHandler):
 
 
 def _opener(redirects: urllib.request.HTTPRedirectHandler) -> urllib.request.OpenerDirector:
-    """HTTP(S) only: a redirect elsewhere (ftp:, file:) is an unknown URL type, an error.
-    Never through an HTTP_PROXY of the environment: the app is on this machine."""
+    """HTTP(S) only: a redirect elsewhere is never followed (urllib refuses file:, and
+    ftp: is an unknown URL type here). Never through an HTTP_PROXY of the environment:
+    the app is on this machine."""
     opener = urllib.request.OpenerDirector()
     for handler in (
         urllib.request.ProxyHandler({}),
