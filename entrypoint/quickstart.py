@@ -74,10 +74,6 @@ _begun: Begun | None = None
 _stop_asked = False
 _why_not: str | None = None
 _handlers: dict[int, Any] = {}  # the signals' own, while the quick start notes them
-RECORD_KEYS = frozenset(
-    {"key", "timings", "programs", "start", "answers", "release", "unset", "set"}
-)
-STOP_SLACK = 5.0
 
 
 def quick_start(argv: Sequence[str]) -> None:
@@ -141,7 +137,8 @@ def end_untaken() -> None:
 
 def end(begun: Begun) -> None:
     """The agent cannot take over: supervisord stops what it started; the lock goes."""
-    _stop(begun.process, begun.socket, begun.stop_timeout)
+    _stop(begun.process, begun.stop_timeout)
+    _undo(begun.socket)
     begun.lock.release()
 
 
@@ -272,9 +269,8 @@ def _start(home: Path, lock: HomeLock, record: dict[str, Any]) -> Begun:
             _await_answer(record["answers"], AWAIT_ANSWER_SECONDS)
     except BaseException:
         if process is not None:
-            _stop(process, socket, stop_timeout)
-        remove_socket_dir(socket)
-        _restore_stops()
+            _stop(process, stop_timeout)
+        _undo(socket)
         raise
     release = _release(home, record["release"])
     return Begun(home, lock, process, password, socket, release, stop_timeout)
@@ -326,7 +322,14 @@ def _start_programs(
     supervisor.start_stopped(names)
 
 
-def _stop(process: subprocess.Popen[bytes], socket: Path, stop_timeout: float) -> None:
+def _undo(socket: Path) -> None:
+    """What the quick start set up besides supervisord: the socket's temporary
+    directory (a long home's), and its note of the signals."""
+    remove_socket_dir(socket)
+    _restore_stops()
+
+
+def _stop(process: subprocess.Popen[bytes], stop_timeout: float) -> None:
     """supervisord stops what it started on SIGTERM, each program within its stop
     timeout (the agent ends whatever is left, as it does a dead agent's)."""
     process.terminate()
@@ -335,8 +338,6 @@ def _stop(process: subprocess.Popen[bytes], socket: Path, stop_timeout: float) -
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    remove_socket_dir(socket)
-    _restore_stops()
 
 
 def _await_answer(url: str, seconds: float) -> None:

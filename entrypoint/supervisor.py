@@ -285,8 +285,8 @@ class Supervisor:
     # -- plumbing -------------------------------------------------------------------
 
     def _call(self, method: Callable[[Any], Any]) -> Any:
-        # A fresh proxy per call: SupervisorTransport keeps one connection and
-        # is not safe to share between the poller and the watchdog.
+        # A fresh proxy per call: a transport holds its connection, and is not safe to
+        # share between the poller and the watchdog.
         proxy = unix_rpc.server(self.socket, RPC_USER, self._password, self._rpc_timeout())
         try:
             return method(proxy)
