@@ -177,7 +177,11 @@ def test_a_record_others_could_have_written_is_not_used(
     out = again.output()
     assert f"no quick start: {record} is not the agent's alone" in out
     assert TAKEN_OVER not in out
-    assert stat.S_IMODE(record.stat().st_mode) == 0o600  # written anew by the agent
+    # Written anew by the agent once the revision serves: after /status names it.
+    wait_until(
+        lambda: stat.S_IMODE(record.stat().st_mode) == 0o600,
+        what="the record written anew, the agent's alone",
+    )
 
 
 def test_a_stop_while_the_quick_start_waits_for_the_web_is_an_orderly_one(
