@@ -610,6 +610,15 @@ class Updater:
         except OSError as exc:
             log.warning("current not switched sha=%s error=%s", short(revision.sha), exc)
         digest = revision.environment.digest if revision.environment else None
+        # Now, not after the drain: an agent killed while the old web drains starts next
+        # time with this revision, and no quick start brings back the one it replaced
+        # (the record names that one until _remember writes it anew).
+        self.state.record_good(revision.sha, digest)
+        forget(self.supervisor.run_dir)
+        try:
+            self.state_file.save(self.state)
+        except OSError as exc:  # saved again after the drain (collect_garbage)
+            log.warning("state not saved sha=%s error=%s", short(revision.sha), exc)
         locked = revision.environment.locked if revision.environment else None
         self.board.update(
             revision=revision.sha,
@@ -693,7 +702,6 @@ class Updater:
         """`counted`: an update replaced a running revision (the first start is not one)."""
         log.info("revision live sha=%s", short(revision.sha))
         digest = revision.environment.digest if revision.environment else None
-        self.state.record_good(revision.sha, digest)  # saved by collect_garbage below
         if counted:
             self.board.count_update()
         self.recorder.succeeded(digest)

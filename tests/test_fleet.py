@@ -131,6 +131,8 @@ def test_three_replicas_release_once_converge_one_at_a_time_and_skip_a_refused_r
     for agent in fleet:
         agent.wait_serving(second)
     converged = time.monotonic() - synced
+    for agent in fleet:  # each has given its switching place back (after serving)
+        agent.wait_status(state="running", revision=second)
     assert len(migrations(url, second)) == 1
     assert len(attempts(tmp_path)) == 2
     for agent in fleet[1:]:

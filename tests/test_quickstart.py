@@ -18,7 +18,7 @@ import pytest
 from entrypoint.demo import free_port
 from entrypoint.processes import find_tagged, home_id
 from entrypoint.quickstart import RECORD_NAME
-from entrypoint.sample import PROCFILE, SampleRepo, app_files
+from entrypoint.sample import APP, PROCFILE, SampleRepo, app_files
 from tests.conftest import AgentProcess, wait_until
 
 Factory = Callable[..., AgentProcess]
@@ -39,6 +39,7 @@ def served_then_stopped(
     sha = sample.commit({**app_files("quick"), "Procfile": procfile}, "v1")
     first = factory(sample.url, **env)
     first.wait_serving(sha)
+    first.wait_status(state="running", revision=sha)  # the record is written by then
     assert TAKEN_OVER not in first.output()
     assert first.stop()[0] == 0
     assert (first.home / "run" / RECORD_NAME).is_file()
@@ -182,6 +183,35 @@ def test_a_record_others_could_have_written_is_not_used(
         lambda: stat.S_IMODE(record.stat().st_mode) == 0o600,
         what="the record written anew, the agent's alone",
     )
+
+
+def test_an_agent_killed_while_the_old_web_drains_starts_the_new_revision_next_time(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    """The new revision serves once proven: an agent killed before the old web has
+    drained (it ignores SIGTERM) leaves neither its state nor its record naming the old
+    one, so the next start serves the new one, and no quick start brings back the old."""
+    stubborn = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    first = sample.commit({"app.py": stubborn + APP.format(message="stubborn")}, "stubborn")
+    env = {**same_start(), "LIVE_PULL_STOP_TIMEOUT": "6", "LIVE_PULL_BAKE_SECONDS": "0"}
+    agent = agent_factory(sample.url, **env)
+    agent.wait_serving(first)
+    second = sample.commit(app_files("second"), "second")
+    agent.wait_serving(second)
+    agent.wait_status(state="draining")  # the stubborn web holds it there for 6 s
+    assert agent.process is not None
+    agent.process.kill()
+    agent.process.wait()
+    tag = home_id(agent.home)
+    wait_until(lambda: find_tagged(tag) == [], 30, "the killed agent's app to end")
+
+    sample.remote.rename(sample.remote.with_name("moved-away.git"))
+    again = agent_factory(sample.url, **env)
+    again.wait_serving(second, timeout=15)  # from disk: the remote is gone
+
+    out = again.output()
+    assert TAKEN_OVER not in out, out[-4000:]
+    assert f"starting revision sha={first[:12]}" not in out
 
 
 def test_a_stop_while_the_quick_start_waits_for_the_web_is_an_orderly_one(

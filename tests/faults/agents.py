@@ -339,7 +339,7 @@ class Family:
         sha = self.good("fresh start")
         self.agent = self.launcher.agent(self.url, home, **self.env)
         self.agent.wait_serving(sha, timeout=90)
-        self.agent.wait_status(revision=sha, ready=True)
+        self.agent.wait_status(revision=sha, ready=True, state="running")
         for hook in self.on_restart:
             hook(self)
         return self.agent
@@ -373,6 +373,7 @@ class Family:
                 lambda: (
                     (s := agent.status()).get("revision") == sha
                     and s.get("ready")
+                    and s.get("state") == "running"  # the update recorded, not only live
                     and agent.serves(sha)
                 ),
                 timeout,

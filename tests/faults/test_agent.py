@@ -253,6 +253,7 @@ def test_output_redirected_to_a_regular_file(launcher: Launcher, tmp_path: Path)
     agent.wait_serving(first)
     second = sample.commit({"app.py": app_with(f"print({line!r}, flush=True)", "b")}, "b")
     agent.wait_serving(second)
+    agent.wait_status(state="running", revision=second)  # recorded: 'revision live'
     code, _ = agent.stop()
     assert code == 0
     text = output.read_text(errors="replace")
