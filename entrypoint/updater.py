@@ -526,9 +526,9 @@ class Updater:
 
     def baked(self, bake: Bake) -> None:
         """The revision stayed up through its bake time (the watchdog's thread)."""
-        if self.baking is bake:
-            self.baking = None
+        if self.baking is bake:  # said first: after it, the loop stops what stood by
             log.info("revision baked sha=%s", short(bake.sha))
+            self.baking = None
 
     def _bake(self, sha: str, seconds: float, switch: Switch, lineup: Lineup) -> Bake | None:
         """The bake of `lineup` going live (none without bake seconds), with the pids of

@@ -126,6 +126,12 @@ def update(agent: AgentProcess, sample: SampleRepo, files: dict[str, str], messa
     return sha
 
 
+def went_live(agent: AgentProcess, sha: str) -> None:
+    """Wait until the agent has logged `sha` live: a lasting sign, where /status names it
+    only until the crash that follows is handled."""
+    wait_until(lambda: f"revision live sha={sha[:12]}" in agent.output(), 60, f"{sha[:12]} live")
+
+
 def test_ten_updates_under_load_fail_no_request(sample: SampleRepo, agent_factory: Factory) -> None:
     # bench/rollover.py runs 20 per server; the suite's time is shared with the rest.
     agent, first = start(sample, agent_factory)
@@ -270,7 +276,7 @@ def test_crash_in_steady_state_rolls_back_when_asked(
         "server.serve_forever()",
     )
     second = update(agent, sample, {"app.py": crashing}, "crashes after 3s")
-    agent.wait_status(state="running", revision=second, timeout=60)
+    went_live(agent, second)
     agent.wait_status(state="running", revision=first, timeout=90)
     assert "crashed in steady state" in agent.status()["failed_revisions"][second]
     assert agent.process is not None and agent.process.poll() is None
@@ -291,7 +297,7 @@ def test_a_revision_that_crashes_within_its_bake_time_is_rolled_back(
     the previous release goes back live at once."""
     agent, first = start(sample, agent_factory, LIVE_PULL_BAKE_SECONDS="60")
     second = update(agent, sample, {"app.py": crashing_after(3)}, "crashes after 3s")
-    agent.wait_status(state="running", revision=second, timeout=60)
+    went_live(agent, second)
     agent.wait_status(state="running", revision=first, timeout=60)
     reason = agent.status()["failed_revisions"][second]
     assert "failed within the bake time: program web exited" in reason
@@ -412,7 +418,7 @@ def test_a_revision_whose_health_fails_within_its_bake_time_is_rolled_back(
     )
     sickening = crashing_after(3, "globals().update(MESSAGE='sick')")
     second = update(agent, sample, {"app.py": sickening}, "sick after 3s")
-    agent.wait_status(state="running", revision=second, timeout=60)
+    went_live(agent, second)
     with load(f"http://127.0.0.1:{agent.port}/") as generator:
         agent.wait_status(state="running", revision=first, timeout=60)
     assert generator.failures == []  # sick, not down: every request is answered

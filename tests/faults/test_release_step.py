@@ -79,7 +79,7 @@ def test_release_step_hangs(family: Family, agent: Agent) -> None:
 def test_release_step_floods_its_output_then_fails(family: Family, agent: Agent) -> None:
     flood = (
         "python -c \"import sys; sys.stdout.write('y' * 5000000 + chr(10)); "
-        "[print('line', i) for i in range(100000)]; sys.exit(9)\""
+        "[print('line', i) for i in range(20000)]; sys.exit(9)\""
     )
     status = _refused(family, agent, flood)
     assert "code=9" in str(status["last_error"])
