@@ -111,27 +111,32 @@ def test_at_most_max_switching_replicas_switch_at_once(
     members = [member(postgres.url(), fleet_name, name, places=2) for name in "abc"]
     stop = threading.Event()
     inside: list[str] = []
+    entered: list[str] = []
     most = 0
     lock = threading.Lock()
+    done = threading.Event()  # the holders give their places back
 
     def switch(fleet: PostgresFleet) -> None:
         nonlocal most
         with fleet.switching(30.0, stop):
             with lock:
                 inside.append(fleet.me.replica)
+                entered.append(fleet.me.replica)
                 most = max(most, len(inside))
-            time.sleep(0.8)
+            done.wait(30)
             with lock:
                 inside.remove(fleet.me.replica)
 
     threads = [threading.Thread(target=switch, args=(fleet,)) for fleet in members]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
+    wait_until(lambda: len(inside) == 2, 15, lambda: f"two replicas switching: {inside}")
+    time.sleep(1.0)  # the third would be in by now if it could
+    assert (len(inside), most) == (2, 2)
+    done.set()
     for thread in threads:
         thread.join(30)
-    assert most == 2
-    assert time.monotonic() - started >= 1.6  # the third waited for a place
+    assert sorted(entered) == ["a", "b", "c"]  # the third, once a place was given back
     # A place that is never given back runs out the waiting replica's budget.
     with (
         members[0].switching(30.0, stop),
@@ -162,7 +167,7 @@ def test_a_push_announced_by_one_reaches_the_others(
     announced = time.monotonic()
     members[0].announce()
     wait_until(lambda: {"b", "c"} <= set(heard), 10, lambda: f"pushes heard: {heard}")
-    assert max(heard.values()) - announced < 2.0
+    assert max(heard.values()) - announced < 5.0  # at once, not by a poll
     time.sleep(0.5)
     assert "a" not in heard  # not its own
     assert "x" not in heard  # nor another fleet's

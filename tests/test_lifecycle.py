@@ -95,7 +95,7 @@ def test_app_crashing_later_exits_non_zero(sample: SampleRepo, agent_factory: Fa
 
 def test_remote_down_at_start_without_release_gives_up(agent_factory: Factory) -> None:
     url = f"http://127.0.0.1:{free_port()}/nothing.git"
-    agent = agent_factory(url, LIVE_PULL_START_TIMEOUT="3")
+    agent = agent_factory(url, LIVE_PULL_START_TIMEOUT="8")  # time to look at it meanwhile
     status = agent.wait_status(state="waiting for remote")
     assert status["last_error"]
     assert requests.get(agent.status_url("/healthz"), timeout=5).status_code == 200
@@ -103,7 +103,7 @@ def test_remote_down_at_start_without_release_gives_up(agent_factory: Factory) -
     assert agent.wait_exit() == 4
     lines = [line for line in agent.output().splitlines() if "could not start" in line]
     assert len(lines) == 1
-    assert "no revision fetched within 3s" in lines[0]
+    assert "no revision fetched within 8s" in lines[0]
 
 
 def test_remote_down_at_start_with_release_serves_it_at_once(
