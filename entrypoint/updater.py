@@ -110,6 +110,7 @@ class Updater:
         self.generation = 0
         self.baking: Bake | None = None  # the update on probation (bake.py), if any
         self.gate = UpdateGate(settings.update_windows)  # pause and update windows
+        self.board.update(failed_revisions=dict(self.state.failed))  # known from the start
         self._show_pause()
         self._say_paused()
         self._opened = False
@@ -428,7 +429,12 @@ class Updater:
             log.info("release step skipped sha=%s %s", short(revision.sha), outcome)
 
     def go_live(
-        self, revision: Revision, *, urgent: bool = False, bake_seconds: float = 0.0
+        self,
+        revision: Revision,
+        *,
+        urgent: bool = False,
+        bake_seconds: float = 0.0,
+        left_failed: tuple[str, str] | None = None,
     ) -> None:
         """Switch to the revision: start it beside the running one, prove it, promote it,
         and let the old one drain. If it does not come up, the running one keeps (or goes
@@ -446,7 +452,7 @@ class Updater:
         switch = self.switches.pick(new)
         budget = self._switch_budget(old, new)
         with self._switching_place(old is None or urgent, budget):
-            self._switch(revision, switch, new, old, budget, urgent, bake_seconds)
+            self._switch(revision, switch, new, old, budget, urgent, bake_seconds, left_failed)
 
     def _switching_place(
         self, free: bool, budget: float
@@ -466,6 +472,7 @@ class Updater:
         budget: float,
         urgent: bool,
         bake_seconds: float,
+        left_failed: tuple[str, str] | None,
     ) -> None:
         self._step("switching", budget)
         with self.switching:
@@ -486,12 +493,14 @@ class Updater:
             # watchdog brings the previous release back if it fails its bake.
             self.baking = self._bake(revision.sha, bake_seconds, switch, new)
             self.live, self.live_switch = new, switch
-            self._serve(revision)
+            self._serve(revision, left_failed)
             if old is not None:  # it serves already; /status says what is left to do
                 self._step("draining", self._stop_budget())
-            switch.drain(old, keep_ready=self._keeps_previous(bake_seconds))
-            self.board.update(standing_by=switch.standing_by())
-            self._remember(switch, new)
+            try:
+                switch.drain(old, keep_ready=self._keeps_previous(bake_seconds))
+            finally:  # `new` serves, whatever became of the old one
+                self.board.update(standing_by=switch.standing_by())
+                self._remember(switch, new)
 
     def _remember(self, switch: Switch, lineup: Lineup) -> None:
         """What serves now, for a quick start of the next agent (quickstart.py); only
@@ -525,10 +534,17 @@ class Updater:
             log.warning("what a quick start began did not stop error=%s", exc)
 
     def baked(self, bake: Bake) -> None:
-        """The revision stayed up through its bake time (the watchdog's thread)."""
-        if self.baking is bake:  # said first: after it, the loop stops what stood by
-            log.info("revision baked sha=%s", short(bake.sha))
-            self.baking = None
+        """The revision stayed up through its bake time (the watchdog's thread). Not
+        while a switch runs: it sets the bake of what it starts, and the watchdog asks
+        again at its next look if this one still bakes."""
+        if not self.switching.acquire(blocking=False):
+            return
+        try:
+            if self.baking is bake:  # said first: after it, the loop stops what stood by
+                log.info("revision baked sha=%s", short(bake.sha))
+                self.baking = None
+        finally:
+            self.switching.release()
 
     def _bake(self, sha: str, seconds: float, switch: Switch, lineup: Lineup) -> Bake | None:
         """The bake of `lineup` going live (none without bake seconds), with the pids of
@@ -595,9 +611,11 @@ class Updater:
             return set()
         return self.live_switch.watched(self.live)
 
-    def _serve(self, revision: Revision) -> None:
+    def _serve(self, revision: Revision, left_failed: tuple[str, str] | None = None) -> None:
         """The revision is proven: it is the running one, `current` names it (a `current`
-        that cannot be written, on a full disk, costs a restart its head start only).
+        that cannot be written, on a full disk, costs a restart its head start only), and
+        state.json records it good (and `left_failed`, the sha and reason of the one it
+        replaces in a rollback, failed).
 
         The release left stops being the app's before `current` moves: from then on the
         app writes only the release it runs (a draining old web can still read its own).
@@ -611,13 +629,16 @@ class Updater:
             log.warning("current not switched sha=%s error=%s", short(revision.sha), exc)
         digest = revision.environment.digest if revision.environment else None
         # Now, not after the drain: an agent killed while the old web drains starts next
-        # time with this revision, and no quick start brings back the one it replaced
-        # (the record names that one until _remember writes it anew).
+        # time with this revision (and does not fetch again what a rollback left), and no
+        # quick start brings back the one it replaced (the record names that one until
+        # _remember writes it anew).
         self.state.record_good(revision.sha, digest)
+        if left_failed is not None:
+            self.state.record_failed(*left_failed)
         forget(self.supervisor.run_dir)
         try:
             self.state_file.save(self.state)
-        except OSError as exc:  # saved again after the drain (collect_garbage)
+        except OSError as exc:  # what serves is unchanged; the next save writes it
             log.warning("state not saved sha=%s error=%s", short(revision.sha), exc)
         locked = revision.environment.locked if revision.environment else None
         self.board.update(
@@ -686,14 +707,13 @@ class Updater:
         self.recorder.begin("rollback", trigger, left, target, reason)
         try:
             revision = self.prepare(target)
-            self.go_live(revision, urgent=trigger == "crash")
+            failed = (left, reason) if left is not None else None
+            self.go_live(revision, urgent=trigger == "crash", left_failed=failed)
         except Exception as exc:
             self._record_interrupted(exc)
             raise
-        if left is not None:
-            self.state.record_failed(left, reason)
-            if trigger == "crash":  # the revision fell over: no replica should take it
-                self.fleet.refuse(left, reason)
+        if left is not None and trigger == "crash":  # it fell over: no replica should take it
+            self.fleet.refuse(left, reason)
         self._record_success(revision, counted=True)
 
     # -- recording --------------------------------------------------------------------

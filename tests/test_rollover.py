@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from entrypoint.processes import alive
+from entrypoint.processes import alive, find_tagged, home_id
 from entrypoint.sample import APP, SampleRepo
 from tests.conftest import AgentProcess, wait_until
 
@@ -424,6 +424,41 @@ def test_a_revision_whose_health_fails_within_its_bake_time_is_rolled_back(
     assert generator.failures == []  # sick, not down: every request is answered
     reason = agent.status()["failed_revisions"][second]
     assert "failed within the bake time: its health path gave HTTP 500" in reason
+
+
+def test_an_agent_killed_while_a_rollback_drains_does_not_take_the_failed_revision_again(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    """The revision a rollback leaves is recorded failed as the previous one serves again,
+    not after it has drained: killed meanwhile (it ignores SIGTERM), the next agent serves
+    the previous one and does not fetch and start the failed one again."""
+    agent, first = start(
+        sample,
+        agent_factory,
+        LIVE_PULL_HEALTHCHECK_PATH="/healthz",
+        LIVE_PULL_BAKE_SECONDS="60",
+        LIVE_PULL_STOP_TIMEOUT="6",
+    )
+    sick = crashing_after(3, "globals().update(MESSAGE='sick')").replace(
+        "server.serve_forever()",
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nserver.serve_forever()",
+    )
+    second = update(agent, sample, {"app.py": sick}, "sick after 3s, deaf to SIGTERM")
+    went_live(agent, second)
+    agent.wait_status(state="draining", revision=first, timeout=60)  # the rollback's drain
+    assert agent.process is not None
+    agent.process.kill()
+    agent.process.wait()
+    wait_until(lambda: find_tagged(home_id(agent.home)) == [], 60, "the killed agent's app")
+
+    kept = {k: v for k, v in agent.env.items() if k.startswith("LIVE_PULL_") or k == "PORT"}
+    again = agent_factory(sample.url, home=agent.home, **kept)
+    again.wait_serving(first)
+    requests.post(again.status_url("/sync"), timeout=5)  # LIVE_PULL_POLL_INTERVAL=0
+    wait_until(lambda: (again.status().get("checks") or 0) >= 1, 30, "a check of the remote")
+    again.wait_status(state="running")
+    assert second in again.status()["failed_revisions"]
+    assert f"starting revision sha={second[:12]}" not in again.output()
 
 
 def test_a_revision_past_its_bake_time_is_left_to_supervisord(
