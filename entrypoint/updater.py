@@ -197,11 +197,13 @@ class Updater:
 
     def _stage_release(self, revision: Revision, wanted: bool) -> str:
         """What became of the release step: none, ran, skipped, or done before (once per
-        revision, as when the agent updates)."""
+        revision, as when the agent updates). Done before only for the last good revision:
+        a state rebuilt from the releases on disk names some whose step never ran (a
+        prepare that failed or was killed before its first save)."""
         sha = revision.sha
         if revision.processes.release is None:
             return "none"
-        if sha in self.state.history and sha not in self.state.unreleased:
+        if sha == self.state.last_good and sha not in self.state.unreleased:
             return "done-before"
         if not wanted:
             return "skipped"
@@ -733,9 +735,10 @@ class Updater:
     def _record_staged(self, revision: Revision, *, released: bool) -> None:
         """Prepared, not started: the last good revision, which a start serves at once."""
         digest = revision.environment.digest if revision.environment else None
-        self.state.record_good(revision.sha, digest)  # saved by collect_garbage below
+        self.state.record_good(revision.sha, digest)
         if not released:
             self.state.record_unreleased(revision.sha)
+        self.state_file.save(self.state)  # before `current`, which a rebuilt state trusts
         self.releases.activate(revision.sha)
         forget(self.supervisor.run_dir)  # the next start serves this one, not what ran
         self.collect_garbage()

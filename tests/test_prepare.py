@@ -69,19 +69,31 @@ def test_prepared_home_serves_offline_then_follows(
     assert agent.stop()[0] == 0
 
 
-def test_failed_release_step_exits_non_zero_with_one_line(
+def test_failed_release_step_exits_non_zero_with_one_line_and_runs_again_next_time(
     sample: SampleRepo, tmp_path: Path
 ) -> None:
-    step = "release: echo no database >&2; exit 3\n"
-    sample.commit(with_release_step(app_files("tinypkg==1.0"), step), "needs a database")
+    """An init container that failed (its database not up yet) is started again: the
+    step runs again, though the release is on disk and no state.json was written."""
+    database = tmp_path / "database-up"
+    step = f"release: test -e {database} || {{ echo no database >&2; exit 3; }}; touch migrated\n"
+    sha = sample.commit(with_release_step(app_files("tinypkg==1.0"), step), "needs a database")
+    home = tmp_path / "home"
 
-    done = prepare(sample.url, tmp_path / "home", LIVE_PULL_INSTALL_COMMAND="true")
+    done = prepare(sample.url, home, LIVE_PULL_INSTALL_COMMAND="true")
 
     assert done.returncode == 1
     assert done.stdout == ""
     last = done.stderr.splitlines()[-1]
     assert last == "live-pull: error: release step failed code=3 (output in the log)"
-    assert not (tmp_path / "home" / "current").exists()  # nothing recorded as good
+    assert not (home / "current").exists()  # nothing recorded as good
+
+    database.touch()
+    again = prepare(sample.url, home, LIVE_PULL_INSTALL_COMMAND="true")
+    assert again.returncode == 0, again.stderr
+    assert f"prepared sha={sha} " in again.stdout and "release=ran in" in again.stdout
+    assert (home / "releases" / sha / "migrated").exists()
+    once_more = prepare(sample.url, home, LIVE_PULL_INSTALL_COMMAND="true")
+    assert "release=done-before" in once_more.stdout, once_more.stdout  # ran, and recorded
 
 
 def test_no_credential_is_left_in_the_home(sample: SampleRepo, tmp_path: Path) -> None:
