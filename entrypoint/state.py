@@ -48,6 +48,8 @@ class State:
     paused: Paused | None = None  # kept across restarts; lost only with state.json itself
     # Prepared with `live-pull prepare --skip-release`: the release step runs at first start.
     unreleased: list[str] = field(default_factory=list)
+    # On probation (LIVE_PULL_BAKE_SECONDS) when last saved: a start bakes it again.
+    baking: str | None = None
 
     def record_good(self, sha: str, environment: str | None) -> None:
         self.last_good = sha
@@ -99,6 +101,7 @@ class _Stored(BaseModel):
     environments: dict[Sha, Digest] = {}
     paused: _StoredPause | None = None
     unreleased: list[Sha] = []
+    baking: Sha | None = None
 
     def to_state(self) -> State:
         paused = Paused(self.paused.reason, self.paused.since) if self.paused else None
@@ -109,6 +112,7 @@ class _Stored(BaseModel):
             dict(self.environments),
             paused,
             list(self.unreleased),
+            self.baking,
         )
 
 

@@ -218,7 +218,10 @@ class Updater:
             self._release_step(revision)
             self.state.released(sha)
             self.state_file.save(self.state)
-        self.go_live(revision)
+        bake_seconds = self.settings.bake_seconds if self.state.baking == sha else 0.0
+        if bake_seconds > 0:  # the last agent stopped within its bake: it is no good yet
+            log.info("the revision was on probation, it bakes again sha=%s", short(sha))
+        self.go_live(revision, bake_seconds=bake_seconds)
 
     def _held(self, remote: RemoteRevision, ignore_hold: bool) -> bool:
         """An update (never the first start) waits while paused or outside the update
@@ -495,7 +498,7 @@ class Updater:
             # watchdog brings the previous release back if it fails its bake.
             self.baking = self._bake(revision.sha, bake_seconds, switch, new)
             self.live, self.live_switch = new, switch
-            self._serve(revision, left_failed)
+            self._serve(revision, left_failed, baking=self.baking is not None)
             if old is not None:  # it serves already; /status says what is left to do
                 self._step("draining", self._stop_budget())
             try:
@@ -571,7 +574,14 @@ class Updater:
         return bake_seconds > 0 and self.settings.keep_releases > 1
 
     def after_the_bake(self) -> None:
-        """What stood by for a bake stops once no bake runs (the control loop, when idle)."""
+        """What stood by for a bake stops once no bake runs (the control loop, when idle),
+        and state.json no longer says the revision is on probation."""
+        if self.baking is None and self.state.baking is not None:
+            self.state.baking = None
+            try:
+                self.state_file.save(self.state)
+            except OSError as exc:  # a start would bake it again: the lesser harm
+                log.warning("state not saved after the bake error=%s", exc)
         switch = self.live_switch
         if self.baking is not None or switch is None or switch.standing_by() is None:
             return
@@ -613,11 +623,13 @@ class Updater:
             return set()
         return self.live_switch.watched(self.live)
 
-    def _serve(self, revision: Revision, left_failed: tuple[str, str] | None = None) -> None:
+    def _serve(
+        self, revision: Revision, left_failed: tuple[str, str] | None, *, baking: bool
+    ) -> None:
         """The revision is proven: it is the running one, `current` names it (a `current`
         that cannot be written, on a full disk, costs a restart its head start only), and
         state.json records it good (and `left_failed`, the sha and reason of the one it
-        replaces in a rollback, failed).
+        replaces in a rollback, failed), and `baking` (on probation) until its bake ends.
 
         The release left stops being the app's before `current` moves: from then on the
         app writes only the release it runs (a draining old web can still read its own).
@@ -637,6 +649,7 @@ class Updater:
         self.state.record_good(revision.sha, digest)
         if left_failed is not None:
             self.state.record_failed(*left_failed)
+        self.state.baking = revision.sha if baking else None
         forget(self.supervisor.run_dir)
         try:
             self.state_file.save(self.state)
@@ -649,6 +662,7 @@ class Updater:
             deps_locked=locked,
             app_down=None,
             retained=self._retained(),
+            failed_revisions=dict(self.state.failed),  # with what a rollback left
         )
         self.board.serving(True)
 

@@ -461,6 +461,33 @@ def test_an_agent_killed_while_a_rollback_drains_does_not_take_the_failed_revisi
     assert f"starting revision sha={second[:12]}" not in again.output()
 
 
+def test_an_agent_killed_within_a_bake_bakes_the_revision_again_at_its_next_start(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    """Probation is kept in state.json: an agent killed within the bake (a node drained
+    right after a push) does not leave the revision good; it bakes again at the next
+    start, fails, and the previous release serves again."""
+    agent, first = start(
+        sample, agent_factory, LIVE_PULL_HEALTHCHECK_PATH="/healthz", LIVE_PULL_BAKE_SECONDS="60"
+    )
+    sickening = crashing_after(8, "globals().update(MESSAGE='sick')")
+    second = update(agent, sample, {"app.py": sickening}, "sick 8s after each start")
+    went_live(agent, second)
+    assert agent.process is not None
+    agent.process.kill()
+    agent.process.wait()
+    assert f"revision failed within the bake time sha={second[:12]}" not in agent.output()
+    wait_until(lambda: find_tagged(home_id(agent.home)) == [], 60, "the killed agent's app")
+
+    kept = {k: v for k, v in agent.env.items() if k.startswith("LIVE_PULL_") or k == "PORT"}
+    again = agent_factory(sample.url, home=agent.home, **kept)
+    again.wait_serving(first, timeout=90)
+    out = again.output()
+    assert f"the revision was on probation, it bakes again sha={second[:12]}" in out
+    reason = again.status()["failed_revisions"][second]
+    assert "failed within the bake time: its health path gave HTTP 500" in reason
+
+
 def test_a_revision_past_its_bake_time_is_left_to_supervisord(
     sample: SampleRepo, agent_factory: Factory
 ) -> None:

@@ -43,8 +43,10 @@ def test_a_saved_state_loads_as_saved(tmp_path: Path) -> None:
     state.record_good(A, DIGEST)
     state.record_good(B, None)
     state.record_failed(C, "app never came up")
+    state.baking = B
     state_file.save(state)
     assert state_file.load() == state
+    assert state_file.load().baking == B  # on probation: a start bakes it again
 
 
 def test_unknown_keys_are_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -58,6 +60,7 @@ BAD_STATES = {
     "last_good a number": '{"last_good": 12345}',
     "history a string": '{"history": "abc"}',
     "failed a list": '{"failed": []}',
+    "baking not a sha": '{"baking": "not-a-sha"}',
     "a list at top level": f'["{A}"]',
     "a short sha": '{"last_good": "abc123"}',
     "an uppercase sha": json.dumps({"last_good": A.upper()}),
