@@ -30,7 +30,7 @@ from entrypoint import interpreters, pyprojects, requirements
 from entrypoint.commands import run_logged
 from entrypoint.depspec import DependencySpec, SpecKind, detect, digest
 from entrypoint.errors import CommandFailed, InstallError
-from entrypoint.files import remove_path, retarget_scripts, write_atomic
+from entrypoint.files import TMP_PREFIX, remove_aside, retarget_scripts, write_atomic
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.installers import Installer
 from entrypoint.interpreters import IMAGE, Interpreter
@@ -53,7 +53,6 @@ from entrypoint.shell import shell_line
 log = logging.getLogger(__name__)
 
 MARKER = ".live-pull-complete"
-TMP_PREFIX = ".tmp-"
 PINNED = "live-pull-requirements.txt"
 SITE_PACKAGES = "lib/python*/site-packages"
 
@@ -181,7 +180,7 @@ class Environments:
             if child.name not in keep:
                 log.info("removing unused environment name=%s", child.name)
                 with contextlib.suppress(OSError):
-                    remove_path(child)
+                    remove_aside(child)
 
     # -- building ----------------------------------------------------------------------
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 from pathlib import Path
+
+TMP_PREFIX = ".tmp-"  # interrupted builds and trees set aside: never complete
 
 
 def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
@@ -76,6 +79,21 @@ def remove_path(path: Path) -> None:
         path.unlink()
     elif path.is_dir():
         shutil.rmtree(path)
+
+
+def remove_aside(path: Path) -> None:
+    """Remove a release, an environment or a layer so that no part of it is ever left
+    under its own name, where it would pass for complete: renamed to a `.tmp-` name
+    first (what each collection removes: a kill midway leaves only that), then removed.
+    An OSError propagates, as remove_path's."""
+    if not path.name.startswith(TMP_PREFIX):
+        aside = path.with_name(f"{TMP_PREFIX}gone-{path.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            path.rename(aside)
+        except FileNotFoundError:
+            return
+        path = aside
+    remove_path(path)
 
 
 def retarget_scripts(staging: Path, final: Path) -> None:

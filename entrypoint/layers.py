@@ -23,7 +23,7 @@ from typing import Protocol
 from entrypoint import pyprojects
 from entrypoint.depspec import DependencySpec
 from entrypoint.errors import InstallError
-from entrypoint.files import remove_path, retarget_scripts, write_atomic
+from entrypoint.files import TMP_PREFIX, remove_aside, retarget_scripts, write_atomic
 from entrypoint.identity import Identity
 from entrypoint.installers import Installer
 
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 MARKER = ".live-pull-layer"
 LINK_FILE = "_live_pull_dependencies.pth"
-TMP_PREFIX = ".tmp-"
 
 
 class Builder(Protocol):
@@ -68,7 +67,7 @@ class ProjectLayers:
             retarget_scripts(staging, final)
             write_atomic(staging / MARKER, expected)
             if final.exists() or final.is_symlink():
-                remove_path(final)
+                remove_aside(final)
             staging.rename(final)
         log.info(
             "project installed for the release sha=%s projects=%d seconds=%.2f",
@@ -95,7 +94,7 @@ class ProjectLayers:
         for child in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             if child.name not in keep:
                 with contextlib.suppress(OSError):
-                    remove_path(child)
+                    remove_aside(child)
 
 
 def _link_dependencies(layer: Path, env: Path) -> None:

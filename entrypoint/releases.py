@@ -16,11 +16,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from entrypoint.errors import RevisionError, is_local_fault
-from entrypoint.files import OutsideRoot, remove_path
+from entrypoint.files import TMP_PREFIX, OutsideRoot, remove_aside, remove_path
 
 log = logging.getLogger(__name__)
-
-TMP_PREFIX = ".tmp-"
 
 
 class Releases:
@@ -129,7 +127,8 @@ class Releases:
         for child in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             if child.name in keep_set:
                 continue
-            shutil.rmtree(child, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_aside(child)
             if not child.name.startswith(TMP_PREFIX):
                 removed.append(child.name)
         if removed:
