@@ -81,6 +81,15 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path)
 
 
+def sweep_leftovers(root: Path) -> None:
+    """Remove what `root` holds under a `.tmp-` name: builds and removals cut off midway
+    (best effort: what cannot go now goes at a later sweep or collection)."""
+    for child in root.iterdir() if root.is_dir() else []:
+        if child.name.startswith(TMP_PREFIX):
+            with contextlib.suppress(OSError):
+                remove_path(child)
+
+
 def remove_aside(path: Path) -> None:
     """Remove a release, an environment or a layer so that no part of it is ever left
     under its own name, where it would pass for complete: renamed to a `.tmp-` name

@@ -144,9 +144,11 @@ class ControlLoop:
     def _start_first_revision(self) -> bool:
         """Serve something as soon as possible; False if stopped before that."""
         if self._serve_from_disk():
+            self.updater.sweep_interrupted()  # once it serves: it may take a while
             self.inbox.check("start")  # check the remote straight away
             return True
         self.updater.stop_unclaimed()  # nothing runs but what the agent chose
+        self.updater.sweep_interrupted()  # room for the first install
         return self._fetch_first_revision()
 
     def _serve_from_disk(self) -> bool:

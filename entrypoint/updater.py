@@ -25,7 +25,7 @@ from entrypoint.errors import (
     SupervisorError,
     TransientError,
 )
-from entrypoint.files import OutsideRoot, resolve_inside
+from entrypoint.files import OutsideRoot, resolve_inside, sweep_leftovers
 from entrypoint.fleet.store import WAIT_SLACK, Fleet, Solo
 from entrypoint.hold import UpdateGate
 from entrypoint.identity import AS_AGENT, Identity, ScratchDirs
@@ -756,6 +756,13 @@ class Updater:
         self.releases.activate(revision.sha)
         forget(self.supervisor.run_dir)  # the next start serves this one, not what ran
         self.collect_garbage()
+
+    def sweep_interrupted(self) -> None:
+        """At start (the home's lock is ours, nothing builds): what an agent killed while
+        it built or collected left behind; otherwise only a successful update sweeps it,
+        and a pod killed in every install would fill its volume."""
+        for root in (self.releases.root, self.environments.root, self.environments.layers.root):
+            sweep_leftovers(root)
 
     def collect_garbage(self) -> None:
         """Old releases beyond the kept number, and environments none of them uses."""

@@ -124,6 +124,30 @@ def test_remote_down_at_start_with_release_serves_it_at_once(
     again.wait_serving(newer)
 
 
+def test_leftovers_of_builds_cut_off_are_swept_at_the_next_start(
+    sample: SampleRepo, agent_factory: Factory
+) -> None:
+    """An agent killed while it installed leaves its half-built environment: swept at
+    the next start, not only after the next successful update (a pod killed in every
+    install would fill its volume)."""
+    sha = head(sample)
+    agent = agent_factory(sample.url)
+    agent.wait_serving(sha)
+    assert agent.stop()[0] == 0
+    leftovers = [
+        agent.home / d / f".tmp-{'f' * 40}-0123abcd" for d in ("releases", "venvs", "layers")
+    ]
+    for leftover in leftovers:
+        (leftover / "lib").mkdir(parents=True)
+    kept = agent.home / "venvs" / "unused-but-not-a-leftover"
+    kept.mkdir()
+
+    again = agent_factory(sample.url, home=agent.home)
+    again.wait_serving(sha)
+    wait_until(lambda: not any(p.exists() for p in leftovers), 30, "the leftovers swept")
+    assert kept.is_dir()  # the sweep takes .tmp- names only; collections do the rest
+
+
 # Start-first on the shared socket (the default), and stop-then-start.
 MODES = pytest.mark.parametrize("mode", [{}, {"LIVE_PULL_LISTEN": "off"}], ids=["default", "off"])
 

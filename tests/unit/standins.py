@@ -419,6 +419,9 @@ class ScriptedUpdater:
     def stop_unclaimed(self) -> None:
         """Called before the first fetch; no quick start ran here."""
 
+    def sweep_interrupted(self) -> None:
+        """Called at start; no build was ever cut off here."""
+
     def fail_with(self, error: Exception | None) -> int:
         """Checks from now on raise `error` (None: succeed); returns the checks so far."""
         with self._changed:
