@@ -259,26 +259,25 @@ def test_corrupted_repository_recovers_while_running(
 
 
 def _app_pid(agent: AgentProcess) -> int:
-    """The pid of the process listening on the app's port (via /proc)."""
-    inode = _listening_inode(agent.port)
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) == f"socket:[{inode}]":
-                    return int(proc.name)
-        except OSError:
-            continue
-    raise AssertionError("no process listens on the app port")
+    """The pid of the sample app (`python app.py`, in a release of the agent's home).
+    Not the process holding the public port's socket: supervisord, the holder and the
+    proxy all hold it."""
+    releases = (agent.home / "releases").resolve()
 
+    def find() -> int | None:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                cwd = Path(os.readlink(proc / "cwd"))
+            except OSError:
+                continue
+            if b"app.py" in argv and cwd.is_relative_to(releases):
+                return int(proc.name)
+        return None
 
-def _listening_inode(port: int) -> str:
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
-            return fields[9]
-    raise AssertionError(f"nothing listens on port {port}")
+    return int(wait_until(find, 10, "the app's process"))
 
 
 def test_status_endpoints_and_cli(sample: SampleRepo, agent_factory: Factory) -> None:
