@@ -92,17 +92,25 @@ def sweep_leftovers(root: Path) -> None:
 
 def remove_aside(path: Path) -> None:
     """Remove a release, an environment or a layer so that no part of it is ever left
-    under its own name, where it would pass for complete: renamed to a `.tmp-` name
-    first (what each collection removes: a kill midway leaves only that), then removed.
-    An OSError propagates, as remove_path's."""
-    if not path.name.startswith(TMP_PREFIX):
-        aside = path.with_name(f"{TMP_PREFIX}gone-{path.name}-{uuid.uuid4().hex[:8]}")
-        try:
-            path.rename(aside)
-        except FileNotFoundError:
-            return
-        path = aside
-    remove_path(path)
+    under its own name, where it would pass for complete: set aside first (what each
+    collection removes: a kill midway leaves only that), then removed. An OSError
+    propagates, as remove_path's."""
+    aside = set_aside(path)
+    if aside is not None:
+        remove_path(aside)
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename `path` to a `.tmp-` name beside it (one already is: as it is); its new
+    path, or None if there was nothing."""
+    if path.name.startswith(TMP_PREFIX):
+        return path if path.exists() or path.is_symlink() else None
+    aside = path.with_name(f"{TMP_PREFIX}gone-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        path.rename(aside)
+    except FileNotFoundError:
+        return None
+    return aside
 
 
 def retarget_scripts(staging: Path, final: Path) -> None:

@@ -23,7 +23,14 @@ from typing import Protocol
 from entrypoint import pyprojects
 from entrypoint.depspec import DependencySpec
 from entrypoint.errors import InstallError
-from entrypoint.files import TMP_PREFIX, remove_aside, retarget_scripts, write_atomic
+from entrypoint.files import (
+    TMP_PREFIX,
+    remove_aside,
+    remove_path,
+    retarget_scripts,
+    set_aside,
+    write_atomic,
+)
 from entrypoint.identity import Identity
 from entrypoint.installers import Installer
 
@@ -66,9 +73,11 @@ class ProjectLayers:
             self.run_as.take_back(staging)
             retarget_scripts(staging, final)
             write_atomic(staging / MARKER, expected)
-            if final.exists() or final.is_symlink():
-                remove_aside(final)
+            old = set_aside(final)  # a damaged one: replaced, then removed
             staging.rename(final)
+            if old is not None:
+                with contextlib.suppress(OSError):  # a leftover: swept later
+                    remove_path(old)
         log.info(
             "project installed for the release sha=%s projects=%d seconds=%.2f",
             key[:12],

@@ -43,6 +43,7 @@ from entrypoint.verify import Verifier, refusal_reason
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+SWEEP_BUDGET = 600.0  # removing what cut-off builds left: a few environments at worst
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Updater:
         # Counts switches, so the watchdog knows its counts belong to older processes.
         self.generation = 0
         self.baking: Bake | None = None  # the update on probation (bake.py), if any
+        self.baked_sha: str | None = None  # the last that baked in full (the watchdog's)
         self.gate = UpdateGate(settings.update_windows)  # pause and update windows
         self.board.update(failed_revisions=dict(self.state.failed))  # known from the start
         self._show_pause()
@@ -169,7 +171,8 @@ class Updater:
         try:
             revision = self.prepare(sha)  # 4. environment, built only if missing
             self._release_step(revision)  # 5. release step (migrations)
-            self.go_live(revision, bake_seconds=self._bake_seconds(replacing))  # 6. start,
+            bakes = replacing or self._bakes_again(sha)
+            self.go_live(revision, bake_seconds=self._bake_seconds(bakes))  # 6. start,
             # prove healthy, else roll back (the one replaced stands by, where it can)
         except RevisionError as exc:
             if not self.stop.is_set():  # a stop mid-update says nothing of the revision
@@ -218,10 +221,18 @@ class Updater:
             self._release_step(revision)
             self.state.released(sha)
             self.state_file.save(self.state)
-        bake_seconds = self.settings.bake_seconds if self.state.baking == sha else 0.0
-        if bake_seconds > 0:  # the last agent stopped within its bake: it is no good yet
+        self.go_live(revision, bake_seconds=self._bake_seconds(self._bakes_again(sha)))
+
+    def _bakes_again(self, sha: str) -> bool:
+        """Was `sha` on probation when the last agent stopped? Then it is no good yet: it
+        bakes again, if there is a release to go back to (else it serves, as one past its
+        bake would: a revision nothing can replace is not refused at every start)."""
+        if self.state.baking != sha:
+            return False
+        back = [s for s in self._retained() if s != sha and s not in self.state.failed]
+        if back:
             log.info("the revision was on probation, it bakes again sha=%s", short(sha))
-        self.go_live(revision, bake_seconds=bake_seconds)
+        return bool(back)
 
     def _held(self, remote: RemoteRevision, ignore_hold: bool) -> bool:
         """An update (never the first start) waits while paused or outside the update
@@ -547,7 +558,7 @@ class Updater:
         try:
             if self.baking is bake:  # said first: after it, the loop stops what stood by
                 log.info("revision baked sha=%s", short(bake.sha))
-                self.baking = None
+                self.baking, self.baked_sha = None, bake.sha
         finally:
             self.switching.release()
 
@@ -564,9 +575,10 @@ class Updater:
         pids = {name: int(info.get("pid") or 0) for name, info in states.items() if name in watched}
         return Bake.starting(sha, seconds, pids)
 
-    def _bake_seconds(self, replacing: bool) -> float:
-        """An update that replaces a running revision bakes; a first start does not."""
-        return self.settings.bake_seconds if replacing else 0.0
+    def _bake_seconds(self, bakes: bool) -> float:
+        """An update that replaces a running revision bakes (and one that was baking when
+        the last agent stopped); a first start does not."""
+        return self.settings.bake_seconds if bakes else 0.0
 
     def _keeps_previous(self, bake_seconds: float) -> bool:
         """Does the release being replaced stand by through the bake? Only if there is a
@@ -576,7 +588,9 @@ class Updater:
     def after_the_bake(self) -> None:
         """What stood by for a bake stops once no bake runs (the control loop, when idle),
         and state.json no longer says the revision is on probation."""
-        if self.baking is None and self.state.baking is not None:
+        # Only what baked in full: a switch that failed set the running one's bake aside.
+        baked = self.baked_sha is not None and self.state.baking == self.baked_sha
+        if self.baking is None and baked:
             self.state.baking = None
             try:
                 self.state_file.save(self.state)
@@ -761,8 +775,13 @@ class Updater:
         """At start (the home's lock is ours, nothing builds): what an agent killed while
         it built or collected left behind; otherwise only a successful update sweeps it,
         and a pod killed in every install would fill its volume."""
+        self.board.liveness.step("sweeping what builds cut off left", SWEEP_BUDGET)
         for root in (self.releases.root, self.environments.root, self.environments.layers.root):
-            sweep_leftovers(root)
+            try:
+                sweep_leftovers(root)
+            except OSError as exc:  # the next collection tries again
+                log.warning("leftovers not swept path=%s error=%s", root, exc)
+        self.board.liveness.beat()
 
     def collect_garbage(self) -> None:
         """Old releases beyond the kept number, and environments none of them uses."""

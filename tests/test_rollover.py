@@ -3,6 +3,7 @@ updates and broken revisions alike fail no request."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -470,8 +471,8 @@ def test_an_agent_killed_within_a_bake_bakes_the_revision_again_at_its_next_star
     agent, first = start(
         sample, agent_factory, LIVE_PULL_HEALTHCHECK_PATH="/healthz", LIVE_PULL_BAKE_SECONDS="60"
     )
-    sickening = crashing_after(8, "globals().update(MESSAGE='sick')")
-    second = update(agent, sample, {"app.py": sickening}, "sick 8s after each start")
+    sickening = crashing_after(12, "globals().update(MESSAGE='sick')")
+    second = update(agent, sample, {"app.py": sickening}, "sick 12s after each start")
     went_live(agent, second)
     assert agent.process is not None
     agent.process.kill()
@@ -499,6 +500,8 @@ def test_a_revision_past_its_bake_time_is_left_to_supervisord(
     )
     wait_until(lambda: (agent.status().get("restarts") or {}).get("web", 0) >= 1, 30, "restart")
     assert agent.status()["revision"] == second  # restarted by supervisord, not rolled back
+    state = agent.home / "state.json"  # baked: a restart does not bake it again
+    wait_until(lambda: json.loads(state.read_text())["baking"] is None, 30, "the bake over")
     assert first not in str(agent.status().get("rollback"))
 
 
