@@ -30,7 +30,7 @@ from entrypoint import interpreters, pyprojects, requirements
 from entrypoint.commands import run_logged
 from entrypoint.depspec import DependencySpec, SpecKind, detect, digest
 from entrypoint.errors import CommandFailed, InstallError
-from entrypoint.files import TMP_PREFIX, remove_aside, retarget_scripts, write_atomic
+from entrypoint.files import TMP_PREFIX, remove_aside, retarget_scripts, swap_in, write_atomic
 from entrypoint.identity import AS_AGENT, Identity
 from entrypoint.installers import Installer
 from entrypoint.interpreters import IMAGE, Interpreter
@@ -208,7 +208,7 @@ class Environments:
             self.run_as.take_back(staging)
             retarget_scripts(staging, final)
             _write_manifest(staging, environment.digest)
-            _swap_in(staging, final)
+            swap_in(staging, final)
         self.installs += 1
         self.last_install_seconds = round(time.monotonic() - started, 2)
         log.info(
@@ -379,31 +379,6 @@ def _home_of(staging: Path) -> Path:
     """The installer's HOME and TMPDIR; its name starts like an interrupted build's,
     so garbage collection removes it if the agent dies mid-install."""
     return staging.with_name(f"{staging.name}-home")
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    """Rename a finished build into place.
-
-    A damaged (or unfinished) environment already at `final` was left there during the
-    build: the running revision may still use what works of it. It is moved aside only
-    now, so the path is missing for the time of two renames; processes that hold its
-    files open keep them, and every later lookup finds the complete one (same digest,
-    same contents, scripts already pointing at `final`). The old copy is then removed.
-    """
-    aside = final.with_name(f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}")
-    had_old = final.exists() or final.is_symlink()
-    if had_old:
-        os.rename(final, aside)
-    try:
-        os.rename(staging, final)
-    except OSError:
-        if had_old:
-            os.rename(aside, final)
-        raise
-    if aside.is_symlink():
-        aside.unlink()
-    elif had_old:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _pins(spec: DependencySpec, selection: Selection) -> list[Pin]:

@@ -100,6 +100,27 @@ def remove_aside(path: Path) -> None:
         remove_path(aside)
 
 
+def swap_in(staging: Path, final: Path) -> None:
+    """Rename a finished build into place.
+
+    What is at `final` (damaged or unfinished: the running revision may still use what
+    works of it) is set aside only now, so the path is missing for the time of two
+    renames; processes that hold its files open keep them, and every later lookup finds
+    the complete build. If the second rename fails the old one is put back. The old copy
+    is then removed (if it cannot be, a `.tmp-` leftover that a sweep removes later).
+    """
+    old = set_aside(final)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if old is not None:
+            os.rename(old, final)
+        raise
+    if old is not None:
+        with contextlib.suppress(OSError):
+            remove_path(old)
+
+
 def set_aside(path: Path) -> Path | None:
     """Rename `path` to a `.tmp-` name beside it (one already is: as it is); its new
     path, or None if there was nothing."""

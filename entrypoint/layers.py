@@ -23,14 +23,7 @@ from typing import Protocol
 from entrypoint import pyprojects
 from entrypoint.depspec import DependencySpec
 from entrypoint.errors import InstallError
-from entrypoint.files import (
-    TMP_PREFIX,
-    remove_aside,
-    remove_path,
-    retarget_scripts,
-    set_aside,
-    write_atomic,
-)
+from entrypoint.files import TMP_PREFIX, remove_aside, retarget_scripts, swap_in, write_atomic
 from entrypoint.identity import Identity
 from entrypoint.installers import Installer
 
@@ -73,11 +66,7 @@ class ProjectLayers:
             self.run_as.take_back(staging)
             retarget_scripts(staging, final)
             write_atomic(staging / MARKER, expected)
-            old = set_aside(final)  # a damaged one: replaced, then removed
-            staging.rename(final)
-            if old is not None:
-                with contextlib.suppress(OSError):  # a leftover: swept later
-                    remove_path(old)
+            swap_in(staging, final)
         log.info(
             "project installed for the release sha=%s projects=%d seconds=%.2f",
             key[:12],

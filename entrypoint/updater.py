@@ -229,7 +229,7 @@ class Updater:
         bake would: a revision nothing can replace is not refused at every start)."""
         if self.state.baking != sha:
             return False
-        back = [s for s in self._retained() if s != sha and s not in self.state.failed]
+        back = [s for s in self._healthy_retained() if s != sha]
         if back:
             log.info("the revision was on probation, it bakes again sha=%s", short(sha))
         return bool(back)
@@ -717,8 +717,11 @@ class Updater:
     def crash_rollback_target(self) -> str:
         """The newest retained release not recorded as failed (a crash rollback must not
         bring back a revision that crashed before)."""
-        healthy = [sha for sha in self._retained() if sha not in self.state.failed]
-        return pick_rollback_target(healthy, None)
+        return pick_rollback_target(self._healthy_retained(), None)
+
+    def _healthy_retained(self) -> list[str]:
+        """Releases on disk one can go back to after a crash: never recorded failed."""
+        return [sha for sha in self._retained() if sha not in self.state.failed]
 
     def _retained(self) -> list[str]:
         """Releases on disk one can roll back to, oldest first (the running one excluded)."""
