@@ -16,7 +16,7 @@ import requests
 
 from entrypoint import ports
 from entrypoint.demo import free_port
-from entrypoint.processes import end_tagged, home_id
+from entrypoint.processes import end_tagged, find_tagged, home_id
 from entrypoint.sample import SampleRepo, create_sample_repo
 from tests.git_http import GitHttpServer
 from tests.postgres import PostgresServer, server_binaries
@@ -157,6 +157,15 @@ class AgentProcess:
             self.process.send_signal(sig)
         code = self.process.wait(timeout=timeout)
         return code, time.monotonic() - started
+
+    def kill(self, timeout: float = 60.0) -> None:
+        """SIGKILL the agent, as an OOM kill or a grace period run out does; return once
+        what it started has ended (its supervisord stops the app on the parent's death)."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        tag = home_id(self.home)
+        wait_until(lambda: find_tagged(tag) == [], timeout, "the killed agent's app to end")
 
 
 @pytest.fixture

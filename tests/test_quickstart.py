@@ -199,11 +199,7 @@ def test_an_agent_killed_while_the_old_web_drains_starts_the_new_revision_next_t
     second = sample.commit(app_files("second"), "second")
     agent.wait_serving(second)
     agent.wait_status(state="draining")  # the stubborn web holds it there for 6 s
-    assert agent.process is not None
-    agent.process.kill()
-    agent.process.wait()
-    tag = home_id(agent.home)
-    wait_until(lambda: find_tagged(tag) == [], 30, "the killed agent's app to end")
+    agent.kill(timeout=30)
 
     sample.remote.rename(sample.remote.with_name("moved-away.git"))
     again = agent_factory(sample.url, **env)

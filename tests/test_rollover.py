@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from entrypoint.processes import alive, find_tagged, home_id
+from entrypoint.processes import alive
 from entrypoint.sample import APP, SampleRepo
 from tests.conftest import AgentProcess, wait_until
 
@@ -125,6 +125,12 @@ def update(agent: AgentProcess, sample: SampleRepo, files: dict[str, str], messa
     sha = sample.commit(files, message)
     requests.post(agent.status_url("/sync"), timeout=5)
     return sha
+
+
+def started_again(agent: AgentProcess, sample: SampleRepo, agent_factory: Factory) -> AgentProcess:
+    """Another agent on `agent`'s home with its settings, as a pod's restart starts."""
+    kept = {k: v for k, v in agent.env.items() if k.startswith("LIVE_PULL_") or k == "PORT"}
+    return agent_factory(sample.url, home=agent.home, **kept)
 
 
 def went_live(agent: AgentProcess, sha: str) -> None:
@@ -447,13 +453,9 @@ def test_an_agent_killed_while_a_rollback_drains_does_not_take_the_failed_revisi
     second = update(agent, sample, {"app.py": sick}, "sick after 3s, deaf to SIGTERM")
     went_live(agent, second)
     agent.wait_status(state="draining", revision=first, timeout=60)  # the rollback's drain
-    assert agent.process is not None
-    agent.process.kill()
-    agent.process.wait()
-    wait_until(lambda: find_tagged(home_id(agent.home)) == [], 60, "the killed agent's app")
+    agent.kill()
 
-    kept = {k: v for k, v in agent.env.items() if k.startswith("LIVE_PULL_") or k == "PORT"}
-    again = agent_factory(sample.url, home=agent.home, **kept)
+    again = started_again(agent, sample, agent_factory)
     again.wait_serving(first)
     requests.post(again.status_url("/sync"), timeout=5)  # LIVE_PULL_POLL_INTERVAL=0
     wait_until(lambda: (again.status().get("checks") or 0) >= 1, 30, "a check of the remote")
@@ -474,14 +476,10 @@ def test_an_agent_killed_within_a_bake_bakes_the_revision_again_at_its_next_star
     sickening = crashing_after(12, "globals().update(MESSAGE='sick')")
     second = update(agent, sample, {"app.py": sickening}, "sick 12s after each start")
     went_live(agent, second)
-    assert agent.process is not None
-    agent.process.kill()
-    agent.process.wait()
+    agent.kill()
     assert f"revision failed within the bake time sha={second[:12]}" not in agent.output()
-    wait_until(lambda: find_tagged(home_id(agent.home)) == [], 60, "the killed agent's app")
 
-    kept = {k: v for k, v in agent.env.items() if k.startswith("LIVE_PULL_") or k == "PORT"}
-    again = agent_factory(sample.url, home=agent.home, **kept)
+    again = started_again(agent, sample, agent_factory)
     again.wait_serving(first, timeout=90)
     out = again.output()
     assert f"the revision was on probation, it bakes again sha={second[:12]}" in out
