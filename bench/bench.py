@@ -89,9 +89,10 @@ def start_agent(
     house: Path,
     extra: dict[str, str] | None = None,
     cwd: Path | None = None,
+    python: str = sys.executable,
 ) -> subprocess.Popen[bytes]:
     """`extra`: more of the agent's environment; `cwd`: where it runs (bench/start.py runs
-    another tree's package from there)."""
+    another tree's package from there, with `python`)."""
     env = {
         **os.environ,
         "REPO_URL": sample.url,
@@ -105,7 +106,7 @@ def start_agent(
         **(extra or {}),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "entrypoint", "run"],
+        [python, "-m", "entrypoint", "run"],
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,

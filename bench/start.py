@@ -13,7 +13,8 @@ The app itself is not counted.
 
     .venv/bin/python bench/start.py [--runs 7] [--baseline 37d48a0]
 
-The baseline runs from a temporary worktree of that commit, with this venv.
+The baseline runs from a temporary worktree of that commit, with this venv's packages.
+Both trees run as the image runs live-pull (see image_like_python).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -45,10 +47,32 @@ MODES = {"default": {}, "LISTEN=off": {"LIVE_PULL_LISTEN": "off"}, "environment 
 
 
 def start_agent(tree: Path, sample: SampleRepo, home: Path, port: int, house: Path,
-                extra: dict[str, str]) -> subprocess.Popen[bytes]:  # fmt: skip
-    """bench.py's agent, running `tree`'s own package ahead of the editable install."""
+                python: Path, extra: dict[str, str]) -> subprocess.Popen[bytes]:  # fmt: skip
+    """bench.py's agent, running `tree`'s own package."""
     extra = {"PYTHONPATH": str(tree), **extra}
-    return bench.start_agent(sample, home, port, "pip", house, extra=extra, cwd=tree)
+    return bench.start_agent(sample, home, port, "pip", house, extra, tree, str(python))
+
+
+def image_like_python(root: Path) -> Path:
+    """An interpreter that runs live-pull as the image does: with the agent's packages
+    (this venv's), and without the import hook of the venv's editable install, which
+    the image's plain install does not have (it imports pathlib, re and more as each
+    interpreter starts: 10 ms of each of the three in a restart's path)."""
+    venv = root / "image-python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.check_output(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+    )
+    # A path line: this venv's packages, without processing the .pth files there.
+    (Path(purelib.strip()) / "agent-packages.pth").write_text(sysconfig.get_paths()["purelib"])
+    return python
+
+
+def compile_bytecode(python: Path, tree: Path) -> None:
+    """The tree's bytecode, as the image compiles it at build (an interpreter told not to
+    write bytecode, as on some machines, would compile every module at every start)."""
+    subprocess.run([python, "-m", "compileall", "-q", str(tree / "entrypoint")], check=True)
 
 
 def wait_ready(status_port: int) -> None:
@@ -103,12 +127,12 @@ def own_memory(agent: int) -> dict[str, float]:
     return found
 
 
-def restart(tree: Path, sample: SampleRepo, home: Path, house: Path, mode: str,
-            runs: int) -> tuple[list[float], dict[str, float]]:  # fmt: skip
+def restart(tree: Path, sample: SampleRepo, home: Path, house: Path, python: Path,
+            mode: str, runs: int) -> tuple[list[float], dict[str, float]]:  # fmt: skip
     port, status_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/"
     extra = {**MODES[mode], "LIVE_PULL_STATUS_PORT": str(status_port)}
-    warm = start_agent(tree, sample, home, port, house, extra)  # installs; not timed
+    warm = start_agent(tree, sample, home, port, house, python, extra)  # installs; not timed
     wait_for(url, "from revision")
     wait_ready(status_port)
     stop(warm)
@@ -118,7 +142,7 @@ def restart(tree: Path, sample: SampleRepo, home: Path, house: Path, mode: str,
         if mode == "environment changed":
             extra["BENCH_RESTART"] = str(run)
         started = time.monotonic()
-        agent = start_agent(tree, sample, home, port, house, extra)
+        agent = start_agent(tree, sample, home, port, house, python, extra)
         try:
             times.append(wait_for(url, "from revision") - started)
             wait_ready(status_port)
@@ -151,11 +175,13 @@ def main() -> int:
         house = build_wheelhouse(root, PACKAGES)
         sample = create_sample_repo(root / "remote")
         sample.commit(app_files(PACKAGES, "1.0", "bench"), "bench app")
+        python = image_like_python(root)
         with worktree(args.baseline, root) as base:
             for name, tree in ((f"baseline {args.baseline}", base), ("this tree", ROOT)):
+                compile_bytecode(python, tree)
                 for number, mode in enumerate(MODES):
                     home = root / f"home-{tree.name}-{number}"
-                    times, memory = restart(tree, sample, home, house, mode, args.runs)
+                    times, memory = restart(tree, sample, home, house, python, mode, args.runs)
                     rows.append(row(f"{name}, {mode}", times, memory))
     print(f"\nrestart to first response (lockfile unchanged), {args.runs} runs; RSS at idle\n")
     print("| what | median | min | agent | supervisord | proxy | holder | live-pull in all |")

@@ -113,7 +113,8 @@ class Releases:
 
     def activate(self, sha: str) -> None:
         """Point `current` at releases/<sha> atomically (symlink, then rename over)."""
-        staging = self.current_link.with_name(f"current.{uuid.uuid4().hex[:8]}")
+        # A .tmp- name: a kill before the rename leaves it for the next start's sweep.
+        staging = self.current_link.with_name(f"{TMP_PREFIX}current-{uuid.uuid4().hex[:8]}")
         staging.symlink_to(Path("releases") / sha)
         os.replace(staging, self.current_link)
 

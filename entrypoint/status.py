@@ -28,12 +28,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-
 from entrypoint.board import StatusBoard, bounded
 from entrypoint.errors import LivePullError
+from entrypoint.plain_http import no_certificates
 from entrypoint.webhook import MAX_BODY, Webhook
+
+# aiohttp's low-level server by its own modules: `aiohttp.web` would load the whole
+# application framework (1.4 MB and 20 ms of the agent's start).
+with no_certificates():
+    from aiohttp.web_protocol import RequestHandler
+    from aiohttp.web_request import BaseRequest
+    from aiohttp.web_response import Response
+    from aiohttp.web_server import Server
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +130,15 @@ class _ConnectionGuard:
     """Tracks every connection; closes those that send no request in time, and the
     oldest idle ones when there are more than `cap`."""
 
-    def __init__(
-        self, handle: Callable[[web.BaseRequest], Awaitable[web.Response]], cap: int
-    ) -> None:
+    def __init__(self, handle: Callable[[BaseRequest], Awaitable[Response]], cap: int) -> None:
         self.handle = handle
-        self.server = web.Server(self.tracked, keepalive_timeout=KEEPALIVE_SECONDS)
+        self.server = Server(self.tracked, keepalive_timeout=KEEPALIVE_SECONDS)
         self.cap = cap
         self.opened: dict[RequestHandler, float] = {}  # insertion order: oldest first
         self.busy: set[RequestHandler] = set()  # a request is being answered
         self.served: set[RequestHandler] = set()  # sent at least one whole request
 
-    async def tracked(self, request: web.BaseRequest) -> web.Response:
+    async def tracked(self, request: BaseRequest) -> Response:
         self.busy.add(request.protocol)
         try:
             return await self.handle(request)
@@ -190,7 +194,7 @@ class _Routes:
         self.on_sync = on_sync
         self.webhook = webhook
         self.controls = controls
-        self.table: dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[web.Response]]]
+        self.table: dict[tuple[str, str], Callable[[BaseRequest], Awaitable[Response]]]
         self.table = {
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
@@ -202,15 +206,15 @@ class _Routes:
             ("POST", "/resume"): self.resume,
         }
 
-    async def handle(self, request: web.BaseRequest) -> web.Response:
+    async def handle(self, request: BaseRequest) -> Response:
         route = self.table.get((request.method, request.path))
         return await route(request) if route else _json(404, {"error": "not found"})
 
-    async def healthz(self, request: web.BaseRequest) -> web.Response:
+    async def healthz(self, request: BaseRequest) -> Response:
         alive, why = self.board.alive()
         return _json(200 if alive else 503, {"alive": alive, "reason": why})
 
-    async def readyz(self, request: web.BaseRequest) -> web.Response:
+    async def readyz(self, request: BaseRequest) -> Response:
         ready = self.board.ready()
         return _json(200 if ready else 503, {"ready": ready})
 
@@ -221,19 +225,19 @@ class _Routes:
         self.table[("GET", "/history")] = self.history_list
         self.table[("GET", "/metrics")] = self.metrics_text
 
-    async def history_list(self, request: web.BaseRequest) -> web.Response:
+    async def history_list(self, request: BaseRequest) -> Response:
         text = json.dumps(self.history(), indent=2) + "\n"
-        return web.Response(status=200, text=text, content_type="application/json")
+        return Response(status=200, text=text, content_type="application/json")
 
-    async def metrics_text(self, request: web.BaseRequest) -> web.Response:
-        response = web.Response(status=200, body=self.metrics())
+    async def metrics_text(self, request: BaseRequest) -> Response:
+        response = Response(status=200, body=self.metrics())
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
         return response
 
-    async def status(self, request: web.BaseRequest) -> web.Response:
+    async def status(self, request: BaseRequest) -> Response:
         return _json(200, self.board.snapshot())
 
-    async def sync(self, request: web.BaseRequest) -> web.Response:
+    async def sync(self, request: BaseRequest) -> Response:
         """`?now=1` goes ahead despite a pause or the update windows: localhost only."""
         if request.query.get("now", "").lower() not in YES:
             self.on_sync()
@@ -243,7 +247,7 @@ class _Routes:
         self.controls.sync_now()
         return _json(202, {"sync": "requested", "now": True})
 
-    async def rollback(self, request: web.BaseRequest) -> web.Response:
+    async def rollback(self, request: BaseRequest) -> Response:
         """Only from this machine or pod: it changes what runs."""
         if not from_this_machine(request.remote):
             return _refused("rollback")
@@ -253,7 +257,7 @@ class _Routes:
             return _json(409, {"error": str(exc)})
         return _json(202, {"rollback": "requested", "to": target})
 
-    async def pause(self, request: web.BaseRequest) -> web.Response:
+    async def pause(self, request: BaseRequest) -> Response:
         """`?reason=...` is shown in /status and logged."""
         if not from_this_machine(request.remote):
             return _refused("pause")
@@ -261,13 +265,13 @@ class _Routes:
         self.controls.pause(reason)
         return _json(202, {"pause": "requested", "reason": reason})
 
-    async def resume(self, request: web.BaseRequest) -> web.Response:
+    async def resume(self, request: BaseRequest) -> Response:
         if not from_this_machine(request.remote):
             return _refused("resume")
         self.controls.resume()
         return _json(202, {"resume": "requested"})
 
-    async def webhook_delivery(self, request: web.BaseRequest) -> web.Response:
+    async def webhook_delivery(self, request: BaseRequest) -> Response:
         length = request.content_length
         if length is None or length > MAX_BODY:
             return _json(413, {"error": f"body must be at most {MAX_BODY} bytes"}, close=True)
@@ -279,14 +283,14 @@ class _Routes:
         return _json(reply.code, dict(reply.body))
 
 
-def _refused(what: str) -> web.Response:
+def _refused(what: str) -> Response:
     return _json(403, {"error": f"{what} is accepted from localhost only"})
 
 
-def _json(code: int, body: dict[str, Any], *, close: bool = False) -> web.Response:
+def _json(code: int, body: dict[str, Any], *, close: bool = False) -> Response:
     text = json.dumps(body, indent=2) + "\n"
     headers = {"Connection": "close"} if close else None
-    return web.Response(status=code, text=text, content_type="application/json", headers=headers)
+    return Response(status=code, text=text, content_type="application/json", headers=headers)
 
 
 def _raise_open_file_limit() -> int:

@@ -779,7 +779,13 @@ class Updater:
         it built or collected left behind; otherwise only a successful update sweeps it,
         and a pod killed in every install would fill its volume."""
         self.board.liveness.step("sweeping what builds cut off left", SWEEP_BUDGET)
-        for root in (self.releases.root, self.environments.root, self.environments.layers.root):
+        home = self.releases.current_link.parent  # a link `activate` staged
+        for root in (
+            home,
+            self.releases.root,
+            self.environments.root,
+            self.environments.layers.root,
+        ):
             try:
                 sweep_leftovers(root)
             except OSError as exc:  # the next collection tries again

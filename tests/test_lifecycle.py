@@ -139,12 +139,19 @@ def test_leftovers_of_builds_cut_off_are_swept_at_the_next_start(
     ]
     for leftover in leftovers:
         (leftover / "lib").mkdir(parents=True)
+    staged_link = agent.home / ".tmp-current-0123abcd"  # a kill inside `activate`
+    staged_link.symlink_to(Path("releases") / sha)
+    leftovers.append(staged_link)
     kept = agent.home / "venvs" / "unused-but-not-a-leftover"
     kept.mkdir()
 
     again = agent_factory(sample.url, home=agent.home)
     again.wait_serving(sha)
-    wait_until(lambda: not any(p.exists() for p in leftovers), 30, "the leftovers swept")
+
+    def swept() -> bool:
+        return not any(path.exists() or path.is_symlink() for path in leftovers)
+
+    wait_until(swept, 30, "the leftovers swept")
     assert kept.is_dir()  # the sweep takes .tmp- names only; collections do the rest
 
 

@@ -9,16 +9,15 @@ changes across updates, only which revision each slot's file names.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from entrypoint.plain_http import no_certificates
 from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import socket_handoff_line
 from entrypoint.switching.behind import start_app
@@ -32,7 +31,6 @@ STANDING_BY = "stand_by"  # in an assignment: a proxy slot that (re)starts stand
 # An assignment as a fresh start of its slot has it: serving, in no bake.
 FRESH = {STANDING_BY: False, PROBATION_UNTIL: 0.0}
 HOLD_BACK_SECONDS = 5.0  # at most: the agent's time to roll back (its loop may be busy)
-CERTIFICATE_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
 def main() -> int:
@@ -49,28 +47,11 @@ def main() -> int:
         app = start_app(assignment["command"], dict(os.environ), plan)
         ignore_orders()  # after the app started: it keeps the signals' own meaning
         # aiohttp only in proxy slots, and imported while the app starts
-        with _no_certificates():
+        with no_certificates():
             from entrypoint.switching.proxy import serve
 
         return serve(app, plan, lambda: bool(_assignment(slot).get(STANDING_BY)))
     os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])
-
-
-@contextlib.contextmanager
-def _no_certificates() -> Iterator[None]:
-    """aiohttp builds its TLS contexts as it is imported, reading the system's CA
-    certificates (40 ms of the slot's start): the proxy speaks plain HTTP on 127.0.0.1
-    and needs none, so they are read from an empty file while it imports."""
-    saved = {name: os.environ.get(name) for name in CERTIFICATE_VARIABLES}
-    os.environ.update(dict.fromkeys(CERTIFICATE_VARIABLES, os.devnull))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _held_back(slot: str, assignment: dict[str, Any]) -> dict[str, Any]:
