@@ -71,13 +71,14 @@ def app_files(count: int, version: str, greeting: str) -> dict[str, str]:
     }
 
 
-def wait_for(url: str, text: str) -> float:
+def wait_for(url: str, text: str, poll: float = 0.05) -> float:
+    """When `url` first answers with `text` (within `poll` seconds of it, if it refused)."""
     started = time.monotonic()
     while time.monotonic() - started < TIMEOUT:
         answer = fetch_text(url)
         if answer and text in answer:
             return time.monotonic()
-        time.sleep(0.05)
+        time.sleep(poll)
     raise RuntimeError(f"no answer containing {text!r} from {url}")
 
 

@@ -1,5 +1,5 @@
 """Restart to first response and memory at idle: this tree against a baseline commit,
-side by side in one run, and print a table.
+side by side in one run (their restarts taken in turn), and print a table.
 
 A restart reuses the volume (release and environment on disk, lockfile unchanged):
 the time is from `live-pull run` to the first answer of the app on PORT. Each restart
@@ -41,6 +41,7 @@ from entrypoint.supervisor_config import HOLD
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = 10
 IDLE_SECONDS = 3.0  # after the first answer, for the agent to settle before RSS is read
+POLL_SECONDS = 0.005  # a web that binds its port itself refuses until then
 
 
 MODES = {"default": {}, "LISTEN=off": {"LIVE_PULL_LISTEN": "off"}, "environment changed": {}}
@@ -127,34 +128,67 @@ def own_memory(agent: int) -> dict[str, float]:
     return found
 
 
-def restart(tree: Path, sample: SampleRepo, home: Path, house: Path, python: Path,
-            mode: str, runs: int) -> tuple[list[float], dict[str, float]]:  # fmt: skip
-    port, status_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}/"
-    extra = {**MODES[mode], "LIVE_PULL_STATUS_PORT": str(status_port)}
-    warm = start_agent(tree, sample, home, port, house, python, extra)  # installs; not timed
-    wait_for(url, "from revision")
-    wait_ready(status_port)
-    stop(warm)
-    times: list[float] = []
-    memory: dict[str, float] = {}
-    for run in range(runs):
-        if mode == "environment changed":
-            extra["BENCH_RESTART"] = str(run)
-        started = time.monotonic()
-        agent = start_agent(tree, sample, home, port, house, python, extra)
+class Restarts:
+    """One tree's restarts in one mode, on its own home and ports."""
+
+    def __init__(self, tree: Path, sample: SampleRepo, home: Path, house: Path,
+                 python: Path, mode: str) -> None:  # fmt: skip
+        self.mode = mode
+        self.port, self.status_port = free_port(), free_port()
+        self.extra = {**MODES[mode], "LIVE_PULL_STATUS_PORT": str(self.status_port)}
+        self.agent_in = (tree, sample, home, house, python)
+        self.times: list[float] = []
+        self.memory: dict[str, float] = {}
+
+    def start(self) -> subprocess.Popen[bytes]:
+        tree, sample, home, house, python = self.agent_in
+        return start_agent(tree, sample, home, self.port, house, python, self.extra)
+
+    def warm(self) -> None:
+        """The first start installs; not timed."""
+        agent = self.start()
         try:
-            times.append(wait_for(url, "from revision") - started)
-            wait_ready(status_port)
-            if run == runs - 1:
-                time.sleep(IDLE_SECONDS)
-                memory = own_memory(agent.pid)
+            self.answered()
+            wait_ready(self.status_port)
         finally:
             stop(agent)
-    return times, memory
+
+    def once(self, run: int, *, last: bool) -> None:
+        if self.mode == "environment changed":
+            self.extra["BENCH_RESTART"] = str(run)
+        started = time.monotonic()
+        agent = self.start()
+        try:
+            self.times.append(self.answered() - started)
+            wait_ready(self.status_port)
+            if last:
+                time.sleep(IDLE_SECONDS)
+                self.memory = own_memory(agent.pid)
+        finally:
+            stop(agent)
+
+    def answered(self) -> float:
+        return wait_for(f"http://127.0.0.1:{self.port}/", "from revision", POLL_SECONDS)
 
 
-def row(label: str, times: list[float], memory: dict[str, float]) -> str:
+def in_turn(trees: dict[str, Path], mode: str, number: int, sample: SampleRepo, root: Path,
+            house: Path, python: Path, runs: int) -> dict[tuple[str, str], Restarts]:  # fmt: skip
+    """Each tree's restarts in `mode`, taken in turn (the machine's load drifts: a tree
+    measured after the other would be measured on another machine)."""
+    restarts = {}
+    for name, tree in trees.items():
+        home = root / f"home-{tree.name}-{number}"
+        restarts[name, mode] = Restarts(tree, sample, home, house, python, mode)
+    for each in restarts.values():
+        each.warm()
+    for run in range(runs):
+        for each in restarts.values():
+            each.once(run, last=run == runs - 1)
+    return restarts
+
+
+def row(label: str, restarts: Restarts) -> str:
+    times, memory = restarts.times, restarts.memory
     total = sum(memory.values())
     kinds = ("agent", "supervisord", "proxy", "holder")
     parts = " | ".join(f"{memory.get(k, 0.0):5.1f} MB" for k in kinds)
@@ -169,7 +203,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--baseline", default="c208c8d", help="the commit to compare with")
     args = parser.parse_args()
-    rows = []
     with tempfile.TemporaryDirectory(prefix="live-pull-start-") as tmp:
         root = Path(tmp)
         house = build_wheelhouse(root, PACKAGES)
@@ -177,12 +210,13 @@ def main() -> int:
         sample.commit(app_files(PACKAGES, "1.0", "bench"), "bench app")
         python = image_like_python(root)
         with worktree(args.baseline, root) as base:
-            for name, tree in ((f"baseline {args.baseline}", base), ("this tree", ROOT)):
+            trees = {f"baseline {args.baseline}": base, "this tree": ROOT}
+            for tree in trees.values():
                 compile_bytecode(python, tree)
-                for number, mode in enumerate(MODES):
-                    home = root / f"home-{tree.name}-{number}"
-                    times, memory = restart(tree, sample, home, house, python, mode, args.runs)
-                    rows.append(row(f"{name}, {mode}", times, memory))
+            found = {}
+            for number, mode in enumerate(MODES):
+                found.update(in_turn(trees, mode, number, sample, root, house, python, args.runs))
+            rows = [row(f"{name}, {mode}", found[name, mode]) for name in trees for mode in MODES]
     print(f"\nrestart to first response (lockfile unchanged), {args.runs} runs; RSS at idle\n")
     print("| what | median | min | agent | supervisord | proxy | holder | live-pull in all |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
