@@ -217,11 +217,18 @@ class Updater:
         """At start: serve a release on disk, running first a release step that
         `live-pull prepare --skip-release` left to this moment."""
         revision = self.prepare(sha)
-        if sha in self.state.unreleased:
-            self._release_step(revision)
-            self.state.released(sha)
-            self.state_file.save(self.state)
+        self._release_left_to_start(revision)
         self.go_live(revision, bake_seconds=self._bake_seconds(self._bakes_again(sha)))
+
+    def _release_left_to_start(self, revision: Revision) -> None:
+        """The release step `live-pull prepare --skip-release` left to the revision's
+        first start runs before it serves, whenever that is: at start, or a rollback to
+        it after that start failed and a newer revision served instead."""
+        if revision.sha not in self.state.unreleased:
+            return
+        self._release_step(revision)
+        self.state.released(revision.sha)
+        self.state_file.save(self.state)
 
     def _bakes_again(self, sha: str) -> bool:
         """Was `sha` on probation when the last agent stopped? Then it is no good yet: it
@@ -740,6 +747,7 @@ class Updater:
         self.recorder.begin("rollback", trigger, left, target, reason)
         try:
             revision = self.prepare(target)
+            self._release_left_to_start(revision)
             failed = (left, reason) if left is not None else None
             self.go_live(revision, urgent=trigger == "crash", left_failed=failed)
         except Exception as exc:

@@ -22,10 +22,10 @@ RELEASE = 'release: python -c "import tinypkg; print(tinypkg.VERSION)" > migrate
 PREPARE_TIMEOUT = 120.0
 
 
-def prepare(url: str, home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+def prepare(url: str, home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "REPO_URL": url, "LIVE_PULL_HOME": str(home), **extra}
     return subprocess.run(
-        [sys.executable, "-m", "entrypoint", "prepare"],
+        [sys.executable, "-m", "entrypoint", "prepare", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -94,6 +94,34 @@ def test_failed_release_step_exits_non_zero_with_one_line_and_runs_again_next_ti
     assert (home / "releases" / sha / "migrated").exists()
     once_more = prepare(sample.url, home, LIVE_PULL_INSTALL_COMMAND="true")
     assert "release=done-before" in once_more.stdout, once_more.stdout  # ran, and recorded
+
+
+def test_a_release_prepared_without_its_step_runs_it_before_a_rollback_serves_it(
+    sample: SampleRepo, agent_factory: Factory, wheelhouse: Path, tmp_path: Path
+) -> None:
+    """`prepare --skip-release` leaves the step to the release's first start. That
+    start failed (the database was not up) and the remote's newer revision served
+    instead; a rollback to the prepared release runs its step before it serves."""
+    database = tmp_path / "database-up"
+    step = f"release: test -e {database} || {{ echo no database >&2; exit 3; }}; touch migrated\n"
+    files = app_files("tinypkg==1.0", "prepared")
+    prepared = sample.commit(with_release_step(files, step), "needs a database")
+    home = tmp_path / "home"
+    done = prepare(sample.url, home, "--skip-release", **deps_env(wheelhouse))
+    assert done.returncode == 0, done.stderr
+    assert f"prepared sha={prepared} " in done.stdout and "release=skipped" in done.stdout
+
+    newer = sample.commit(with_release_step(app_files("tinypkg==1.0", "newer"), ""), "newer")
+    agent = agent_factory(sample.url, home=home, **deps_env(wheelhouse))
+    assert "newer" in agent.wait_serving(newer)
+    assert not (home / "releases" / prepared / "migrated").exists()
+
+    database.touch()
+    rolled = agent.cli("rollback", prepared)
+    assert f"serving {prepared[:12]}" in rolled, rolled
+    assert "prepared" in agent.wait_serving(prepared)
+    assert (home / "releases" / prepared / "migrated").exists()  # before it served
+    assert agent.stop()[0] == 0
 
 
 def test_no_credential_is_left_in_the_home(sample: SampleRepo, tmp_path: Path) -> None:
