@@ -548,8 +548,15 @@ def _shown_tuple(field_name: str, value: tuple[object, ...]) -> str:
 
 
 def split_urls(value: str) -> tuple[str, ...]:
-    """LIVE_PULL_NOTIFY_URLS (or its file's text): comma-separated, newlines allowed."""
-    return tuple(url.strip() for url in value.replace("\n", ",").split(",") if url.strip())
+    """LIVE_PULL_NOTIFY_URLS (or its file's text): separated by commas, spaces or lines,
+    as Apprise splits them: only before the next `scheme://`, so an URL keeps the commas
+    of its own (`mailto://...?to=a@example.com,b@example.com`)."""
+    if not value.strip():
+        return ()
+    from apprise.utils.parse import parse_urls  # only with notifications set
+
+    found = parse_urls(value)  # type: ignore[no-untyped-call]  # (apprise's, unannotated)
+    return tuple(url.strip() for url in found if url.strip())
 
 
 def _url_problem(text: str) -> str | None:

@@ -39,6 +39,35 @@ def test_an_url_apprise_cannot_use_exits_2_without_showing_it(tmp_path: Path) ->
         assert not (tmp_path / command).exists()
 
 
+def test_urls_are_split_as_apprise_splits_them() -> None:
+    """Before the next scheme only: an URL's own commas are its own."""
+    mail = f"mailto://user:{TOKEN}@example.com?to=a@example.com,b@example.com"
+    assert split_urls(f"json://127.0.0.1:9/{TOKEN}, {mail}\n discord://1/{TOKEN}") == (
+        f"json://127.0.0.1:9/{TOKEN}",
+        mail,
+        f"discord://1/{TOKEN}",
+    )
+    assert split_urls(" \n ") == ()
+
+
+def test_an_url_with_commas_of_its_own_is_accepted_a_piece_that_is_none_is_not(
+    tmp_path: Path,
+) -> None:
+    mail = f"mailto://user:{TOKEN}@example.com?to=a@example.com,b@example.com"
+    env = {"REPO_URL": GOOD_URL, "LIVE_PULL_HOME": str(tmp_path), "LIVE_PULL_NOTIFY_URLS": mail}
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+    typo = {**env, "LIVE_PULL_NOTIFY_URLS": f"{mail}, json://127.0.0.1:9/{TOKEN}, oops"}
+    result = run_cli("check-config", env=typo)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "live-pull: configuration error: LIVE_PULL_NOTIFY_URLS: URL 2 (json://...) is not one"
+        " Apprise can send to"
+    ]
+    assert TOKEN not in result.stdout + result.stderr
+
+
 def test_check_config_masks_the_urls(tmp_path: Path) -> None:
     env = {
         "REPO_URL": GOOD_URL,
