@@ -547,16 +547,20 @@ def _shown_tuple(field_name: str, value: tuple[object, ...]) -> str:
     return ",".join(str(item) for item in value)
 
 
-def split_urls(value: str) -> tuple[str, ...]:
-    """LIVE_PULL_NOTIFY_URLS (or its file's text): separated by commas, spaces or lines,
-    as Apprise splits them: only before the next `scheme://`, so an URL keeps the commas
-    of its own (`mailto://...?to=a@example.com,b@example.com`)."""
-    if not value.strip():
-        return ()
-    from apprise.utils.parse import parse_urls  # only with notifications set
+SEPARATORS = " \t,;"
+NEXT_URL = re.compile(r"[\s,;]+(?=[a-z0-9]{1,32}://)", re.IGNORECASE)
 
-    found = parse_urls(value)  # type: ignore[no-untyped-call]  # (apprise's, unannotated)
-    return tuple(url.strip() for url in found if url.strip())
+
+def split_urls(value: str) -> tuple[str, ...]:
+    """LIVE_PULL_NOTIFY_URLS (or its file's text): one a line, or several on a line
+    separated as Apprise separates them, by commas, semicolons or spaces before the next
+    `scheme://` only: an URL keeps the commas and spaces of its own
+    (`mailto://...?to=a@example.com,b@example.com`). Nothing is left out: a piece that is
+    no URL is one Apprise refuses, and the configuration error names its place."""
+    pieces = (
+        piece.strip(SEPARATORS) for line in value.splitlines() for piece in NEXT_URL.split(line)
+    )
+    return tuple(piece for piece in pieces if piece)
 
 
 def _url_problem(text: str) -> str | None:

@@ -43,9 +43,7 @@ def unusable(urls: Sequence[str]) -> tuple[int, str] | None:
     """The first URL Apprise cannot send to, as (1-based position, scheme); None if all
     can be. The URL itself is never part of the answer."""
     for position, url in enumerate(urls, 1):
-        # A space is in no URL: a list with a piece that is none (`json://host/a, oops`),
-        # which Apprise would take as the URL's tail.
-        if any(char.isspace() for char in url) or _service(url) is None:
+        if _service(url) is None:
             return position, scheme_of(url)
     return None
 

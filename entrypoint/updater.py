@@ -450,6 +450,11 @@ class Updater:
             self.recorder.released(time.monotonic() - started)
         if outcome != "ran":
             log.info("release step skipped sha=%s %s", short(revision.sha), outcome)
+        # The database is as far as this step took it (here or at a peer): a step that
+        # `prepare --skip-release` left pending for an older release (a rollback to it
+        # would run it) has nothing left to do, and would fail against the newer schema
+        # (as Alembic's does).
+        self.state.unreleased = []
 
     def go_live(
         self,

@@ -40,14 +40,17 @@ def test_an_url_apprise_cannot_use_exits_2_without_showing_it(tmp_path: Path) ->
 
 
 def test_urls_are_split_as_apprise_splits_them() -> None:
-    """Before the next scheme only: an URL's own commas are its own."""
-    mail = f"mailto://user:{TOKEN}@example.com?to=a@example.com,b@example.com"
-    assert split_urls(f"json://127.0.0.1:9/{TOKEN}, {mail}\n discord://1/{TOKEN}") == (
+    """Before the next scheme only: an URL's own commas and spaces are its own; nothing
+    is left out (a piece that is no URL is one, which Apprise then refuses)."""
+    mail = f"mailto://user:{TOKEN}@example.com?to=a@example.com,b@example.com&name=Live Pull"
+    given = f" json://127.0.0.1:9/{TOKEN}, {mail};\n\n discord://1/{TOKEN} , "
+    assert split_urls(given) == (f"json://127.0.0.1:9/{TOKEN}", mail, f"discord://1/{TOKEN}")
+    assert split_urls(f"# the team\noops, json://127.0.0.1:9/{TOKEN}") == (
+        "# the team",
+        "oops",
         f"json://127.0.0.1:9/{TOKEN}",
-        mail,
-        f"discord://1/{TOKEN}",
     )
-    assert split_urls(" \n ") == ()
+    assert split_urls(" \n ,") == ()
 
 
 def test_an_url_with_commas_of_its_own_is_accepted_a_piece_that_is_none_is_not(
@@ -58,11 +61,11 @@ def test_an_url_with_commas_of_its_own_is_accepted_a_piece_that_is_none_is_not(
     result = run_cli("check-config", env=env)
     assert result.returncode == 0, result.stderr
     assert TOKEN not in result.stdout + result.stderr
-    typo = {**env, "LIVE_PULL_NOTIFY_URLS": f"{mail}, json://127.0.0.1:9/{TOKEN}, oops"}
+    typo = {**env, "LIVE_PULL_NOTIFY_URLS": f"json://127.0.0.1:9/{TOKEN}\noops, {mail}"}
     result = run_cli("check-config", env=typo)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "live-pull: configuration error: LIVE_PULL_NOTIFY_URLS: URL 2 (json://...) is not one"
+        "live-pull: configuration error: LIVE_PULL_NOTIFY_URLS: URL 2 (?://...) is not one"
         " Apprise can send to"
     ]
     assert TOKEN not in result.stdout + result.stderr

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from entrypoint.processes import find_tagged, home_id
 from entrypoint.sample import SampleRepo
 from tests.conftest import AgentProcess
@@ -96,14 +98,24 @@ def test_failed_release_step_exits_non_zero_with_one_line_and_runs_again_next_ti
     assert "release=done-before" in once_more.stdout, once_more.stdout  # ran, and recorded
 
 
-def test_a_release_prepared_without_its_step_runs_it_before_a_rollback_serves_it(
-    sample: SampleRepo, agent_factory: Factory, wheelhouse: Path, tmp_path: Path
+@pytest.mark.parametrize("newer_migrates", [False, True], ids=["no-step-since", "a-step-since"])
+def test_a_rollback_to_a_release_prepared_without_its_step(
+    sample: SampleRepo,
+    agent_factory: Factory,
+    wheelhouse: Path,
+    tmp_path: Path,
+    newer_migrates: bool,
 ) -> None:
     """`prepare --skip-release` leaves the step to the release's first start. That
     start failed (the database was not up) and the remote's newer revision served
-    instead; a rollback to the prepared release runs its step before it serves."""
-    database = tmp_path / "database-up"
-    step = f"release: test -e {database} || {{ echo no database >&2; exit 3; }}; touch migrated\n"
+    instead. A rollback to the prepared release runs its step before it serves, unless
+    a step ran since (the newer revision's): the database is ahead then, where the old
+    step fails (as Alembic does), and has nothing left to do."""
+    database, ahead = tmp_path / "database-up", tmp_path / "schema-ahead"
+    step = (
+        f"release: test -e {database} || {{ echo no database >&2; exit 3; }};"
+        f" test ! -e {ahead} || {{ echo unknown revision >&2; exit 4; }}; touch migrated\n"
+    )
     files = app_files("tinypkg==1.0", "prepared")
     prepared = sample.commit(with_release_step(files, step), "needs a database")
     home = tmp_path / "home"
@@ -111,16 +123,20 @@ def test_a_release_prepared_without_its_step_runs_it_before_a_rollback_serves_it
     assert done.returncode == 0, done.stderr
     assert f"prepared sha={prepared} " in done.stdout and "release=skipped" in done.stdout
 
-    newer = sample.commit(with_release_step(app_files("tinypkg==1.0", "newer"), ""), "newer")
+    newer_step = f"release: touch {ahead}\n" if newer_migrates else ""
+    newer_files = with_release_step(app_files("tinypkg==1.0", "newer"), newer_step)
+    newer = sample.commit(newer_files, "newer")
     agent = agent_factory(sample.url, home=home, **deps_env(wheelhouse))
     assert "newer" in agent.wait_serving(newer)
+    assert ahead.exists() == newer_migrates
     assert not (home / "releases" / prepared / "migrated").exists()
 
     database.touch()
     rolled = agent.cli("rollback", prepared)
     assert f"serving {prepared[:12]}" in rolled, rolled
     assert "prepared" in agent.wait_serving(prepared)
-    assert (home / "releases" / prepared / "migrated").exists()  # before it served
+    # Its step ran before it served, or not at all when a newer one had run.
+    assert (home / "releases" / prepared / "migrated").exists() != newer_migrates
     assert agent.stop()[0] == 0
 
 
