@@ -181,8 +181,9 @@ def in_turn(trees: dict[str, Path], mode: str, number: int, sample: SampleRepo, 
         restarts[name, mode] = Restarts(tree, sample, home, house, python, mode)
     for each in restarts.values():
         each.warm()
-    for run in range(runs):
-        for each in restarts.values():
+    for run in range(runs):  # A B, B A, ...: neither tree always goes first
+        order = list(restarts.values())
+        for each in order if run % 2 == 0 else reversed(order):
             each.once(run, last=run == runs - 1)
     return restarts
 

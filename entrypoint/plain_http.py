@@ -18,7 +18,9 @@ def no_certificates() -> Iterator[None]:
 
     Only where no other thread starts a process meanwhile (it would inherit the empty
     file): the slot's launcher, and the agent before its loop runs (the output relay's
-    threads start none). The agent's own TLS (git, requests) is set up after."""
+    threads start none). The agent's own TLS (git, requests) is set up after. aiohttp's
+    own verified context then holds no CA for the life of the process: nothing here may
+    use aiohttp's client over TLS (the proxy's is plain HTTP to 127.0.0.1)."""
     saved = {name: os.environ.get(name) for name in CERTIFICATE_VARIABLES}
     os.environ.update(dict.fromkeys(CERTIFICATE_VARIABLES, os.devnull))
     try:
