@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entrypoint.plain_http import no_certificates
 from entrypoint.processes import TAG_VARIABLE, tag
 from entrypoint.shell import socket_handoff_line
 from entrypoint.switching.behind import start_app
@@ -47,8 +46,7 @@ def main() -> int:
         app = start_app(assignment["command"], dict(os.environ), plan)
         ignore_orders()  # after the app started: it keeps the signals' own meaning
         # aiohttp only in proxy slots, and imported while the app starts
-        with no_certificates():
-            from entrypoint.switching.proxy import serve
+        from entrypoint.switching.proxy import serve
 
         return serve(app, plan, lambda: bool(_assignment(slot).get(STANDING_BY)))
     os.execv("/bin/sh", ["/bin/sh", "-c", socket_handoff_line(assignment["command"])])

@@ -22,34 +22,38 @@ import sys
 import time
 from collections.abc import Callable
 
-from aiohttp import (
-    ClientResponse,
-    ClientSession,
-    ClientTimeout,
-    ClientWebSocketResponse,
-    DummyCookieJar,
-    HttpVersion11,
-    TCPConnector,
-    WSMsgType,
-)
-from aiohttp.client_exceptions import (
-    ClientError,
-    ClientOSError,
-    ServerDisconnectedError,
-    WSServerHandshakeError,
-)
-
-# aiohttp's low-level server by its own modules: `aiohttp.web` (and its runners) would
-# load the whole application framework too, 30 ms of every slot's start.
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import Response, StreamResponse
-from aiohttp.web_server import Server
-from aiohttp.web_ws import WebSocketResponse
-from multidict import CIMultiDict
-from yarl import URL
-
 from entrypoint.health import POLL_SECONDS, proves, stop_process_group
+from entrypoint.plain_http import no_certificates
 from entrypoint.switching.plan import ORDERS, ProxyPlan, ignore_orders
+
+# aiohttp without the CA certificates it would read for nothing (see plain_http.py):
+# the proxy speaks plain HTTP on 127.0.0.1.
+with no_certificates():
+    from aiohttp import (
+        ClientResponse,
+        ClientSession,
+        ClientTimeout,
+        ClientWebSocketResponse,
+        DummyCookieJar,
+        HttpVersion11,
+        TCPConnector,
+        WSMsgType,
+    )
+    from aiohttp.client_exceptions import (
+        ClientError,
+        ClientOSError,
+        ServerDisconnectedError,
+        WSServerHandshakeError,
+    )
+
+    # aiohttp's low-level server by its own modules: `aiohttp.web` (and its runners) would
+    # load the whole application framework too, 30 ms of every slot's start.
+    from aiohttp.web_request import BaseRequest
+    from aiohttp.web_response import Response, StreamResponse
+    from aiohttp.web_server import Server
+    from aiohttp.web_ws import WebSocketResponse
+    from multidict import CIMultiDict
+    from yarl import URL
 
 log = logging.getLogger("live-pull proxy")
 

@@ -34,16 +34,8 @@ def test_aiohttp_builds_no_certificates_and_later_tls_sees_them(
     ca = tmp_path / "ca.crt"
     env = {**os.environ, "SSL_CERT_FILE": str(ca)}
     env.pop("SSL_CERT_DIR", None)
-    if module.endswith("proxy"):  # the launcher imports it so
-        probe = PROBE.replace(
-            "import {module}",
-            "from entrypoint.plain_http import no_certificates\n"
-            "with no_certificates():\n    import {module}",
-        )
-    else:
-        probe = PROBE
     found = subprocess.run(
-        [sys.executable, "-c", probe.format(module=module)],
+        [sys.executable, "-c", PROBE.format(module=module)],
         env=env,
         capture_output=True,
         text=True,
